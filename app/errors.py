@@ -1,0 +1,87 @@
+"""Errors in OpenAI's shape: {"error": {"message", "type", "param", "code"}}, so its client raises typed errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.errors, self.headers = errors, headers
+
+
+def not_found(kind: str, object_id: str, param: str | None = None) -> ApiError:
+    return ApiError(404, f"No {kind} with id '{object_id}'", param=param, code=f"{kind}_not_found")
+
+
+def error_response(
+    status: int, message: str, *, param=None, code=None, errors=None, headers=None
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "message": message,
+        "type": ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+        "param": param,
+        "code": code,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _loc_to_param(loc: tuple[Any, ...]) -> str:
+    # ("body", "adapter", "r") -> "adapter.r"; ("query", "limit") -> "limit"
+    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path", "header", "form") else list(map(str, loc))
+    # pydantic puts the union member tried ("int", "literal['auto']") in the path; drop those
+    parts = [p for p in parts if not (p.startswith(("literal[", "function-")) or p in ("int", "float", "str", "list[str]"))]
+    return ".".join(parts) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(
+            exc.status, exc.message, param=exc.param, code=exc.code, errors=exc.errors, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        param = _loc_to_param(tuple(first.get("loc", ())))
+        details = [
+            {"param": _loc_to_param(tuple(e.get("loc", ()))), "message": e.get("msg", "")} for e in exc.errors()[:20]
+        ]
+        return error_response(
+            400, f"Invalid value for '{param}': {first.get('msg')}", param=param, code="invalid_value", errors=details
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))

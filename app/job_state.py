@@ -1,0 +1,111 @@
+"""Every change of a job's state, in one place, shared by the API, the Celery task and the training child.
+
+Writes by a worker are fenced on (status='running', attempt=N): once a job is cancelled, or another
+attempt has claimed it after a lost lease, the old attempt's writes match no row and change nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from app.models import Job, JobEvent, JobStatus, utcnow
+
+
+def add_event(
+    session: Session, job_id: str, message: str, *, level: str = "info", type: str = "message", data: dict | None = None
+) -> None:
+    session.add(JobEvent(job_id=job_id, message=message, level=level, type=type, data=data))
+
+
+def claim_job(session: Session, job_id: str, worker: str, lease_s: int) -> int | None:
+    """Atomically move a queued job (or a running one whose lease expired) to running.
+
+    Returns the new attempt number, or None when someone else holds it or it is finished: a second
+    delivery of the same message then does nothing.
+    """
+    now = utcnow()
+    row = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            or_(
+                Job.status == JobStatus.queued,
+                (Job.status == JobStatus.running) & (Job.lease_expires_at < now),
+            ),
+        )
+        .values(
+            status=JobStatus.running,
+            attempt=Job.attempt + 1,
+            worker=worker,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            started_at=now,
+            phase="starting",
+        )
+        .returning(Job.attempt)
+    ).first()
+    if row is None:
+        session.rollback()
+        return None
+    add_event(session, job_id, f"Attempt {row[0]} started on {worker}")
+    session.commit()
+    return row[0]
+
+
+def fenced(job_id: str, attempt: int):
+    return (Job.id == job_id) & (Job.status == JobStatus.running) & (Job.attempt == attempt)
+
+
+def renew_lease(session: Session, job_id: str, attempt: int, lease_s: int) -> bool:
+    """Heartbeat. False means the job is no longer ours (cancelled, finished, or claimed again)."""
+    result = session.execute(
+        update(Job).where(fenced(job_id, attempt)).values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def update_job(session: Session, job_id: str, attempt: int, **values: Any) -> bool:
+    """A fenced update of a running job's columns; commits; False if the job is no longer ours."""
+    result = session.execute(update(Job).where(fenced(job_id, attempt)).values(**values))
+    session.commit()
+    return result.rowcount == 1
+
+
+def finish_job(
+    session: Session, job_id: str, attempt: int, status: JobStatus, *, error: dict | None = None, **values: Any
+) -> bool:
+    values.update(status=status, error=error, finished_at=utcnow(), lease_expires_at=None, eta_s=None)
+    ok = session.execute(update(Job).where(fenced(job_id, attempt)).values(**values)).rowcount == 1
+    if ok:
+        message = f"Job {status}" + (f": {error['message']}" if error else "")
+        add_event(session, job_id, message, level="error" if error else "info")
+    session.commit()
+    return ok
+
+
+def release_for_retry(session: Session, job_id: str, attempt: int, reason: str) -> bool:
+    """Put a running job back to queued after a crash, so the next attempt resumes from its checkpoint."""
+    ok = session.execute(
+        update(Job).where(fenced(job_id, attempt)).values(status=JobStatus.queued, lease_expires_at=None, phase="requeued")
+    ).rowcount == 1
+    if ok:
+        add_event(session, job_id, f"Attempt {attempt} ended ({reason}); queued again", level="warning")
+    session.commit()
+    return ok
+
+
+def orphaned_job_ids(session: Session, queued_older_than_s: float) -> list[str]:
+    """Jobs a reconciler should send to the broker again: running with an expired lease, or queued for
+    a while (their message may have been lost with a broker restart). Duplicates are harmless."""
+    now = utcnow()
+    stmt = select(Job.id).where(
+        or_(
+            (Job.status == JobStatus.running) & (Job.lease_expires_at < now),
+            (Job.status == JobStatus.queued) & (Job.updated_at < now - timedelta(seconds=queued_older_than_s)),
+        )
+    )
+    return list(session.scalars(stmt))

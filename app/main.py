@@ -1,0 +1,30 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from app.config import get_settings
+from app.errors import install_error_handlers
+from app.routes import files, health, jobs, leaderboard, models, results
+from app.upload_limit import UploadLimitMiddleware
+
+DESCRIPTION = """
+Fine-tuning as a service. Upload a dataset (`/v1/files`), start LoRA, QLoRA or prompt-tuning jobs
+(`/v1/fine_tuning/jobs`), watch them, compare base and tuned models by ROUGE, BERTScore, perplexity and
+token accuracy, pick the best per file, and download its adapter. Authorize with `Bearer <key>` from
+`ftaas create-key --tenant NAME`. The shapes follow OpenAI's fine-tuning API, so its client works too.
+"""
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(title="ftaas", version="0.1.0", description=DESCRIPTION)
+    install_error_handlers(app)
+    app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    for module in (health, files, leaderboard, jobs, results, models):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,187 @@
+"""Database tables. Postgres (or the embedded SQLite file) is the source of truth for every job."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names, so migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+class JobStatus(enum.StrEnum):
+    validating_files = "validating_files"
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+JSONType = JSON(none_as_null=True)
+TZDateTime = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("tenant"))
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("key"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    # SHA-256 of the whole key: keys are 256-bit random, so a fast hash is safe and lookups are O(1).
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+
+
+class File(Base):
+    __tablename__ = "files"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("file"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))  # the client's name, for display only
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(16))
+    shape: Mapped[str] = mapped_column(String(32))
+    num_rows: Mapped[int] = mapped_column(Integer)
+    token_estimate: Mapped[int] = mapped_column(BigInteger)
+    column_mapping: Mapped[dict | None] = mapped_column(JSONType)
+    completion_separator: Mapped[str | None] = mapped_column(Text)
+    storage_name: Mapped[str] = mapped_column(String(64))  # server-made, relative to uploads_dir
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ftjob"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    model: Mapped[str] = mapped_column(String(300))  # as the client named it
+    model_source: Mapped[str] = mapped_column(Text)  # hub id or absolute directory for from_pretrained
+    training_file_id: Mapped[str] = mapped_column(ForeignKey("files.id"), index=True)
+    validation_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(Integer)
+    metadata_: Mapped[dict | None] = mapped_column("metadata", JSONType)
+    spec: Mapped[dict] = mapped_column(JSONType)  # the full, defaulted training specification
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.queued, index=True)
+    error: Mapped[dict | None] = mapped_column(JSONType)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(400))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    # progress, written by the training child at a throttled rate
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int | None] = mapped_column(Integer)
+    epoch: Mapped[float] = mapped_column(Float, default=0.0)
+    train_loss: Mapped[float | None] = mapped_column(Float)
+    eta_s: Mapped[float | None] = mapped_column(Float)
+    phase: Mapped[str | None] = mapped_column(String(32))
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    trainable_params: Mapped[int | None] = mapped_column(BigInteger)
+    total_params: Mapped[int | None] = mapped_column(BigInteger)
+    # the downloadable adapter archive
+    adapter_name: Mapped[str | None] = mapped_column(String(300))  # relative to jobs_dir
+    adapter_sha256: Mapped[str | None] = mapped_column(String(64))
+    adapter_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    level: Mapped[str] = mapped_column(String(10), default="info")
+    type: Mapped[str] = mapped_column(String(10), default="message")  # message | metrics
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict | None] = mapped_column(JSONType)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ftckpt"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[float] = mapped_column(Float)
+    metrics: Mapped[dict | None] = mapped_column(JSONType)
+    dir_name: Mapped[str] = mapped_column(String(300))  # relative to jobs_dir
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+
+class Evaluation(Base):
+    """Aggregate metrics of one model (the base, or the tuned adapter) on a job's evaluation set."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (UniqueConstraint("job_id", "subject"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    subject: Mapped[str] = mapped_column(String(10))  # base | tuned
+    metrics: Mapped[dict] = mapped_column(JSONType)
+    num_rows: Mapped[int] = mapped_column(Integer)
+    details: Mapped[dict | None] = mapped_column(JSONType)  # skipped metrics with reasons, timings
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+
+class EvaluationRow(Base):
+    """One evaluated example: prompt, reference, both generations and their per-row scores."""
+
+    __tablename__ = "evaluation_rows"
+    __table_args__ = (UniqueConstraint("job_id", "row_index"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    row_index: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    reference: Mapped[str] = mapped_column(Text)
+    base_output: Mapped[str | None] = mapped_column(Text)
+    tuned_output: Mapped[str | None] = mapped_column(Text)
+    base_scores: Mapped[dict | None] = mapped_column(JSONType)
+    tuned_scores: Mapped[dict | None] = mapped_column(JSONType)
+
+
+class Selection(Base):
+    """The model a tenant chose for a training file (POST /v1/fine_tuning/jobs/{id}/select)."""
+
+    __tablename__ = "selections"
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+

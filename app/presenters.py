@@ -1,0 +1,100 @@
+"""Rows -> public shapes. One place decides what a client sees of each table."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from app.models import Checkpoint, File, Job, JobEvent
+from app.schemas import CheckpointPublic, EventPublic, FilePublic, JobError, JobProgress, JobPublic
+
+
+def unix(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
+        value = value.replace(tzinfo=timezone.utc)
+    return int(value.timestamp())
+
+
+def file_public(row: File) -> FilePublic:
+    return FilePublic(
+        id=row.id,
+        bytes=row.bytes,
+        created_at=unix(row.created_at),
+        filename=row.filename,
+        purpose=row.purpose,
+        format=row.format,
+        shape=row.shape,
+        num_rows=row.num_rows,
+        token_estimate=row.token_estimate,
+        sha256=row.sha256,
+        column_mapping=row.column_mapping,
+        completion_separator=row.completion_separator,
+    )
+
+
+def job_public(job: Job) -> JobPublic:
+    spec = job.spec
+    estimated_finish = None
+    if job.status == "running" and job.eta_s is not None:
+        estimated_finish = unix(job.updated_at) + int(job.eta_s)
+    return JobPublic(
+        id=job.id,
+        created_at=unix(job.created_at),
+        finished_at=unix(job.finished_at),
+        model=job.model,
+        fine_tuned_model=job.fine_tuned_model,
+        organization_id=job.tenant_id,
+        status=job.status,
+        hyperparameters=spec["hyperparameters"],
+        training_file=job.training_file_id,
+        validation_file=job.validation_file_id,
+        trained_tokens=job.trained_tokens,
+        error=JobError(**job.error) if job.error else None,
+        seed=job.seed,
+        estimated_finish=estimated_finish,
+        metadata=job.metadata_,
+        suffix=job.suffix,
+        method={"type": "supervised", "supervised": {"hyperparameters": spec["hyperparameters"]}},
+        adapter=spec["adapter"],
+        training=spec["training"],
+        evaluation=spec["evaluation"],
+        progress=JobProgress(
+            phase=job.phase,
+            step=job.step,
+            total_steps=job.total_steps,
+            epoch=job.epoch,
+            train_loss=job.train_loss,
+            eta_seconds=job.eta_s,
+        ),
+        trainable_params=job.trainable_params,
+        total_params=job.total_params,
+        attempt=job.attempt,
+    )
+
+
+def event_public(row: JobEvent) -> EventPublic:
+    return EventPublic(
+        id=f"ftevent-{row.id}",
+        created_at=unix(row.created_at),
+        level=row.level,
+        message=row.message,
+        type=row.type,
+        data=row.data,
+    )
+
+
+def checkpoint_public(row: Checkpoint, job: Job) -> CheckpointPublic:
+    return CheckpointPublic(
+        id=row.id,
+        created_at=unix(row.created_at),
+        fine_tuned_model_checkpoint=f"{job.fine_tuned_model or fine_tuned_name(job)}:ckpt-step-{row.step}",
+        fine_tuning_job_id=job.id,
+        metrics={"step": row.step, "epoch": row.epoch, **(row.metrics or {})},
+        step_number=row.step,
+    )
+
+
+def fine_tuned_name(job: Job) -> str:
+    """ft:<base>:<tenant>:<suffix>:<job id>, as OpenAI names fine-tuned models."""
+    return f"ft:{job.model}:{job.tenant_id}:{job.suffix or ''}:{job.id}"

@@ -1,0 +1,41 @@
+"""Enqueue a job by task name, carrying only its id. The job row is committed before this is called."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from celery import Celery
+
+from app.config import get_settings
+from worker.celery_app import TRAIN_TASK, make_celery
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache
+def producer() -> Celery:
+    return make_celery(get_settings())
+
+
+def enqueue_job(job_id: str) -> bool:
+    """Send the job id to the training queue. A broker outage is not the client's error: the job stays
+    queued in the database and the reconciler sends it again, so this only logs and returns False."""
+    try:
+        producer().send_task(
+            TRAIN_TASK, args=[job_id], queue=get_settings().queue_name, retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
+        return True
+    except Exception:  # kombu raises several connection error types
+        log.exception("could not enqueue %s; the reconciler will retry", job_id)
+        return False
+
+
+def broker_reachable(timeout: float = 2.0) -> bool:
+    try:
+        with producer().connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+        return True
+    except Exception:
+        return False

@@ -1,0 +1,109 @@
+"""What a finished job gives back: its evaluation, its adapter archive, and the choice of a model per file."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+
+from app.deps import OwnedJob, SessionDep, SettingsDep
+from app.errors import ApiError
+from app.models import Evaluation, EvaluationRow, JobStatus, Selection, utcnow
+from app.presenters import unix
+from app.schemas import ErrorResponse, EvaluationPublic, EvaluationSample, SelectionPublic
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["results"])
+
+# Metrics where lower is better; every other stored metric is higher-is-better.
+LOWER_IS_BETTER = {"perplexity", "eval_loss"}
+
+
+@router.get(
+    "/{job_id}/evaluation",
+    response_model=EvaluationPublic,
+    summary="Base vs tuned: ROUGE, BERTScore, perplexity, token accuracy, and sample rows side by side",
+)
+def get_evaluation(
+    job: OwnedJob,
+    session: SessionDep,
+    limit: Annotated[int | None, Query(ge=0, le=100000, description="sample rows; default the job's num_samples")] = None,
+) -> EvaluationPublic:
+    evals = {e.subject: e for e in session.scalars(select(Evaluation).where(Evaluation.job_id == job.id))}
+    base, tuned = evals.get("base"), evals.get("tuned")
+    n = job.spec["evaluation"]["num_samples"] if limit is None else limit
+    rows = session.scalars(
+        select(EvaluationRow).where(EvaluationRow.job_id == job.id).order_by(EvaluationRow.row_index).limit(n)
+    ).all()
+    delta = None
+    if base and tuned:
+        delta = {k: tuned.metrics[k] - base.metrics[k] for k in tuned.metrics if k in base.metrics}
+    skipped = {}
+    for e in (base, tuned):
+        if e and e.details:
+            skipped.update(e.details.get("skipped", {}))
+    status = "complete" if base and tuned else ("partial" if base or tuned else "pending")
+    return EvaluationPublic(
+        job_id=job.id,
+        status=status,
+        num_rows=(tuned or base).num_rows if (tuned or base) else None,
+        base=base.metrics if base else None,
+        tuned=tuned.metrics if tuned else None,
+        delta=delta,
+        skipped=skipped or None,
+        samples=[
+            EvaluationSample(
+                index=r.row_index,
+                prompt=r.prompt,
+                reference=r.reference,
+                base_output=r.base_output,
+                tuned_output=r.tuned_output,
+                base_scores=r.base_scores,
+                tuned_scores=r.tuned_scores,
+            )
+            for r in rows
+        ],
+    )
+
+
+@router.get(
+    "/{job_id}/adapter",
+    response_class=FileResponse,
+    responses={409: {"model": ErrorResponse}},
+    summary="Download the adapter: safetensors weights, config, tokenizer files and a model card (tar.gz). "
+    "X-Checksum-SHA256 carries its SHA-256; Range requests resume a download.",
+)
+def download_adapter(job: OwnedJob, settings: SettingsDep) -> FileResponse:
+    if job.status != JobStatus.succeeded or not job.adapter_name:
+        raise ApiError(409, f"Job {job.id} has no adapter yet (status: {job.status})", param="job_id", code="adapter_not_ready")
+    path = settings.jobs_dir / job.adapter_name
+    if not path.is_file():
+        raise ApiError(404, f"The adapter archive of job {job.id} is missing from storage", code="adapter_missing")
+    return FileResponse(
+        path,
+        media_type="application/gzip",
+        filename=f"{job.id}-adapter.tar.gz",
+        headers={"X-Checksum-SHA256": job.adapter_sha256 or "", "ETag": f'"{job.adapter_sha256}"'},
+    )
+
+
+@router.post(
+    "/{job_id}/select",
+    response_model=SelectionPublic,
+    responses={409: {"model": ErrorResponse}},
+    summary="Mark this job's model as the chosen one for its training file",
+)
+def select_job(job: OwnedJob, session: SessionDep) -> SelectionPublic:
+    if job.status != JobStatus.succeeded:
+        raise ApiError(409, f"Only a succeeded job can be selected; {job.id} is {job.status}", param="job_id")
+    row = session.get(Selection, job.training_file_id)
+    if row is None:
+        row = Selection(file_id=job.training_file_id, tenant_id=job.tenant_id, job_id=job.id)
+        session.add(row)
+    else:
+        row.job_id, row.created_at = job.id, utcnow()
+    session.commit()
+    return SelectionPublic(
+        file_id=row.file_id, job_id=job.id, fine_tuned_model=job.fine_tuned_model, created_at=unix(row.created_at)
+    )

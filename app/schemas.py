@@ -1,0 +1,348 @@
+"""Request and response shapes. OpenAI's fine-tuning shapes where they exist; ftaas extensions beside them.
+
+Every tunable field says what it trades off, so the Swagger UI doubles as the manual.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Auto = Literal["auto"]
+
+
+class Strict(BaseModel):
+    # Unknown fields are errors: a typo in a hyperparameter name must not be silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- job specification (request side)
+
+
+class Hyperparameters(Strict):
+    n_epochs: Annotated[int, Field(ge=1, le=100)] | Auto = Field(
+        "auto", description="passes over the training rows; auto = 3"
+    )
+    batch_size: Annotated[int, Field(ge=1, le=1024)] | Auto = Field(
+        "auto", description="examples per optimizer step (before accumulation); auto = 8"
+    )
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Auto = Field(
+        "auto", description="scales the adapter type's base learning rate; auto = 1"
+    )
+
+
+class Supervised(Strict):
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+
+class Method(Strict):
+    type: Literal["supervised"] = "supervised"
+    supervised: Supervised = Field(default_factory=Supervised)
+
+
+class AdapterSpec(Strict):
+    type: Literal["lora", "qlora", "prompt_tuning"] = Field(
+        "lora",
+        description="lora: low-rank adapters on a bf16/fp32 base; qlora: the same on a 4-bit NF4 base "
+        "(less memory, slower); prompt_tuning: learned virtual tokens only (fewest parameters)",
+    )
+    r: int = Field(8, ge=1, le=512, description="LoRA rank: higher = more capacity and memory")
+    alpha: float | None = Field(
+        None, gt=0, le=4096, description="LoRA scaling numerator (update scaled by alpha/r); default 2*r"
+    )
+    dropout: float = Field(0.05, ge=0, le=0.9, description="dropout on the LoRA input: regularises small data")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="module names that get adapters, e.g. [q_proj, k_proj, v_proj, o_proj]; "
+        "all-linear = every linear layer but the output head (more capacity, more memory)",
+    )
+    num_virtual_tokens: int = Field(
+        20, ge=1, le=1024, description="prompt tuning: learned tokens prepended (longer = more capacity)"
+    )
+    prompt_tuning_init_text: str | None = Field(
+        None, max_length=2000, description="prompt tuning: initialise the virtual tokens from this text"
+    )
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="qlora: dtype the 4-bit weights are dequantized to for matmuls"
+    )
+
+    @model_validator(mode="after")
+    def _targets_not_empty(self) -> AdapterSpec:
+        if isinstance(self.target_modules, list):
+            if not self.target_modules or any(not m or len(m) > 100 for m in self.target_modules):
+                raise ValueError("target_modules must be 'all-linear' or a non-empty list of module names")
+        return self
+
+
+class TrainingSpec(Strict):
+    learning_rate: float | None = Field(
+        None, gt=0, le=1, description="absolute learning rate; overrides learning_rate_multiplier"
+    )
+    max_seq_length: int = Field(512, ge=16, le=131072, description="longer rows are truncated")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=1024, description="micro-batches per optimizer step: larger effective batch, same memory"
+    )
+    micro_batch_size: int | None = Field(
+        None, ge=1, le=1024, description="examples per forward pass; default = batch_size"
+    )
+    warmup_ratio: float = Field(0.03, ge=0, le=0.5, description="share of steps with a rising learning rate")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, gt=0, le=1000, description="gradient clipping")
+    logging_steps: int = Field(10, ge=1, le=100000, description="optimizer steps between metric events")
+    validation_split: float = Field(
+        0.1, gt=0, lt=0.5, description="held-out share of the training file when no validation_file is given"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
+
+
+class EvaluationSpec(Strict):
+    metrics: list[Literal["rouge", "bertscore", "perplexity", "token_accuracy"]] = Field(
+        default_factory=lambda: ["rouge", "bertscore", "perplexity", "token_accuracy"]
+    )
+    max_rows: int = Field(100, ge=1, le=100000, description="evaluation rows generated and scored")
+    max_new_tokens: int = Field(128, ge=1, le=4096, description="generation length cap per row")
+    batch_size: int = Field(16, ge=1, le=1024, description="rows generated per batch")
+    num_samples: int = Field(10, ge=0, le=1000, description="rows shown side by side in the evaluation")
+
+
+class JobCreate(Strict):
+    model: str = Field(..., min_length=1, max_length=300)
+    training_file: str = Field(..., min_length=1, max_length=64)
+    validation_file: str | None = Field(None, max_length=64)
+    suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+    method: Method = Field(default_factory=Method)
+    hyperparameters: Hyperparameters | None = Field(None, description="deprecated OpenAI location")
+    integrations: list[dict[str, Any]] | None = None
+    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+
+
+# Base learning rates per adapter type, scaled by learning_rate_multiplier ("auto" = 1).
+BASE_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "prompt_tuning": 3e-2}
+
+
+def resolve_spec(body: JobCreate) -> dict[str, Any]:
+    """The complete training specification the worker runs, with every 'auto' made concrete."""
+    hp = body.hyperparameters or body.method.supervised.hyperparameters
+    n_epochs = 3 if hp.n_epochs == "auto" else hp.n_epochs
+    batch_size = 8 if hp.batch_size == "auto" else hp.batch_size
+    multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
+    adapter = body.adapter.model_dump()
+    if adapter["alpha"] is None:
+        adapter["alpha"] = 2 * adapter["r"]
+    training = body.training.model_dump()
+    if training["learning_rate"] is None:
+        training["learning_rate"] = BASE_LEARNING_RATE[body.adapter.type] * multiplier
+    if training["micro_batch_size"] is None:
+        training["micro_batch_size"] = batch_size
+    return {
+        "hyperparameters": {
+            "n_epochs": n_epochs,
+            "batch_size": batch_size,
+            "learning_rate_multiplier": multiplier,
+        },
+        "adapter": adapter,
+        "training": training,
+        "evaluation": body.evaluation.model_dump(),
+    }
+
+
+# ---------------------------------------------------------------- responses
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+    errors: list[dict[str, Any]] | None = Field(None, description="row errors of an invalid upload")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class FilePublic(BaseModel):
+    object: Literal["file"] = "file"
+    id: str
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: Literal["processed"] = "processed"
+    status_details: str | None = None
+    format: str
+    shape: str
+    num_rows: int
+    token_estimate: int
+    sha256: str
+    column_mapping: dict[str, str] | None = None
+    completion_separator: str | None = None
+
+
+class ListPage(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Any]
+    has_more: bool = False
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+class FileList(ListPage):
+    data: list[FilePublic]
+
+
+class FileDeleted(BaseModel):
+    object: Literal["file"] = "file"
+    id: str
+    deleted: bool = True
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class JobProgress(BaseModel):
+    phase: str | None
+    step: int
+    total_steps: int | None
+    epoch: float
+    train_loss: float | None
+    eta_seconds: float | None
+
+
+class JobPublic(BaseModel):
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    id: str
+    created_at: int
+    finished_at: int | None
+    model: str
+    fine_tuned_model: str | None
+    organization_id: str
+    status: str
+    hyperparameters: dict[str, Any]
+    training_file: str
+    validation_file: str | None
+    result_files: list[str] = []
+    trained_tokens: int | None
+    error: JobError | None
+    seed: int
+    estimated_finish: int | None
+    metadata: dict[str, str] | None
+    suffix: str | None
+    integrations: list[Any] = []
+    method: dict[str, Any]
+    # ftaas extensions
+    adapter: dict[str, Any]
+    training: dict[str, Any]
+    evaluation: dict[str, Any]
+    progress: JobProgress
+    trainable_params: int | None
+    total_params: int | None
+    attempt: int
+
+
+class JobList(ListPage):
+    data: list[JobPublic]
+
+
+class EventPublic(BaseModel):
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    id: str
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any] | None
+
+
+class EventList(ListPage):
+    data: list[EventPublic]
+
+
+class CheckpointPublic(BaseModel):
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    id: str
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: dict[str, Any]
+    step_number: int
+
+
+class CheckpointList(ListPage):
+    data: list[CheckpointPublic]
+
+
+class ModelPublic(BaseModel):
+    object: Literal["model"] = "model"
+    id: str
+    created: int
+    owned_by: str
+    # ftaas extensions
+    kind: Literal["base", "fine-tuned"]
+    base_model: str | None = None
+    job_id: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelPublic]
+
+
+class EvaluationSample(BaseModel):
+    index: int
+    prompt: str
+    reference: str
+    base_output: str | None
+    tuned_output: str | None
+    base_scores: dict[str, float] | None
+    tuned_scores: dict[str, float] | None
+
+
+class EvaluationPublic(BaseModel):
+    object: Literal["fine_tuning.job.evaluation"] = "fine_tuning.job.evaluation"
+    job_id: str
+    status: Literal["pending", "partial", "complete"]
+    num_rows: int | None
+    base: dict[str, float] | None
+    tuned: dict[str, float] | None
+    delta: dict[str, float] | None
+    skipped: dict[str, str] | None = Field(None, description="metrics not computed, with the reason")
+    samples: list[EvaluationSample]
+
+
+class LeaderboardRow(BaseModel):
+    rank: int
+    kind: Literal["base", "fine-tuned"]
+    job_id: str | None
+    model: str
+    fine_tuned_model: str | None
+    adapter_type: str | None
+    selected: bool
+    value: float | None
+    metrics: dict[str, float]
+
+
+class Leaderboard(BaseModel):
+    object: Literal["leaderboard"] = "leaderboard"
+    file_id: str
+    metric: str
+    higher_is_better: bool
+    selected_job_id: str | None
+    data: list[LeaderboardRow]
+
+
+class SelectionPublic(BaseModel):
+    object: Literal["selection"] = "selection"
+    file_id: str
+    job_id: str
+    fine_tuned_model: str | None
+    created_at: int

@@ -1,0 +1,25 @@
+# API image: FastAPI server and the `ftaas migrate` one-off. No worker extra, so no torch.
+# Build from the repository root: docker build -f docker/api.Dockerfile .
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/ftaas
+# Only what the package and `ftaas migrate` need (the build context also holds .venv, var/ ...).
+# alembic.ini finds migrations/ next to itself (script_location = %(here)s/migrations).
+COPY pyproject.toml README.md alembic.ini ./
+COPY app ./app
+COPY worker ./worker
+COPY migrations ./migrations
+RUN pip install . \
+ && useradd --create-home --uid 10001 ftaas \
+ && mkdir -p /var/lib/ftaas \
+ && chown ftaas:ftaas /var/lib/ftaas
+
+# Same uid as the worker image: both write the shared artifacts volume.
+USER ftaas
+EXPOSE 8000
+CMD ["ftaas", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,1 @@
+"""Alembic migrations (a package so that `ftaas migrate` finds them when installed)."""

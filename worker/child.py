@@ -1,0 +1,274 @@
+"""The training child: `python -m worker.child JOB_ID ATTEMPT`, spawned by the Celery task per job.
+
+CUDA lives only here, so a crash, an out-of-memory or a kill -9 takes down this process and not the
+worker. Every database write is fenced on (status='running', attempt): a cancelled or re-claimed job
+ignores this process from then on, and the process notices and stops at its next check.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import delete, select, update
+
+from app.config import get_settings
+from app.datasets import iter_records
+from app.db import get_sessionmaker
+from app.job_state import add_event, fenced, finish_job, update_job
+from app.models import Checkpoint, Evaluation, EvaluationRow, File, Job, JobStatus, utcnow
+from app.presenters import fine_tuned_name
+
+log = logging.getLogger("ftaas.child")
+
+# Exit codes the parent task reads.
+EXIT_DONE = 0  # the child wrote the job's final state itself (or the job is no longer ours)
+EXIT_CRASH = 1  # unexpected error: the parent retries up to max_attempts
+
+
+class LostJob(Exception):
+    """The job was cancelled, finished or claimed by another attempt: stop, write nothing more."""
+
+
+class UserError(Exception):
+    """A problem with the job's inputs; retrying cannot help."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class JobContext:
+    def __init__(self, job_id: str, attempt: int) -> None:
+        self.settings = get_settings()
+        self.job_id, self.attempt = job_id, attempt
+        self.Session = get_sessionmaker()
+        self.parent = os.getppid()
+        self.workdir = self.settings.jobs_dir / job_id
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._last_progress = 0.0
+        self._last_check = 0.0
+
+    @contextmanager
+    def fenced_tx(self):
+        """A transaction that commits only if the job is still ours."""
+        with self.Session() as s:
+            touched = s.execute(update(Job).where(fenced(self.job_id, self.attempt)).values(updated_at=utcnow()))
+            if touched.rowcount != 1:
+                s.rollback()
+                raise LostJob
+            yield s
+            s.commit()
+
+    def update(self, **values) -> None:
+        with self.Session() as s:
+            if not update_job(s, self.job_id, self.attempt, **values):
+                raise LostJob
+
+    def event(self, message: str, *, type: str = "message", data: dict | None = None, level: str = "info") -> None:
+        with self.fenced_tx() as s:
+            add_event(s, self.job_id, message, type=type, data=data, level=level)
+
+    def progress(self, values: dict, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_progress >= self.settings.progress_every_s:
+            self._last_progress = now
+            mapping = {"step": "step", "total_steps": "total_steps", "epoch": "epoch", "train_loss": "train_loss",
+                       "eta_s": "eta_s", "phase": "phase", "trained_tokens": "trained_tokens"}
+            self.update(**{mapping[k]: v for k, v in values.items() if k in mapping})
+
+    def should_stop(self) -> bool:
+        """Checked between micro-batches; reads the database at most once a second."""
+        now = time.monotonic()
+        if now - self._last_check < 1.0:
+            return False
+        self._last_check = now
+        if os.getppid() != self.parent:  # the worker died: its lease will expire and another resumes
+            raise LostJob
+        with self.Session() as s:
+            row = s.execute(select(Job.status, Job.attempt, Job.cancel_requested).where(Job.id == self.job_id)).first()
+        if row is None or row.status != JobStatus.running or row.attempt != self.attempt or row.cancel_requested:
+            raise LostJob
+        return False
+
+
+def _load_records(settings, file_row: File) -> list[dict]:
+    path = settings.uploads_dir / file_row.storage_name
+    if not path.is_file():
+        raise UserError("file_missing", f"file {file_row.id} is no longer stored")
+    return list(iter_records(path, file_row.format, column_mapping=file_row.column_mapping,
+                             completion_separator=file_row.completion_separator))
+
+
+def _store_base_eval(ctx: JobContext, result, gen_rows) -> None:
+    with ctx.fenced_tx() as s:
+        s.execute(delete(EvaluationRow).where(EvaluationRow.job_id == ctx.job_id))
+        s.execute(delete(Evaluation).where(Evaluation.job_id == ctx.job_id))
+        s.add(Evaluation(job_id=ctx.job_id, subject="base", metrics=result.metrics, num_rows=len(gen_rows),
+                         details={"skipped": result.skipped, "timings": result.timings}))
+        for i, row in enumerate(gen_rows):
+            s.add(EvaluationRow(
+                job_id=ctx.job_id, row_index=i, prompt=row.prompt, reference=row.reference,
+                base_output=result.outputs[i] if result.outputs else None,
+                base_scores=result.row_scores[i] if result.row_scores else None,
+            ))
+
+
+def _store_tuned_eval(ctx: JobContext, result, gen_rows) -> None:
+    with ctx.fenced_tx() as s:
+        s.execute(delete(Evaluation).where(Evaluation.job_id == ctx.job_id, Evaluation.subject == "tuned"))
+        s.add(Evaluation(job_id=ctx.job_id, subject="tuned", metrics=result.metrics, num_rows=len(gen_rows),
+                         details={"skipped": result.skipped, "timings": result.timings}))
+        for i in range(len(gen_rows)):
+            s.execute(update(EvaluationRow).where(EvaluationRow.job_id == ctx.job_id, EvaluationRow.row_index == i).values(
+                tuned_output=result.outputs[i] if result.outputs else None,
+                tuned_scores=result.row_scores[i] if result.row_scores else None,
+            ))
+
+
+def run(ctx: JobContext) -> None:
+    import torch
+
+    from worker.artifacts import model_card, package_adapter
+    from worker.data import Formatter, split_rows
+    from worker.evaluation import evaluate, teacher_forced_stats
+    from worker.metrics import get_bertscorer, resolve_bertscore_model
+    from worker.modeling import (
+        ModelRefused, count_params, load_base_model, load_tokenizer, pick_device, wrap_for_training,
+    )
+    from worker.training import Hooks, TrainConfig, train
+
+    settings = ctx.settings
+    with ctx.Session() as s:
+        job = s.get(Job, ctx.job_id)
+        train_file = s.get(File, job.training_file_id)
+        val_file = s.get(File, job.validation_file_id) if job.validation_file_id else None
+        has_base_eval = s.scalar(select(Evaluation.id).where(Evaluation.job_id == job.id, Evaluation.subject == "base"))
+    spec, ev_spec = job.spec, job.spec["evaluation"]
+    torch.manual_seed(job.seed)
+
+    ctx.progress({"phase": "loading_data"}, force=True)
+    rows = _load_records(settings, train_file)
+    if val_file is not None:
+        train_rows, val_rows = rows, _load_records(settings, val_file)
+    else:
+        train_rows, val_rows = split_rows(rows, spec["training"]["validation_split"], job.seed)
+    if not train_rows or not val_rows:
+        raise UserError("too_few_rows", f"training file {train_file.id} needs at least 2 rows (one is held out)")
+
+    device = pick_device()
+    tokenizer = load_tokenizer(job.model_source)
+    fmt = Formatter(tokenizer, spec["training"]["max_seq_length"])
+    train_examples = [fmt.example(r) for r in train_rows]
+    train_examples = [e for e in train_examples if e.num_loss_tokens > 0]
+    if not train_examples:
+        raise UserError("no_trainable_tokens", "every row's completion was cut off by max_seq_length")
+    eval_rows = val_rows[: ev_spec["max_rows"]]
+    loss_examples = [e for e in (fmt.example(r) for r in eval_rows) if e.num_loss_tokens > 0]
+    gen_rows = [g for g in (fmt.generation_row(r) for r in eval_rows) if g is not None]
+    ctx.event(f"Data: {len(train_examples)} training rows, {len(eval_rows)} evaluation rows ({train_file.shape}); "
+              f"device {device}")
+
+    ctx.progress({"phase": "loading_model"}, force=True)
+    try:
+        model = load_base_model(job.model_source, spec["adapter"], device)
+    except ModelRefused as exc:
+        raise UserError("model_refused", str(exc)) from exc
+
+    bertscorer = None
+    if "bertscore" in ev_spec["metrics"] and gen_rows:
+        name, layers = resolve_bertscore_model(settings.bertscore_model, settings.bertscore_num_layers)
+        bertscorer = get_bertscorer(name, layers, str(device))
+
+    if not has_base_eval:  # a resumed attempt keeps the base measurement it already made
+        ctx.progress({"phase": "evaluating_base"}, force=True)
+        base = evaluate(model, tokenizer, loss_examples=loss_examples, gen_rows=gen_rows, spec=ev_spec,
+                        device=device, bertscorer=bertscorer)
+        _store_base_eval(ctx, base, gen_rows)
+        ctx.event("Base model evaluated", type="metrics", data={"subject": "base", **base.metrics})
+
+    model = wrap_for_training(model, spec["adapter"], job.model_source, spec["training"]["gradient_checkpointing"])
+    trainable, total = count_params(model)
+    ctx.update(trainable_params=trainable, total_params=total)
+    ctx.event(f"{spec['adapter']['type']}: {trainable:,} trainable parameters of {total:,}")
+
+    def on_epoch_end(epoch: int, step: int) -> dict:
+        stats = teacher_forced_stats(model, loss_examples, ev_spec["batch_size"], tokenizer.pad_token_id, device)
+        ctx.event(f"Epoch {epoch + 1}: eval_loss {stats.get('eval_loss', float('nan')):.4f}", type="metrics",
+                  data={"step": step, "epoch": epoch + 1, **stats})
+        return stats
+
+    def on_checkpoint(step: int, epoch: float, path: Path, metrics: dict) -> None:
+        with ctx.fenced_tx() as s:
+            s.execute(delete(Checkpoint).where(Checkpoint.job_id == ctx.job_id, Checkpoint.step == step))
+            s.add(Checkpoint(job_id=ctx.job_id, step=step, epoch=epoch, metrics=metrics,
+                             dir_name=str(path.relative_to(settings.jobs_dir))))
+
+    hooks = Hooks(
+        on_progress=ctx.progress,
+        on_log=lambda d: ctx.event(f"Step {d['step']}: train_loss {d['train_loss']:.4f}", type="metrics", data=d),
+        on_checkpoint=on_checkpoint,
+        on_epoch_end=on_epoch_end,
+        should_stop=ctx.should_stop,
+    )
+    cfg = TrainConfig.from_spec(spec, job.seed, settings.checkpoint_every_s)
+    summary = train(model, train_examples, cfg, tokenizer.pad_token_id, device, ctx.workdir / "checkpoints", hooks)
+    ctx.event(f"Training done: {summary['steps']} steps in {summary['seconds']:.1f}s"
+              + (f" (resumed at step {summary['resumed_from']})" if summary["resumed_from"] else ""))
+
+    ctx.progress({"phase": "evaluating"}, force=True)
+    tuned = evaluate(model, tokenizer, loss_examples=loss_examples, gen_rows=gen_rows, spec=ev_spec,
+                     device=device, bertscorer=bertscorer)
+    _store_tuned_eval(ctx, tuned, gen_rows)
+    ctx.event("Fine-tuned model evaluated", type="metrics", data={"subject": "tuned", **tuned.metrics})
+
+    ctx.progress({"phase": "packaging"}, force=True)
+    with ctx.Session() as s:
+        base_metrics = s.scalar(select(Evaluation.metrics).where(Evaluation.job_id == job.id, Evaluation.subject == "base"))
+    name = fine_tuned_name(job)
+    card = model_card({"id": job.id, "model": job.model, "fine_tuned_model": name, "seed": job.seed},
+                      spec, base_metrics, tuned.metrics, (trainable, total))
+    archive, digest, size = package_adapter(model, tokenizer, ctx.workdir, card)
+    with ctx.Session() as s:
+        ok = finish_job(
+            s, ctx.job_id, ctx.attempt, JobStatus.succeeded, fine_tuned_model=name, phase="done",
+            trained_tokens=summary["trained_tokens"], adapter_name=str(archive.relative_to(settings.jobs_dir)),
+            adapter_sha256=digest, adapter_bytes=size, step=summary["steps"],
+        )
+    if not ok:
+        raise LostJob
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s child %(levelname)s %(message)s")
+    job_id, attempt = argv[0], int(argv[1])
+    settings = get_settings()
+    if settings.hf_offline:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ctx = JobContext(job_id, attempt)
+    try:
+        run(ctx)
+        return EXIT_DONE
+    except LostJob:
+        log.info("job %s attempt %s is no longer ours; stopping", job_id, attempt)
+        return EXIT_DONE
+    except UserError as exc:
+        with ctx.Session() as s:
+            finish_job(s, job_id, attempt, JobStatus.failed, error={"code": exc.code, "message": str(exc), "param": None})
+        return EXIT_DONE
+    except Exception as exc:  # noqa: BLE001 - report, then let the parent decide on a retry
+        traceback.print_exc()
+        try:
+            ctx.event(f"Attempt {attempt} crashed: {type(exc).__name__}: {exc}", level="error")
+        except Exception:  # noqa: BLE001 - the database may be the thing that failed
+            pass
+        return EXIT_CRASH
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
