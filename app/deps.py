@@ -60,7 +60,7 @@ def get_owned_file(session: SessionDep, tenant: CurrentTenant, file_id: Annotate
 def get_owned_job(session: SessionDep, tenant: CurrentTenant, job_id: Annotated[str, Path()]) -> Job:
     job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant.id))
     if job is None:
-        raise not_found("fine-tuning job", job_id, "job_id")
+        raise not_found("fine-tuning job", job_id, "job_id", code="job_not_found")
     return job
 
 

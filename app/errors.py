@@ -38,8 +38,8 @@ class ApiError(Exception):
         self.errors, self.headers = errors, headers
 
 
-def not_found(kind: str, object_id: str, param: str | None = None) -> ApiError:
-    return ApiError(404, f"No {kind} with id '{object_id}'", param=param, code=f"{kind}_not_found")
+def not_found(kind: str, object_id: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(404, f"No {kind} with id '{object_id}'", param=param, code=code or f"{kind}_not_found")
 
 
 def error_response(
@@ -60,7 +60,7 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str:
     # ("body", "adapter", "r") -> "adapter.r"; ("query", "limit") -> "limit"
     parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path", "header", "form") else list(map(str, loc))
     # pydantic puts the union member tried ("int", "literal['auto']") in the path; drop those
-    parts = [p for p in parts if not (p.startswith(("literal[", "function-")) or p in ("int", "float", "str", "list[str]"))]
+    parts = [p for p in parts if not (p.startswith(("literal[", "function-", "constrained-")) or p in ("int", "float", "str", "list[str]"))]
     return ".".join(parts) or "body"
 
 
@@ -84,4 +84,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return error_response(
+            exc.status_code, str(exc.detail), param=getattr(exc, "param", None), code=getattr(exc, "code", None),
+            headers=getattr(exc, "headers", None),
+        )

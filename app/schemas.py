@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Auto = Literal["auto"]
 
@@ -67,12 +67,12 @@ class AdapterSpec(Strict):
         "bfloat16", description="qlora: dtype the 4-bit weights are dequantized to for matmuls"
     )
 
-    @model_validator(mode="after")
-    def _targets_not_empty(self) -> AdapterSpec:
-        if isinstance(self.target_modules, list):
-            if not self.target_modules or any(not m or len(m) > 100 for m in self.target_modules):
-                raise ValueError("target_modules must be 'all-linear' or a non-empty list of module names")
-        return self
+    @field_validator("target_modules")
+    @classmethod
+    def _targets_not_empty(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and (not value or any(not m or len(m) > 100 for m in value)):
+            raise ValueError("target_modules must be 'all-linear' or a non-empty list of module names")
+        return value
 
 
 class TrainingSpec(Strict):

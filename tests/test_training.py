@@ -1,0 +1,162 @@
+"""The training path in-process on the tiny real Llama: formatting and label masks, the three methods,
+adapter-vs-base weights, and resuming from a checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import DATASETS, MODEL_DIR
+from worker.data import IGNORE, Formatter, split_rows
+from worker.modeling import ModelRefused, check_model_source, load_base_model, load_tokenizer, wrap_for_training
+from worker.training import Hooks, StopTraining, TrainConfig, latest_checkpoint, train
+
+SRC = str(MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(SRC)
+
+
+def adapter(kind: str, **over) -> dict:
+    base = {"type": kind, "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear",
+            "num_virtual_tokens": 8, "prompt_tuning_init_text": None, "compute_dtype": "bfloat16"}
+    return {**base, **over}
+
+
+def config(**over) -> TrainConfig:
+    base = dict(n_epochs=1, micro_batch_size=4, grad_accum=1, learning_rate=5e-3, lr_scheduler="linear",
+                warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, seed=3,
+                checkpoint_every_s=3600)
+    return TrainConfig(**{**base, **over})
+
+
+def hooks(log: list | None = None, stop_at: int | None = None) -> Hooks:
+    state = {"step": 0}
+
+    def progress(d):
+        state["step"] = d.get("step", state["step"])
+
+    def should_stop():
+        return stop_at is not None and state["step"] >= stop_at
+
+    return Hooks(on_progress=progress, on_log=(log.append if log is not None else lambda d: None),
+                 on_checkpoint=lambda *a: None, on_epoch_end=lambda e, s: {}, should_stop=should_stop)
+
+
+def sql_examples(tok, n: int = 24):
+    from app.datasets import iter_records
+
+    rows = list(iter_records(DATASETS / "wikisql" / "train.jsonl", "jsonl", completion_separator="\nA: "))[:n]
+    fmt = Formatter(tok, 256)
+    return [fmt.example(r) for r in rows]
+
+
+def test_completion_only_labels(tok):
+    fmt = Formatter(tok, 512)
+    ex = fmt.example({"prompt": "Q: two plus two?\nA: ", "completion": "four"})
+    prompt_len = 1 + len(fmt.encode("Q: two plus two?\nA: "))
+    assert ex.input_ids[0] == tok.bos_token_id and ex.input_ids[-1] == tok.eos_token_id
+    assert ex.labels[:prompt_len] == [IGNORE] * prompt_len
+    assert ex.labels[prompt_len:] == ex.input_ids[prompt_len:]
+    text = fmt.example({"text": "Once upon a time"})
+    assert text.labels == text.input_ids  # raw text: every token is trained
+
+
+def test_chat_trains_only_assistant_turns(tok):
+    fmt = Formatter(tok, 512)
+    msgs = [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello friend"}]
+    ex = fmt.example({"messages": msgs})
+    trained = tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE])
+    assert "hello friend" in trained and "hi there" not in trained
+
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    try:
+        ex = Formatter(tok, 512).example({"messages": msgs})
+        trained = tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE])
+        assert "hello friend" in trained and "hi there" not in trained and "user" not in trained
+        row = Formatter(tok, 512).generation_row({"messages": msgs})
+        assert row.prompt.endswith("<|assistant|>") and row.reference == "hello friend"
+    finally:
+        tok.chat_template = None
+
+
+def test_split_is_seeded_and_disjoint():
+    rows = [{"text": str(i)} for i in range(50)]
+    a_train, a_eval = split_rows(rows, 0.1, seed=1)
+    b_train, b_eval = split_rows(rows, 0.1, seed=1)
+    assert a_eval == b_eval and len(a_eval) == 5 and len(a_train) == 45
+    assert not {r["text"] for r in a_eval} & {r["text"] for r in a_train}
+    assert split_rows(rows, 0.1, seed=2)[1] != a_eval
+
+
+@pytest.mark.parametrize("kind", ["lora", "qlora", "prompt_tuning"])
+def test_each_method_trains_adapter_only(tok, tmp_path, kind):
+    torch.manual_seed(0)
+    model = load_base_model(SRC, adapter(kind), torch.device("cpu"))
+    model = wrap_for_training(model, adapter(kind), SRC, gradient_checkpointing=False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    log: list[dict] = []
+    summary = train(model, sql_examples(tok), config(learning_rate=3e-2 if kind == "prompt_tuning" else 5e-3),
+                    tok.pad_token_id, torch.device("cpu"), tmp_path, hooks(log))
+    assert summary["steps"] == 6 and summary["trained_tokens"] > 0
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert changed and changed <= trainable  # the adapter moved, the frozen base did not
+    if kind == "prompt_tuning":
+        assert all("prompt_encoder" in n for n in changed)
+    else:
+        assert all("lora_" in n for n in changed)
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    assert latest_checkpoint(tmp_path) is not None  # an epoch end always checkpoints
+
+
+def test_qlora_base_is_4bit_nf4():
+    model = load_base_model(SRC, adapter("qlora"), torch.device("cpu"))
+    layer = model.model.layers[0].self_attn.q_proj
+    assert type(layer).__name__ == "Linear4bit"
+    assert layer.weight.quant_state.quant_type == "nf4" and layer.weight.quant_state.nested  # double quant
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tok, tmp_path):
+    examples = sql_examples(tok, 16)
+    cfg = config(n_epochs=2, micro_batch_size=4)
+    ad = adapter("lora", dropout=0.1)
+
+    def fresh():
+        torch.manual_seed(0)
+        return wrap_for_training(load_base_model(SRC, ad, torch.device("cpu")), ad, SRC, False)
+
+    straight = fresh()
+    train(straight, examples, cfg, tok.pad_token_id, torch.device("cpu"), tmp_path / "a", hooks())
+
+    interrupted = fresh()
+    with pytest.raises(StopTraining):  # stops after the first epoch's checkpoint, as a crash or a kill would
+        train(interrupted, examples, cfg, tok.pad_token_id, torch.device("cpu"), tmp_path / "b", hooks(stop_at=4))
+    assert latest_checkpoint(tmp_path / "b").name == "step-4"
+    (tmp_path / "b" / ".tmp-step-6-123").mkdir()  # a half-written checkpoint is never picked
+    resumed = fresh()
+    summary = train(resumed, examples, cfg, tok.pad_token_id, torch.device("cpu"), tmp_path / "b", hooks())
+    assert summary["resumed_from"] == 4 and summary["steps"] == 8
+    a = dict(straight.named_parameters())
+    for name, p in resumed.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p, a[name], rtol=1e-5, atol=1e-6)
+
+
+def test_unsafe_model_directories_are_refused(tmp_path):
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ModelRefused, match="safetensors"):
+        check_model_source(str(tmp_path / "pickled"))
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "model.safetensors").write_bytes(b"")
+    (remote / "config.json").write_text('{"auto_map": {"AutoModelForCausalLM": "x.Y"}}')
+    with pytest.raises(ModelRefused, match="remote code"):
+        check_model_source(str(remote))
+    check_model_source(SRC)  # the real model passes
