@@ -44,8 +44,8 @@ def revoke_key(session: Session, key_or_prefix: str) -> int:
 
 def tenant_for_key(session: Session, key: str) -> Tenant | None:
     row = session.execute(
-        select(Tenant).join(ApiKey, ApiKey.tenant_id == Tenant.id).where(
-            ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)
-        )
+        select(Tenant)
+        .join(ApiKey, ApiKey.tenant_id == Tenant.id)
+        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
     ).scalar_one_or_none()
     return row

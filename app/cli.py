@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+
 def migrate() -> None:
     from alembic import command
     from alembic.config import Config
@@ -58,9 +59,24 @@ def worker_argv(gpu: str | None, loglevel: str) -> list[str]:
 
     name = f"gpu{gpu}@%h" if gpu is not None else "worker@%h"
     return [
-        sys.executable, "-m", "celery", "-A", "worker.tasks", "worker",
-        "-Q", get_settings().queue_name, "--concurrency", "1", "--prefetch-multiplier", "1",
-        "--max-tasks-per-child", "1", "--hostname", name, "--loglevel", loglevel,
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.tasks",
+        "worker",
+        "-Q",
+        get_settings().queue_name,
+        "--concurrency",
+        "1",
+        "--prefetch-multiplier",
+        "1",
+        "--max-tasks-per-child",
+        "1",
+        "--hostname",
+        name,
+        "--loglevel",
+        loglevel,
     ]
 
 
@@ -88,8 +104,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = "localhost" if args.host in ("0.0.0.0", "127.0.0.1") else args.host
     print(f"ftaas API on http://{host}:{args.port} — Swagger UI: http://{host}:{args.port}/docs", flush=True)
     if worker is not None:
-        print(f"embedded worker pid {worker.pid} (database {settings.database_url}, broker {settings.broker_url})",
-              flush=True)
+        print(
+            f"embedded worker pid {worker.pid} (database {settings.database_url}, broker {settings.broker_url})",
+            flush=True,
+        )
     try:
         uvicorn.run("app.main:app", host=args.host, port=args.port, log_level=args.loglevel)
     finally:

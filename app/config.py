@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing import Annotated
 
 
 class Settings(BaseSettings):
@@ -21,13 +21,9 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "sqlite:///./var/ftaas.db", description="SQLAlchemy URL; postgresql+psycopg://… in production"
     )
-    broker_url: str = Field(
-        "filesystem://", description="Celery broker; redis://host:6379/0 in production"
-    )
+    broker_url: str = Field("filesystem://", description="Celery broker; redis://host:6379/0 in production")
     data_dir: Path = Field(Path("./var"), description="where the embedded broker folders live")
-    artifacts_dir: Path = Field(
-        Path("./var/artifacts"), description="uploads, checkpoints and adapter archives"
-    )
+    artifacts_dir: Path = Field(Path("./var/artifacts"), description="uploads, checkpoints and adapter archives")
     allowed_models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["meta-llama/Llama-3.2-1B", "google/gemma-2b-it", "meta-llama/Llama-2-7b-hf"],
         description="comma-separated hub ids or local model directories that jobs may use",

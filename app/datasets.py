@@ -29,8 +29,13 @@ MAPPING_TARGETS = ("prompt", "completion", "instruction", "input", "output", "te
 ROLES = ("system", "user", "assistant")
 
 _EXTENSIONS = {
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
-    ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
 }
 _BOM = b"\xef\xbb\xbf"
 _SNIFF_BYTES = 64 * 1024
@@ -38,11 +43,14 @@ _CSV_FIELD_LIMIT = 64 * 1024 * 1024  # the csv default (128 KiB) would reject lo
 _PARQUET_BATCH_ROWS = 256  # small batches bound memory when rows hold long documents
 # Keys whose presence marks a row as a given shape; checked in SHAPES order (the priority on overlap).
 _SHAPE_KEYS = {
-    "chat": {"messages"}, "prompt_completion": {"prompt", "completion"},
-    "instruction": {"instruction", "output"}, "text": {"text"},
+    "chat": {"messages"},
+    "prompt_completion": {"prompt", "completion"},
+    "instruction": {"instruction", "output"},
+    "text": {"text"},
 }
-_EXPECTED_SHAPES = ("chat {messages}, prompt_completion {prompt, completion}, "
-                    "instruction {instruction, input?, output}, text {text}")
+_EXPECTED_SHAPES = (
+    "chat {messages}, prompt_completion {prompt, completion}, instruction {instruction, input?, output}, text {text}"
+)
 
 
 @dataclass(frozen=True)
@@ -115,9 +123,16 @@ def detect_format(filename: str, head: bytes) -> str:
     fmt = _EXTENSIONS.get(ext) or _sniff(head)
     if fmt is None:
         what = f"extension {ext!r}" if ext else "no extension"
-        raise DatasetValidationError([RowError(
-            None, None, f"unsupported file type ({what}, contents not recognised): "
-                        "expected .jsonl, .ndjson, .json, .csv, .tsv or .parquet")])
+        raise DatasetValidationError(
+            [
+                RowError(
+                    None,
+                    None,
+                    f"unsupported file type ({what}, contents not recognised): "
+                    "expected .jsonl, .ndjson, .json, .csv, .tsv or .parquet",
+                )
+            ]
+        )
     return fmt
 
 
@@ -171,8 +186,10 @@ def check_column_mapping(mapping: dict | None) -> None:
         if not isinstance(source, str) or not source:
             raise ValueError(f"column_mapping: source column names must be non-empty strings, got {source!r}")
         if not isinstance(target, str) or target not in MAPPING_TARGETS:
-            raise ValueError(f"column_mapping: invalid target {target!r} for column {source!r}; "
-                             f"expected one of {', '.join(MAPPING_TARGETS)}")
+            raise ValueError(
+                f"column_mapping: invalid target {target!r} for column {source!r}; "
+                f"expected one of {', '.join(MAPPING_TARGETS)}"
+            )
     targets = list(mapping.values())
     duplicated = sorted({t for t in targets if targets.count(t) > 1})
     if duplicated:
@@ -272,8 +289,12 @@ def _read_json(path) -> Iterator:
         return
     del text
     if not isinstance(items, list):
-        yield RowError(None, None, f"expected a JSON array of objects, got {_type_name(items)} "
-                                   "(for one object per line, upload a .jsonl file)")
+        yield RowError(
+            None,
+            None,
+            f"expected a JSON array of objects, got {_type_name(items)} "
+            "(for one object per line, upload a .jsonl file)",
+        )
         return
     for number, item in enumerate(items, 1):  # record N is reported as line N
         if isinstance(item, dict):
@@ -358,15 +379,18 @@ def _read_parquet(path) -> Iterator:
 def format_instruction(instruction: str, input: str = "") -> str:
     """The Alpaca prompt template; the Input section only when ``input`` is non-empty."""
     if input and input.strip():
-        return ("Below is an instruction that describes a task, paired with an input that provides further "
-                "context. Write a response that appropriately completes the request.\n\n"
-                f"### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
-    return ("Below is an instruction that describes a task. Write a response that appropriately completes "
-            f"the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+        return (
+            "Below is an instruction that describes a task, paired with an input that provides further "
+            "context. Write a response that appropriately completes the request.\n\n"
+            f"### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+        )
+    return (
+        "Below is an instruction that describes a task. Write a response that appropriately completes "
+        f"the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+    )
 
 
-def _string(row: dict, key: str, *, name: str | None = None, optional: bool = False,
-            non_empty: bool = False) -> str:
+def _string(row: dict, key: str, *, name: str | None = None, optional: bool = False, non_empty: bool = False) -> str:
     name = name or key
     value = row.get(key)
     if value is None and optional:  # an absent or null optional field (nullable Parquet column)
@@ -423,8 +447,7 @@ def _text(row: dict) -> dict:
     return {"text": _string(row, "text", non_empty=True)}
 
 
-_VALIDATORS = {"chat": _chat, "prompt_completion": _prompt_completion, "instruction": _instruction,
-               "text": _text}
+_VALIDATORS = {"chat": _chat, "prompt_completion": _prompt_completion, "instruction": _instruction, "text": _text}
 
 
 def _split_text(text: str, separator: str) -> dict:
@@ -468,8 +491,7 @@ class _Normalizer:
     def _normalize(self, line: int, row: dict) -> dict:
         shape = self._shape_of(row)
         if self.separator is not None and shape != "text":
-            raise _RowProblem(None, "completion_separator applies only to text records; "
-                                    f"this row is {shape!r}")
+            raise _RowProblem(None, f"completion_separator applies only to text records; this row is {shape!r}")
         record = _VALIDATORS[shape](row)
         if self.separator is not None:
             record = _split_text(record["text"], self.separator)
@@ -482,19 +504,23 @@ class _Normalizer:
         if not present:
             keys = ", ".join(repr(k) for k in list(row)[:20]) or "none"
             after = " after column_mapping" if self.mapping else ""
-            raise _RowProblem(None, f"row matches no known shape: it has keys [{keys}]{after}; "
-                                    f"expected one of: {_EXPECTED_SHAPES}")
+            raise _RowProblem(
+                None, f"row matches no known shape: it has keys [{keys}]{after}; expected one of: {_EXPECTED_SHAPES}"
+            )
         if self.shape is None or self.shape in present:
             return self.shape or present[0]
-        raise _RowProblem(None, f"row has shape {present[0]!r} but the file's rows are {self.shape!r} "
-                                f"(decided by line {self.shape_line}); all rows must have the same shape")
+        raise _RowProblem(
+            None,
+            f"row has shape {present[0]!r} but the file's rows are {self.shape!r} "
+            f"(decided by line {self.shape_line}); all rows must have the same shape",
+        )
 
     def _source_field(self, field: str | None) -> str | None:
         """Name a mapped field by the user's source column, e.g. messages[0].role -> conv[0].role."""
         if field is None or not self.source_of:
             return field
         head = re.match(r"\w+", field).group()
-        return self.source_of.get(head, head) + field[len(head):]
+        return self.source_of.get(head, head) + field[len(head) :]
 
 
 def _token_estimate(record: dict) -> int:
@@ -510,9 +536,15 @@ def _token_estimate(record: dict) -> int:
 # Public entry points
 
 
-def validate_file(path: str | os.PathLike, filename: str, *, column_mapping: dict | None = None,
-                  completion_separator: str | None = None, max_errors: int = 20,
-                  max_line_bytes: int = 32 * 1024 * 1024) -> DatasetSummary:
+def validate_file(
+    path: str | os.PathLike,
+    filename: str,
+    *,
+    column_mapping: dict | None = None,
+    completion_separator: str | None = None,
+    max_errors: int = 20,
+    max_line_bytes: int = 32 * 1024 * 1024,
+) -> DatasetSummary:
     """Read the stored upload once (streaming); raise DatasetValidationError listing the first errors."""
     check_column_mapping(column_mapping)
     _check_separator(completion_separator)
@@ -545,9 +577,14 @@ def validate_file(path: str | os.PathLike, filename: str, *, column_mapping: dic
     return DatasetSummary(fmt, normalizer.summary_shape, num_rows, tokens, columns or [])
 
 
-def iter_records(path: str | os.PathLike, fmt: str, *, column_mapping: dict | None = None,
-                 completion_separator: str | None = None,
-                 max_line_bytes: int = 32 * 1024 * 1024) -> Iterator[dict]:
+def iter_records(
+    path: str | os.PathLike,
+    fmt: str,
+    *,
+    column_mapping: dict | None = None,
+    completion_separator: str | None = None,
+    max_line_bytes: int = 32 * 1024 * 1024,
+) -> Iterator[dict]:
     """Yield normalised records of an already validated file; raise on the first bad row anyway.
 
     For csv the delimiter comes from the path's extension (.tsv = tab), else from the header line."""

@@ -37,7 +37,9 @@ def get_current_tenant(
         )
     tenant = tenant_for_key(session, credentials.credentials)
     if tenant is None:
-        raise ApiError(401, "Invalid or revoked API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401, "Invalid or revoked API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+        )
     return tenant
 
 
@@ -45,9 +47,7 @@ CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]
 
 
 def owned_file(session: Session, tenant: Tenant, file_id: str, param: str = "file_id") -> File:
-    row = session.scalar(
-        select(File).where(File.id == file_id, File.tenant_id == tenant.id, File.deleted_at.is_(None))
-    )
+    row = session.scalar(select(File).where(File.id == file_id, File.tenant_id == tenant.id, File.deleted_at.is_(None)))
     if row is None:
         raise not_found("file", file_id, param)
     return row
@@ -66,4 +66,3 @@ def get_owned_job(session: SessionDep, tenant: CurrentTenant, job_id: Annotated[
 
 OwnedFile = Annotated[File, Depends(get_owned_file)]
 OwnedJob = Annotated[Job, Depends(get_owned_job)]
-

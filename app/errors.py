@@ -42,9 +42,7 @@ def not_found(kind: str, object_id: str, param: str | None = None, code: str | N
     return ApiError(404, f"No {kind} with id '{object_id}'", param=param, code=code or f"{kind}_not_found")
 
 
-def error_response(
-    status: int, message: str, *, param=None, code=None, errors=None, headers=None
-) -> JSONResponse:
+def error_response(status: int, message: str, *, param=None, code=None, errors=None, headers=None) -> JSONResponse:
     body: dict[str, Any] = {
         "message": message,
         "type": ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error"),
@@ -58,9 +56,17 @@ def error_response(
 
 def _loc_to_param(loc: tuple[Any, ...]) -> str:
     # ("body", "adapter", "r") -> "adapter.r"; ("query", "limit") -> "limit"
-    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path", "header", "form") else list(map(str, loc))
+    parts = (
+        [str(p) for p in loc[1:]]
+        if loc and loc[0] in ("body", "query", "path", "header", "form")
+        else list(map(str, loc))
+    )
     # pydantic puts the union member tried ("int", "literal['auto']") in the path; drop those
-    parts = [p for p in parts if not (p.startswith(("literal[", "function-", "constrained-")) or p in ("int", "float", "str", "list[str]"))]
+    parts = [
+        p
+        for p in parts
+        if not (p.startswith(("literal[", "function-", "constrained-")) or p in ("int", "float", "str", "list[str]"))
+    ]
     return ".".join(parts) or "body"
 
 
@@ -85,6 +91,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(
-            exc.status_code, str(exc.detail), param=getattr(exc, "param", None), code=getattr(exc, "code", None),
+            exc.status_code,
+            str(exc.detail),
+            param=getattr(exc, "param", None),
+            code=getattr(exc, "code", None),
             headers=getattr(exc, "headers", None),
         )

@@ -89,9 +89,14 @@ def finish_job(
 
 def release_for_retry(session: Session, job_id: str, attempt: int, reason: str) -> bool:
     """Put a running job back to queued after a crash, so the next attempt resumes from its checkpoint."""
-    ok = session.execute(
-        update(Job).where(fenced(job_id, attempt)).values(status=JobStatus.queued, lease_expires_at=None, phase="requeued")
-    ).rowcount == 1
+    ok = (
+        session.execute(
+            update(Job)
+            .where(fenced(job_id, attempt))
+            .values(status=JobStatus.queued, lease_expires_at=None, phase="requeued")
+        ).rowcount
+        == 1
+    )
     if ok:
         add_event(session, job_id, f"Attempt {attempt} ended ({reason}); queued again", level="warning")
     session.commit()

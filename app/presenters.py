@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from app.models import Checkpoint, File, Job, JobEvent
 from app.schemas import CheckpointPublic, EventPublic, FilePublic, JobError, JobProgress, JobPublic
@@ -12,7 +12,7 @@ def unix(value: datetime | None) -> int | None:
     if value is None:
         return None
     if value.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return int(value.timestamp())
 
 

@@ -23,7 +23,10 @@ def enqueue_job(job_id: str) -> bool:
     queued in the database and the reconciler sends it again, so this only logs and returns False."""
     try:
         producer().send_task(
-            TRAIN_TASK, args=[job_id], queue=get_settings().queue_name, retry=True,
+            TRAIN_TASK,
+            args=[job_id],
+            queue=get_settings().queue_name,
+            retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
         return True

@@ -57,6 +57,11 @@ class AdapterSpec(Strict):
         description="module names that get adapters, e.g. [q_proj, k_proj, v_proj, o_proj]; "
         "all-linear = every linear layer but the output head (more capacity, more memory)",
     )
+    train_eos_token: bool = Field(
+        True,
+        description="lora/qlora: also train the end-of-sequence token's embedding row (hidden_size parameters), "
+        "so base models that never saw that token learn to stop after an answer",
+    )
     num_virtual_tokens: int = Field(
         20, ge=1, le=1024, description="prompt tuning: learned tokens prepended (longer = more capacity)"
     )

@@ -33,7 +33,10 @@ class UploadLimitMiddleware:
             await self.app(scope, receive, send)
             return
         too_large = error_response(
-            413, f"Upload is larger than the {self.limit - MULTIPART_SLACK}-byte limit", param="file", code="file_too_large"
+            413,
+            f"Upload is larger than the {self.limit - MULTIPART_SLACK}-byte limit",
+            param="file",
+            code="file_too_large",
         )
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:

@@ -9,7 +9,7 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /opt/ftaas
 # Only what the package and `ftaas migrate` need (the build context also holds .venv, var/ ...).
-# alembic.ini finds migrations/ next to itself (script_location = %(here)s/migrations).
+# `ftaas migrate` finds the migrations as an installed package; alembic.ini is for the alembic CLI.
 COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY worker ./worker

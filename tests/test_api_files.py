@@ -95,8 +95,13 @@ def _parquet(tmp: Path):
 
 def _chat_jsonl(_tmp: Path):
     rows = [
-        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                      {"role": "assistant", "content": "Hello."}]},
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."},
+            ]
+        },
         {"messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris"}]},
     ]
     return "chat.jsonl", jsonl(rows), {}, ("jsonl", "chat", 2)
@@ -108,7 +113,8 @@ def _text_jsonl(_tmp: Path):
 
 
 @pytest.mark.parametrize(
-    "build", [_wikisql_jsonl, _alpaca_json, _mapped_csv, _parquet, _chat_jsonl, _text_jsonl],
+    "build",
+    [_wikisql_jsonl, _alpaca_json, _mapped_csv, _parquet, _chat_jsonl, _text_jsonl],
     ids=["jsonl-separator", "json-array", "csv-mapping", "parquet", "chat", "text"],
 )
 def test_upload_accepts_format(client, auth, db_session, tmp_path, build):
@@ -231,8 +237,9 @@ def test_malformed_json_line_is_422_with_line_numbers(client, auth, db_session):
 
 
 def test_wrong_columns_are_422_naming_the_line(client, auth, db_session):
-    content = jsonl([{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"},
-                     {"question": "e", "answer": "f"}])
+    content = jsonl(
+        [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"}, {"question": "e", "answer": "f"}]
+    )
     with stores_nothing(db_session):
         r = upload(client, auth, "cols.jsonl", content)
     error = assert_error(r, 422, param="file", code="invalid_file")
@@ -244,7 +251,9 @@ def test_wrong_columns_are_422_naming_the_line(client, auth, db_session):
 def test_mapped_column_missing_is_422_naming_the_column(client, auth, db_session):
     content = b"question,answer\nWhat?,That\n"
     with stores_nothing(db_session):
-        r = upload(client, auth, "q.csv", content, column_mapping=json.dumps({"question": "prompt", "sql": "completion"}))
+        r = upload(
+            client, auth, "q.csv", content, column_mapping=json.dumps({"question": "prompt", "sql": "completion"})
+        )
     error = assert_error(r, 422, param="file", code="invalid_file")
     assert error["errors"][0] == {"line": 2, "field": "sql", "message": error["errors"][0]["message"]}
     assert "missing column" in error["errors"][0]["message"]
@@ -303,8 +312,8 @@ BOUNDARY = "ftaas-test-boundary"
 def chunked_multipart(payload_bytes: int):
     """A multipart body sent as a generator: httpx then uses Transfer-Encoding: chunked, no Content-Length."""
     yield (
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"stream.jsonl\"\r\n"
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="stream.jsonl"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
     line = b'{"text": "' + b"s" * 4000 + b'"}\n'

@@ -58,7 +58,12 @@ def training_file(client, auth) -> str:
 def test_create_returns_openai_job_shape(client, auth, db_session, training_file):
     validation_file = upload(client, auth, name="valid.jsonl")
     job = create_ok(
-        client, auth, training_file, validation_file=validation_file, seed=42, suffix="sql-v1",
+        client,
+        auth,
+        training_file,
+        validation_file=validation_file,
+        seed=42,
+        suffix="sql-v1",
         metadata={"team": "data", "ticket": "FT-7"},
     )
     assert job["object"] == "fine_tuning.job"
@@ -115,24 +120,44 @@ def test_create_enqueues_the_job_id_after_commit(client, auth, training_file):
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ({"adapter": {"type": "qlora", "r": 16}},
-         {"adapter.alpha": 32, "training.learning_rate": 2e-4, "adapter.compute_dtype": "bfloat16"}),
-        ({"adapter": {"type": "qlora", "r": 4, "alpha": 8, "compute_dtype": "float16"}},
-         {"adapter.alpha": 8, "adapter.compute_dtype": "float16"}),
-        ({"adapter": {"type": "prompt_tuning"}},
-         {"training.learning_rate": 3e-2, "adapter.num_virtual_tokens": 20}),
-        ({"adapter": {"type": "prompt_tuning", "num_virtual_tokens": 8},
-          "method": {"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 0.5}}}},
-         {"training.learning_rate": 1.5e-2, "hyperparameters.learning_rate_multiplier": 0.5}),
-        ({"method": {"supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": "auto"}}}},
-         {"hyperparameters.n_epochs": 2, "hyperparameters.batch_size": 8, "training.micro_batch_size": 8}),
-        ({"hyperparameters": {"batch_size": 4}},  # OpenAI's deprecated top-level location
-         {"hyperparameters.batch_size": 4, "training.micro_batch_size": 4}),
-        ({"training": {"learning_rate": 1e-3, "micro_batch_size": 2}},
-         {"training.learning_rate": 1e-3, "training.micro_batch_size": 2}),
+        (
+            {"adapter": {"type": "qlora", "r": 16}},
+            {"adapter.alpha": 32, "training.learning_rate": 2e-4, "adapter.compute_dtype": "bfloat16"},
+        ),
+        (
+            {"adapter": {"type": "qlora", "r": 4, "alpha": 8, "compute_dtype": "float16"}},
+            {"adapter.alpha": 8, "adapter.compute_dtype": "float16"},
+        ),
+        ({"adapter": {"type": "prompt_tuning"}}, {"training.learning_rate": 3e-2, "adapter.num_virtual_tokens": 20}),
+        (
+            {
+                "adapter": {"type": "prompt_tuning", "num_virtual_tokens": 8},
+                "method": {"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 0.5}}},
+            },
+            {"training.learning_rate": 1.5e-2, "hyperparameters.learning_rate_multiplier": 0.5},
+        ),
+        (
+            {"method": {"supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": "auto"}}}},
+            {"hyperparameters.n_epochs": 2, "hyperparameters.batch_size": 8, "training.micro_batch_size": 8},
+        ),
+        (
+            {"hyperparameters": {"batch_size": 4}},  # OpenAI's deprecated top-level location
+            {"hyperparameters.batch_size": 4, "training.micro_batch_size": 4},
+        ),
+        (
+            {"training": {"learning_rate": 1e-3, "micro_batch_size": 2}},
+            {"training.learning_rate": 1e-3, "training.micro_batch_size": 2},
+        ),
     ],
-    ids=["qlora-defaults", "qlora-explicit", "prompt-tuning-defaults", "prompt-tuning-multiplier",
-         "epochs", "deprecated-hyperparameters", "absolute-lr"],
+    ids=[
+        "qlora-defaults",
+        "qlora-explicit",
+        "prompt-tuning-defaults",
+        "prompt-tuning-multiplier",
+        "epochs",
+        "deprecated-hyperparameters",
+        "absolute-lr",
+    ],
 )
 def test_adapter_types_and_defaults_are_resolved(client, auth, db_session, training_file, body, expected):
     job = create_ok(client, auth, training_file, **body)
@@ -148,8 +173,9 @@ def test_adapter_types_and_defaults_are_resolved(client, auth, db_session, train
 
 def test_unknown_model_is_400(client, auth, db_session, training_file):
     before = job_count(db_session)
-    error = assert_error(create(client, auth, training_file, model="gpt-17"), 400, param="model",
-                         code="model_not_available")
+    error = assert_error(
+        create(client, auth, training_file, model="gpt-17"), 400, param="model", code="model_not_available"
+    )
     assert "stories260k" in error["message"]
     assert job_count(db_session) == before
 
@@ -176,9 +202,14 @@ def test_validation_file_of_another_shape_is_400(client, auth, training_file):
         ({"adapter": {"r": 513}}, "adapter.r"),
         ({"adapter": {"dropout": 0.95}}, "adapter.dropout"),
         ({"adapter": {"type": "dora"}}, "adapter.type"),
-        ({"method": {"supervised": {"hyperparameters": {"n_epochs": 0}}}}, "method.supervised.hyperparameters.n_epochs"),
-        ({"method": {"supervised": {"hyperparameters": {"batch_size": 0}}}},
-         "method.supervised.hyperparameters.batch_size"),
+        (
+            {"method": {"supervised": {"hyperparameters": {"n_epochs": 0}}}},
+            "method.supervised.hyperparameters.n_epochs",
+        ),
+        (
+            {"method": {"supervised": {"hyperparameters": {"batch_size": 0}}}},
+            "method.supervised.hyperparameters.batch_size",
+        ),
         ({"hyperparameters": {"learning_rate_multiplier": 0}}, "hyperparameters.learning_rate_multiplier"),
         ({"training": {"learning_rate": 5}}, "training.learning_rate"),
         ({"training": {"max_seq_length": 8}}, "training.max_seq_length"),
@@ -188,8 +219,10 @@ def test_validation_file_of_another_shape_is_400(client, auth, training_file):
         ({"suffix": "has space"}, "suffix"),
         ({"adapter": {"rank": 8}}, "adapter.rank"),  # unknown field: a typo must not be ignored
         ({"learning_rate": 1e-4}, "learning_rate"),
-        ({"adapter": {"type": "prompt_tuning", "num_virtual_tokens": 64}, "training": {"max_seq_length": 64}},
-         "adapter.num_virtual_tokens"),
+        (
+            {"adapter": {"type": "prompt_tuning", "num_virtual_tokens": 64}, "training": {"max_seq_length": 64}},
+            "adapter.num_virtual_tokens",
+        ),
     ],
 )
 def test_invalid_settings_are_400_naming_the_field(client, auth, db_session, training_file, body, param):
@@ -246,8 +279,7 @@ def test_cancel_a_queued_job(client, auth, db_session, training_file):
     row = db_session.get(Job, job_id)
     assert row.status == JobStatus.cancelled and row.cancel_requested is True and row.finished_at is not None
 
-    assert_error(client.post(f"{JOBS}/{job_id}/cancel", headers=auth), 409, param="job_id",
-                 code="job_not_cancellable")
+    assert_error(client.post(f"{JOBS}/{job_id}/cancel", headers=auth), 409, param="job_id", code="job_not_cancellable")
     assert client.get(f"{JOBS}/{job_id}", headers=auth).json()["status"] == "cancelled"
 
 
@@ -306,10 +338,19 @@ def test_unknown_job_is_404(client, auth):
 
 @pytest.mark.parametrize(
     ("method", "suffix"),
-    [("GET", ""), ("POST", "/cancel"), ("GET", "/events"), ("GET", "/checkpoints"), ("GET", "/evaluation"),
-     ("GET", "/adapter"), ("POST", "/select")],
+    [
+        ("GET", ""),
+        ("POST", "/cancel"),
+        ("GET", "/events"),
+        ("GET", "/checkpoints"),
+        ("GET", "/evaluation"),
+        ("GET", "/adapter"),
+        ("POST", "/select"),
+    ],
 )
-def test_other_tenant_gets_404_on_every_job_endpoint(client, auth, other_auth, db_session, training_file, method, suffix):
+def test_other_tenant_gets_404_on_every_job_endpoint(
+    client, auth, other_auth, db_session, training_file, method, suffix
+):
     job_id = create_ok(client, auth, training_file)["id"]
     r = client.request(method, f"{JOBS}/{job_id}{suffix}", headers=other_auth)
     assert_error(r, 404, param="job_id")
@@ -334,8 +375,15 @@ def test_models_lists_the_base_model(client, auth):
     body = r.json()
     assert body["object"] == "list"
     assert [m for m in body["data"] if m["id"] == "stories260k"] == [
-        {"object": "model", "id": "stories260k", "created": 0, "owned_by": "ftaas", "kind": "base",
-         "base_model": None, "job_id": None}
+        {
+            "object": "model",
+            "id": "stories260k",
+            "created": 0,
+            "owned_by": "ftaas",
+            "kind": "base",
+            "base_model": None,
+            "job_id": None,
+        }
     ]
     one = client.get("/v1/models/stories260k", headers=auth)
     assert one.status_code == 200 and one.json()["kind"] == "base"
@@ -343,8 +391,9 @@ def test_models_lists_the_base_model(client, auth):
     assert_error(client.get("/v1/models"), 401, param=None)
 
 
-def test_succeeded_job_shows_as_fine_tuned_model_for_its_tenant_only(client, auth, other_auth, db_session,
-                                                                      training_file):
+def test_succeeded_job_shows_as_fine_tuned_model_for_its_tenant_only(
+    client, auth, other_auth, db_session, training_file
+):
     job_id = create_ok(client, auth, training_file, suffix="sql")["id"]
     name = f"ft:stories260k:acme:sql:{job_id}"
     row = db_session.get(Job, job_id)

@@ -30,8 +30,16 @@ def acme(db_session, auth) -> Tenant:
 @pytest.fixture
 def train_file(db_session, acme) -> File:
     row = File(
-        id=new_id("file"), tenant_id=acme.id, filename="train.jsonl", purpose="fine-tune", bytes=100,
-        sha256="0" * 64, format="jsonl", shape="prompt_completion", num_rows=10, token_estimate=50,
+        id=new_id("file"),
+        tenant_id=acme.id,
+        filename="train.jsonl",
+        purpose="fine-tune",
+        bytes=100,
+        sha256="0" * 64,
+        format="jsonl",
+        shape="prompt_completion",
+        num_rows=10,
+        token_estimate=50,
     )
     row.storage_name = row.id
     db_session.add(row)
@@ -39,13 +47,34 @@ def train_file(db_session, acme) -> File:
     return row
 
 
-def make_job(db_session, tenant: Tenant, file: File, *, status: JobStatus = JobStatus.succeeded,
-             base: dict | None = None, tuned: dict | None = None, rows: int = 0, num_samples: int = 3,
-             adapter_type: str = "lora", skipped: dict | None = None) -> Job:
-    body = JobCreate(model="stories260k", training_file=file.id, adapter={"type": adapter_type},
-                     evaluation={"num_samples": num_samples})
-    job = Job(tenant_id=tenant.id, model="stories260k", model_source=str(MODEL_DIR), training_file_id=file.id,
-              seed=1, spec=resolve_spec(body), status=status)
+def make_job(
+    db_session,
+    tenant: Tenant,
+    file: File,
+    *,
+    status: JobStatus = JobStatus.succeeded,
+    base: dict | None = None,
+    tuned: dict | None = None,
+    rows: int = 0,
+    num_samples: int = 3,
+    adapter_type: str = "lora",
+    skipped: dict | None = None,
+) -> Job:
+    body = JobCreate(
+        model="stories260k",
+        training_file=file.id,
+        adapter={"type": adapter_type},
+        evaluation={"num_samples": num_samples},
+    )
+    job = Job(
+        tenant_id=tenant.id,
+        model="stories260k",
+        model_source=str(MODEL_DIR),
+        training_file_id=file.id,
+        seed=1,
+        spec=resolve_spec(body),
+        status=status,
+    )
     db_session.add(job)
     db_session.flush()
     if status == JobStatus.succeeded:
@@ -54,14 +83,22 @@ def make_job(db_session, tenant: Tenant, file: File, *, status: JobStatus = JobS
     for subject, metrics in (("base", base), ("tuned", tuned)):
         if metrics is not None:
             details = {"skipped": skipped} if skipped else None
-            db_session.add(Evaluation(job_id=job.id, subject=subject, metrics=metrics, num_rows=max(rows, 1),
-                                      details=details))
+            db_session.add(
+                Evaluation(job_id=job.id, subject=subject, metrics=metrics, num_rows=max(rows, 1), details=details)
+            )
     for i in range(rows):
-        db_session.add(EvaluationRow(
-            job_id=job.id, row_index=i, prompt=f"prompt {i}", reference=f"ref {i}",
-            base_output=f"base {i}", tuned_output=f"tuned {i}",
-            base_scores={"rougeL": 0.1}, tuned_scores={"rougeL": 0.5},
-        ))
+        db_session.add(
+            EvaluationRow(
+                job_id=job.id,
+                row_index=i,
+                prompt=f"prompt {i}",
+                reference=f"ref {i}",
+                base_output=f"base {i}",
+                tuned_output=f"tuned {i}",
+                base_scores={"rougeL": 0.1},
+                tuned_scores={"rougeL": 0.5},
+            )
+        )
     db_session.commit()
     return job
 
@@ -87,8 +124,13 @@ def test_evaluation_complete_with_delta_and_samples(client, auth, db_session, ac
     assert body["skipped"] is None
     assert [s["index"] for s in body["samples"]] == [0, 1, 2]  # the job's num_samples
     assert body["samples"][1] == {
-        "index": 1, "prompt": "prompt 1", "reference": "ref 1", "base_output": "base 1", "tuned_output": "tuned 1",
-        "base_scores": {"rougeL": 0.1}, "tuned_scores": {"rougeL": 0.5},
+        "index": 1,
+        "prompt": "prompt 1",
+        "reference": "ref 1",
+        "base_output": "base 1",
+        "tuned_output": "tuned 1",
+        "base_scores": {"rougeL": 0.1},
+        "tuned_scores": {"rougeL": 0.5},
     }
 
     def sample_count(limit):
@@ -103,8 +145,9 @@ def test_evaluation_complete_with_delta_and_samples(client, auth, db_session, ac
 
 def test_evaluation_partial_with_only_base(client, auth, db_session, acme, train_file):
     skipped = {"bertscore": "encoder not available"}
-    job = make_job(db_session, acme, train_file, status=JobStatus.running, base={"rougeL": 0.2}, rows=2,
-                   skipped=skipped)
+    job = make_job(
+        db_session, acme, train_file, status=JobStatus.running, base={"rougeL": 0.2}, rows=2, skipped=skipped
+    )
     body = client.get(f"{JOBS}/{job.id}/evaluation", headers=auth).json()
     assert body["status"] == "partial"
     assert body["base"] == {"rougeL": 0.2}
@@ -211,15 +254,20 @@ def test_adapter_download_with_checksum_and_ranges(client, auth, db_session, acm
 def test_select_and_leaderboard(client, auth, db_session, acme, train_file):
     base = {"rougeL": 0.1, "perplexity": 50.0}
     good = make_job(db_session, acme, train_file, base=base, tuned={"rougeL": 0.4, "perplexity": 10.0})
-    better = make_job(db_session, acme, train_file, base=base, tuned={"rougeL": 0.6, "perplexity": 20.0},
-                      adapter_type="qlora")
+    better = make_job(
+        db_session, acme, train_file, base=base, tuned={"rougeL": 0.6, "perplexity": 20.0}, adapter_type="qlora"
+    )
     unfinished = make_job(db_session, acme, train_file, status=JobStatus.running)
 
     r = client.post(f"{JOBS}/{good.id}/select", headers=auth)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "selection"
-    assert (body["file_id"], body["job_id"], body["fine_tuned_model"]) == (train_file.id, good.id, good.fine_tuned_model)
+    assert (body["file_id"], body["job_id"], body["fine_tuned_model"]) == (
+        train_file.id,
+        good.id,
+        good.fine_tuned_model,
+    )
     assert isinstance(body["created_at"], int)
     assert db_session.get(Selection, train_file.id).job_id == good.id
 
@@ -231,7 +279,9 @@ def test_select_and_leaderboard(client, auth, db_session, acme, train_file):
     assert board["selected_job_id"] == good.id
     rows = board["data"]
     assert [(row["rank"], row["kind"], row["job_id"], row["value"]) for row in rows] == [
-        (1, "fine-tuned", better.id, 0.6), (2, "fine-tuned", good.id, 0.4), (3, "base", None, 0.1),
+        (1, "fine-tuned", better.id, 0.6),
+        (2, "fine-tuned", good.id, 0.4),
+        (3, "base", None, 0.1),
     ]
     assert [row["selected"] for row in rows] == [False, True, False]
     assert [row["adapter_type"] for row in rows] == ["qlora", "lora", None]

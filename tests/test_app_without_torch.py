@@ -49,12 +49,24 @@ def test_app_imports_and_builds_openapi_without_the_training_stack():
     assert env["FTAAS_DATABASE_URL"].startswith("postgresql")
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, ",".join(BLOCKED)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["loaded"] == []
     assert report["title"] == "ftaas"
-    for path in ("/v1/files", "/v1/files/{file_id}/leaderboard", "/v1/fine_tuning/jobs",
-                 "/v1/fine_tuning/jobs/{job_id}/adapter", "/v1/models", "/healthz", "/readyz"):
+    for path in (
+        "/v1/files",
+        "/v1/files/{file_id}/leaderboard",
+        "/v1/fine_tuning/jobs",
+        "/v1/fine_tuning/jobs/{job_id}/adapter",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+    ):
         assert path in report["paths"]

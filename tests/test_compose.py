@@ -26,9 +26,7 @@ def compose_cli() -> tuple[str, ...] | None:
     """`docker compose` when the v2 plugin works, else `docker-compose`, else None."""
     if shutil.which("docker"):
         try:
-            probe = subprocess.run(
-                ["docker", "compose", "version"], capture_output=True, text=True, timeout=60
-            )
+            probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired):
             probe = None
         if probe is not None and probe.returncode == 0:
@@ -51,9 +49,7 @@ def _cli() -> tuple[str, ...]:
 def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     # A clean environment: no COMPOSE_FILE / COMPOSE_PROFILES / stack variables leaking in from the shell.
     clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("COMPOSE_", "FTAAS_", "POSTGRES_")) and k != "HF_TOKEN"
+        k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "FTAAS_", "POSTGRES_")) and k != "HF_TOKEN"
     }
     clean.update(env or {})
     proc = subprocess.run(
@@ -65,9 +61,7 @@ def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         timeout=120,
     )
     command = " ".join([*_cli(), *args])
-    assert proc.returncode == 0, (
-        f"{command} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    )
+    assert proc.returncode == 0, f"{command} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc
 
 
@@ -191,9 +185,7 @@ def test_rendered_environment_and_interpolation():
         assert env["FTAAS_DATABASE_URL"] == "postgresql+psycopg://ftaas:ftaas@postgres:5432/ftaas", name
         assert env["FTAAS_BROKER_URL"] == "redis://redis:6379/0"
         assert env["FTAAS_ARTIFACTS_DIR"] == "/var/lib/ftaas"
-        assert env["FTAAS_ALLOWED_MODELS"] == (
-            "meta-llama/Llama-3.2-1B,google/gemma-2b-it,meta-llama/Llama-2-7b-hf"
-        )
+        assert env["FTAAS_ALLOWED_MODELS"] == ("meta-llama/Llama-3.2-1B,google/gemma-2b-it,meta-llama/Llama-2-7b-hf")
     assert services["worker-gpu0"]["environment"]["HF_TOKEN"] in ("", None)
 
     services = rendered(
@@ -211,6 +203,7 @@ def test_rendered_environment_and_interpolation():
 def test_dockerfiles():
     api = (REPO_ROOT / "docker" / "api.Dockerfile").read_text()
     worker = (REPO_ROOT / "docker" / "worker.Dockerfile").read_text()
+
     def code(text: str) -> str:  # Dockerfile lines without comments
         return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
 

@@ -59,29 +59,46 @@ def test_format_instruction_with_and_without_input():
     assert format_instruction("Add.", "1 and 2") == (
         "Below is an instruction that describes a task, paired with an input that provides further context. "
         "Write a response that appropriately completes the request.\n\n"
-        "### Instruction:\nAdd.\n\n### Input:\n1 and 2\n\n### Response:\n")
+        "### Instruction:\nAdd.\n\n### Input:\n1 and 2\n\n### Response:\n"
+    )
     assert format_instruction("Say hi.", "") == (
         "Below is an instruction that describes a task. "
         "Write a response that appropriately completes the request.\n\n"
-        "### Instruction:\nSay hi.\n\n### Response:\n")
+        "### Instruction:\nSay hi.\n\n### Response:\n"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # format detection
 
 
-@pytest.mark.parametrize("name, fmt", [
-    ("a.jsonl", "jsonl"), ("a.NDJSON", "jsonl"), ("a.json", "json"), ("a.csv", "csv"), ("a.tsv", "csv"),
-    ("a.parquet", "parquet"), ("dir/sub/x.jsonl", "jsonl"), ("C:\\Users\\me\\x.csv", "csv"),
-])
+@pytest.mark.parametrize(
+    "name, fmt",
+    [
+        ("a.jsonl", "jsonl"),
+        ("a.NDJSON", "jsonl"),
+        ("a.json", "json"),
+        ("a.csv", "csv"),
+        ("a.tsv", "csv"),
+        ("a.parquet", "parquet"),
+        ("dir/sub/x.jsonl", "jsonl"),
+        ("C:\\Users\\me\\x.csv", "csv"),
+    ],
+)
 def test_detect_format_by_extension(name, fmt):
     assert detect_format(name, b"whatever") == fmt
 
 
-@pytest.mark.parametrize("head, fmt", [
-    (b"PAR1\x15\x04", "parquet"), (b"  [\n {", "json"), (b'\xef\xbb\xbf{"text": "x"}\n', "jsonl"),
-    (b"prompt,completion\nhi,there\n", "csv"), (b"prompt\tcompletion\nhi\tthere\n", "csv"),
-])
+@pytest.mark.parametrize(
+    "head, fmt",
+    [
+        (b"PAR1\x15\x04", "parquet"),
+        (b"  [\n {", "json"),
+        (b'\xef\xbb\xbf{"text": "x"}\n', "jsonl"),
+        (b"prompt,completion\nhi,there\n", "csv"),
+        (b"prompt\tcompletion\nhi\tthere\n", "csv"),
+    ],
+)
 def test_detect_format_by_sniffing(head, fmt):
     assert detect_format("upload", head) == fmt
     assert detect_format("upload.dat", head) == fmt
@@ -112,28 +129,54 @@ def test_raw_text_file_is_not_supported():
 
 
 def test_jsonl_prompt_completion(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [
-        {"prompt": "Q: 2+2?", "completion": "4", "id": 7}, "", {"prompt": "", "completion": "hello"},
-    ])
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"prompt": "Q: 2+2?", "completion": "4", "id": 7},
+            "",
+            {"prompt": "", "completion": "hello"},
+        ],
+    )
     summary = validate_file(path, "d.jsonl")
-    assert summary == DatasetSummary("jsonl", "prompt_completion", 2, summary.token_estimate,
-                                     ["prompt", "completion", "id"])
+    assert summary == DatasetSummary(
+        "jsonl", "prompt_completion", 2, summary.token_estimate, ["prompt", "completion", "id"]
+    )
     assert summary.token_estimate > 0
     assert list(iter_records(path, "jsonl")) == [
-        {"prompt": "Q: 2+2?", "completion": "4"}, {"prompt": "", "completion": "hello"}]
+        {"prompt": "Q: 2+2?", "completion": "4"},
+        {"prompt": "", "completion": "hello"},
+    ]
 
 
 def test_json_chat_keeps_only_role_and_content(tmp_path):
-    rows = [{"messages": [{"role": "system", "content": "", "name": "s"}, {"role": "user", "content": "hi"},
-                          {"role": "assistant", "content": "hello", "weight": 1}], "meta": {"x": 1}}]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "", "name": "s"},
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello", "weight": 1},
+            ],
+            "meta": {"x": 1},
+        }
+    ]
     path = tmp_path / "chat.json"
     path.write_text(json.dumps(rows, indent=2), "utf-8")
     summary = validate_file(path, "chat.json")
     assert (summary.format, summary.shape, summary.num_rows, summary.columns) == (
-        "json", "chat", 1, ["messages", "meta"])
-    assert list(iter_records(path, "json")) == [{"messages": [
-        {"role": "system", "content": ""}, {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "hello"}]}]
+        "json",
+        "chat",
+        1,
+        ["messages", "meta"],
+    )
+    assert list(iter_records(path, "json")) == [
+        {
+            "messages": [
+                {"role": "system", "content": ""},
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+            ]
+        }
+    ]
 
 
 def test_csv_instruction_formatted_with_alpaca_template(tmp_path):
@@ -148,8 +191,10 @@ def test_csv_instruction_formatted_with_alpaca_template(tmp_path):
 
 
 def test_instruction_input_is_optional_in_jsonl(tmp_path):
-    path = write_jsonl(tmp_path / "i.jsonl", [{"instruction": "Do it.", "output": "Done."},
-                                              {"instruction": "Do it.", "input": None, "output": "Done."}])
+    path = write_jsonl(
+        tmp_path / "i.jsonl",
+        [{"instruction": "Do it.", "output": "Done."}, {"instruction": "Do it.", "input": None, "output": "Done."}],
+    )
     assert [r["prompt"] for r in iter_records(path, "jsonl")] == [format_instruction("Do it.", "")] * 2
 
 
@@ -157,8 +202,7 @@ def test_tsv_text(tmp_path):
     path = tmp_path / "t.tsv"
     path.write_text("text\tsource\nhello, world\twiki\nsecond, row\tweb\n", "utf-8")
     summary = validate_file(path, "t.tsv")
-    assert (summary.format, summary.shape, summary.num_rows, summary.columns) == (
-        "csv", "text", 2, ["text", "source"])
+    assert (summary.format, summary.shape, summary.num_rows, summary.columns) == ("csv", "text", 2, ["text", "source"])
     assert list(iter_records(path, "csv")) == [{"text": "hello, world"}, {"text": "second, row"}]
 
 
@@ -174,8 +218,7 @@ def test_parquet_text(tmp_path):
     table = pa.table({"text": [f"document {i}" for i in range(600)], "n": list(range(600))})
     pq.write_table(table, path, row_group_size=250)
     summary = validate_file(path, "t.parquet")
-    assert (summary.format, summary.shape, summary.num_rows, summary.columns) == (
-        "parquet", "text", 600, ["text", "n"])
+    assert (summary.format, summary.shape, summary.num_rows, summary.columns) == ("parquet", "text", 600, ["text", "n"])
     records = list(iter_records(path, "parquet"))
     assert len(records) == 600 and records[599] == {"text": "document 599"}
 
@@ -193,7 +236,9 @@ def test_parquet_null_and_non_string_values(tmp_path):
     pq.write_table(pa.table({"prompt": ["a", None, "c"], "completion": ["x", "y", None]}), path)
     errors = errors_of(path)
     assert [(e.line, e.field, e.message) for e in errors] == [
-        (2, "prompt", "must be a string, got null"), (3, "completion", "must be a string, got null")]
+        (2, "prompt", "must be a string, got null"),
+        (3, "completion", "must be a string, got null"),
+    ]
 
 
 def test_bom_is_accepted(tmp_path):
@@ -227,28 +272,42 @@ def test_column_mapping_renames_and_drops(tmp_path):
     summary = validate_file(path, "m.csv", column_mapping=mapping)
     assert (summary.shape, summary.columns) == ("prompt_completion", ["question", "sql", "extra"])
     assert list(iter_records(path, "csv", column_mapping=mapping)) == [
-        {"prompt": "How many?", "completion": "SELECT COUNT(*) FROM t"}]
+        {"prompt": "How many?", "completion": "SELECT COUNT(*) FROM t"}
+    ]
 
 
 def test_column_mapping_missing_source_column(tmp_path):
     path = write_jsonl(tmp_path / "m.jsonl", [{"question": "a", "sql": "b"}, {"question": "a"}])
     assert one_error(path, column_mapping={"question": "prompt", "sql": "completion"}) == (
-        2, "sql", "missing column (mapped to 'completion')")
+        2,
+        "sql",
+        "missing column (mapped to 'completion')",
+    )
 
 
 def test_column_mapping_errors_name_the_source_column(tmp_path):
     path = write_jsonl(tmp_path / "m.jsonl", [{"q": "a", "a": 5}])
     assert one_error(path, column_mapping={"q": "prompt", "a": "completion"}) == (
-        1, "a", "must be a string, got number")
+        1,
+        "a",
+        "must be a string, got number",
+    )
     path = write_jsonl(tmp_path / "c.jsonl", [{"conv": [{"role": "bot", "content": "x"}]}])
     line, field, message = one_error(path, column_mapping={"conv": "messages"})
     assert (line, field) == (1, "conv[0].role") and "got 'bot'" in message
 
 
-@pytest.mark.parametrize("mapping", [
-    {"question": "query"}, {1: "prompt"}, {"q": 3}, {"": "prompt"},
-    {"a": "prompt", "b": "prompt"}, ["prompt"],
-])
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        {"question": "query"},
+        {1: "prompt"},
+        {"q": 3},
+        {"": "prompt"},
+        {"a": "prompt", "b": "prompt"},
+        ["prompt"],
+    ],
+)
 def test_check_column_mapping_rejects(mapping):
     with pytest.raises(ValueError, match="column_mapping"):
         check_column_mapping(mapping)
@@ -267,7 +326,8 @@ def test_completion_separator_splits_at_last_occurrence(tmp_path):
     summary = validate_file(path, "s.jsonl", completion_separator="\nA: ")
     assert summary.shape == "prompt_completion"
     assert list(iter_records(path, "jsonl", completion_separator="\nA: ")) == [
-        {"prompt": "Q: what is A: ?\nA: ", "completion": "SELECT 1"}]
+        {"prompt": "Q: what is A: ?\nA: ", "completion": "SELECT 1"}
+    ]
 
 
 def test_completion_separator_errors(tmp_path):
@@ -308,10 +368,15 @@ def test_malformed_json_line_and_non_object(tmp_path):
 
 
 def test_wrong_types_and_summary_message(tmp_path):
-    path = write_jsonl(tmp_path / "e.jsonl", [
-        {"prompt": "a", "completion": "b"}, {"prompt": "a", "completion": 3},
-        {"prompt": ["x"], "completion": "b"}, {"prompt": "a", "completion": True},
-    ])
+    path = write_jsonl(
+        tmp_path / "e.jsonl",
+        [
+            {"prompt": "a", "completion": "b"},
+            {"prompt": "a", "completion": 3},
+            {"prompt": ["x"], "completion": "b"},
+            {"prompt": "a", "completion": True},
+        ],
+    )
     with pytest.raises(DatasetValidationError) as info:
         validate_file(path, "e.jsonl")
     assert [e.as_dict() for e in info.value.errors] == [
@@ -319,34 +384,45 @@ def test_wrong_types_and_summary_message(tmp_path):
         {"line": 3, "field": "prompt", "message": "must be a string, got array"},
         {"line": 4, "field": "completion", "message": "must be a string, got boolean"},
     ]
-    assert str(info.value) == (
-        "3 invalid rows; first: line 2, field 'completion': must be a string, got number")
+    assert str(info.value) == ("3 invalid rows; first: line 2, field 'completion': must be a string, got number")
 
 
 def test_missing_and_empty_fields(tmp_path):
-    path = write_jsonl(tmp_path / "e.jsonl", [
-        {"prompt": "a"}, {"prompt": "a", "completion": " "}, {"instruction": "i", "output": ""},
-        {"instruction": "", "output": "o"}, {"text": ""},
-    ])
+    path = write_jsonl(
+        tmp_path / "e.jsonl",
+        [
+            {"prompt": "a"},
+            {"prompt": "a", "completion": " "},
+            {"instruction": "i", "output": ""},
+            {"instruction": "", "output": "o"},
+            {"text": ""},
+        ],
+    )
     got = [(e.line, e.field, e.message) for e in errors_of(path)]
     assert got[:2] == [(1, "completion", "missing field"), (2, "completion", "must not be empty")]
     # line 2 fixed nothing: the file's shape is still undecided, so each row is judged on its own keys
-    assert got[2:] == [(3, "output", "must not be empty"), (4, "instruction", "must not be empty"),
-                       (5, "text", "must not be empty")]
+    assert got[2:] == [
+        (3, "output", "must not be empty"),
+        (4, "instruction", "must not be empty"),
+        (5, "text", "must not be empty"),
+    ]
 
 
 def test_chat_errors(tmp_path):
-    path = write_jsonl(tmp_path / "c.jsonl", [
-        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
-        {"messages": [{"role": "user", "content": "hi"}]},
-        {"messages": []},
-        {"messages": "nope"},
-        {"messages": [{"role": "robot", "content": "x"}]},
-        {"messages": [{"content": "x"}]},
-        {"messages": [{"role": "user", "content": 1}]},
-        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]},
-        {"messages": ["hi"]},
-    ])
+    path = write_jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+            {"messages": [{"role": "user", "content": "hi"}]},
+            {"messages": []},
+            {"messages": "nope"},
+            {"messages": [{"role": "robot", "content": "x"}]},
+            {"messages": [{"content": "x"}]},
+            {"messages": [{"role": "user", "content": 1}]},
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]},
+            {"messages": ["hi"]},
+        ],
+    )
     got = [(e.line, e.field, e.message) for e in errors_of(path)]
     assert got == [
         (2, "messages", "must contain at least one assistant message"),
@@ -368,12 +444,15 @@ def test_row_matching_no_shape(tmp_path):
 
 
 def test_mixed_shapes(tmp_path):
-    path = write_jsonl(tmp_path / "m.jsonl", [
-        {"prompt": 1, "completion": "b"},
-        {"text": "first valid row decides"},
-        {"prompt": "a", "completion": "b"},
-        {"text": "ok", "prompt": "ignored"},
-    ])
+    path = write_jsonl(
+        tmp_path / "m.jsonl",
+        [
+            {"prompt": 1, "completion": "b"},
+            {"text": "first valid row decides"},
+            {"prompt": "a", "completion": "b"},
+            {"text": "ok", "prompt": "ignored"},
+        ],
+    )
     got = [(e.line, e.field, e.message) for e in errors_of(path)]
     assert got[0] == (1, "prompt", "must be a string, got number")
     assert got[1][:2] == (3, None)
@@ -402,10 +481,18 @@ def test_invalid_utf8_json(tmp_path):
     assert (line, field) == (None, None) and message == "invalid UTF-8 on line 3"
 
 
-@pytest.mark.parametrize("name, content", [
-    ("e.jsonl", b""), ("e.jsonl", b"\n  \n\n"), ("e.json", b"  \n"), ("e.csv", b""), ("e.csv", b"\r\n\r\n"),
-    ("e.parquet", b""), ("e.jsonl", b"\xef\xbb\xbf"),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("e.jsonl", b""),
+        ("e.jsonl", b"\n  \n\n"),
+        ("e.json", b"  \n"),
+        ("e.csv", b""),
+        ("e.csv", b"\r\n\r\n"),
+        ("e.parquet", b""),
+        ("e.jsonl", b"\xef\xbb\xbf"),
+    ],
+)
 def test_empty_file(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
@@ -429,7 +516,9 @@ def test_json_not_an_array_and_element_errors(tmp_path):
     assert (line, field) == (None, None) and message.startswith("expected a JSON array of objects")
     path.write_text('[{"text": "x"}, 5, {"text": 2}]', "utf-8")
     assert [(e.line, e.field, e.message) for e in errors_of(path)] == [
-        (2, None, "expected a JSON object, got number"), (3, "text", "must be a string, got number")]
+        (2, None, "expected a JSON object, got number"),
+        (3, "text", "must be a string, got number"),
+    ]
     path.write_text('[{"text": "x"},\n {"text": "y"]', "utf-8")
     line, field, message = one_error(path)
     assert (line, field) == (None, None) and message.startswith("malformed JSON") and "line 2" in message
@@ -438,13 +527,14 @@ def test_json_not_an_array_and_element_errors(tmp_path):
 def test_csv_field_count_and_multiline_line_numbers(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text(
-        'prompt,completion\n'          # line 1
-        '"multi\nline\nprompt",ok\n'   # lines 2-4
-        'a,b,EXTRA\n'                  # line 5: more fields than the header
-        '\n'                           # line 6: blank, skipped
-        'only-one\n'                   # line 7: fewer fields
-        'a,""\n',                      # line 8: "" is a value (empty completion), not missing
-        "utf-8")
+        "prompt,completion\n"  # line 1
+        '"multi\nline\nprompt",ok\n'  # lines 2-4
+        "a,b,EXTRA\n"  # line 5: more fields than the header
+        "\n"  # line 6: blank, skipped
+        "only-one\n"  # line 7: fewer fields
+        'a,""\n',  # line 8: "" is a value (empty completion), not missing
+        "utf-8",
+    )
     got = [(e.line, e.field, e.message) for e in errors_of(path)]
     assert got == [
         (5, None, "row has 3 fields but the header has 2"),
@@ -542,7 +632,9 @@ def test_alpaca_demo():
     raw = json.loads(path.read_text("utf-8"))
     records = list(iter_records(path, "json"))
     assert len(records) == 999
-    assert records[0] == {"prompt": format_instruction(raw[0]["instruction"], raw[0]["input"]),
-                          "completion": raw[0]["output"]}
+    assert records[0] == {
+        "prompt": format_instruction(raw[0]["instruction"], raw[0]["input"]),
+        "completion": raw[0]["output"],
+    }
     with_input = next(i for i, r in enumerate(raw) if r["input"])
     assert "### Input:\n" + raw[with_input]["input"] in records[with_input]["prompt"]

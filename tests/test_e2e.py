@@ -19,14 +19,30 @@ import httpx
 import pytest
 
 from tests.conftest import (
-    ARTIFACTS, DATASETS, MODEL_DIR, ROOT, TEST_ENV, create_database, drop_database, migrate_database, pg_url,
+    ARTIFACTS,
+    DATASETS,
+    MODEL_DIR,
+    ROOT,
+    TEST_ENV,
+    create_database,
+    drop_database,
+    migrate_database,
+    pg_url,
 )
 
 pytestmark = pytest.mark.e2e
 
 ALL_METRICS = {
-    "rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore_precision", "bertscore_recall", "bertscore_f1",
-    "perplexity", "token_accuracy", "eval_loss",
+    "rouge1",
+    "rouge2",
+    "rougeL",
+    "rougeLsum",
+    "bertscore_precision",
+    "bertscore_recall",
+    "bertscore_f1",
+    "perplexity",
+    "token_accuracy",
+    "eval_loss",
 }
 JOB_TIMEOUT_S = 40 * 60
 
@@ -44,7 +60,8 @@ def service():
     db = f"ftaas_e2e_{run}"
     create_database(db)
     env = {
-        **os.environ, **TEST_ENV,
+        **os.environ,
+        **TEST_ENV,
         "FTAAS_DATABASE_URL": pg_url(db),
         "FTAAS_QUEUE_NAME": f"gpu-e2e-{run}",
         "FTAAS_ARTIFACTS_DIR": str(ARTIFACTS / f"e2e-{run}"),
@@ -59,11 +76,17 @@ def service():
     logs.mkdir(parents=True, exist_ok=True)
     api = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--loglevel", "warning"],
-        cwd=ROOT, env=env, stdout=open(logs / "api.log", "w"), stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        stdout=open(logs / "api.log", "w"),
+        stderr=subprocess.STDOUT,
     )
     worker = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "worker", "--loglevel", "info"],
-        cwd=ROOT, env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        stdout=open(logs / "worker.log", "w"),
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -79,7 +102,11 @@ def service():
             time.sleep(0.5)
         key = subprocess.run(
             [sys.executable, "-m", "app.cli", "create-key", "--tenant", "e2e", "--quiet"],
-            cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         yield {"base": base, "key": key, "logs": logs}
     finally:
@@ -149,14 +176,18 @@ def test_upload_train_evaluate_download(service, tmp_path):
     }
     submitted: dict[str, tuple[str, float]] = {}
     for name, body in jobs.items():
-        r = c.post("/v1/fine_tuning/jobs", json={"model": "stories260k", "training_file": train["id"], "seed": 7, **body})
+        r = c.post(
+            "/v1/fine_tuning/jobs", json={"model": "stories260k", "training_file": train["id"], "seed": 7, **body}
+        )
         assert r.status_code == 200, r.text
         submitted[name] = (r.json()["id"], time.time())
 
     results = _wait(c, [jid for jid, _ in submitted.values()], service["logs"])
     for name, (jid, t0) in submitted.items():
         job, t1 = results[jid]
-        assert job["status"] == "succeeded", f"{name}: {job['error']}\n" + (service["logs"] / "worker.log").read_text()[-4000:]
+        assert job["status"] == "succeeded", (
+            f"{name}: {job['error']}\n" + (service["logs"] / "worker.log").read_text()[-4000:]
+        )
         assert job["fine_tuned_model"].startswith("ft:stories260k:") and job["fine_tuned_model"].endswith(jid)
         assert job["trained_tokens"] > 0 and job["trainable_params"] > 0
         ev = c.get(f"/v1/fine_tuning/jobs/{jid}/evaluation").json()
@@ -168,10 +199,12 @@ def test_upload_train_evaluate_download(service, tmp_path):
         events = c.get(f"/v1/fine_tuning/jobs/{jid}/events", params={"limit": 200}).json()["data"]
         assert any(e["type"] == "metrics" and "train_loss" in (e["data"] or {}) for e in events)
         assert c.get(f"/v1/fine_tuning/jobs/{jid}/checkpoints").json()["data"], name
-        print(f"\n[e2e] {name}: submit->succeeded {t1 - t0:.0f}s; base rougeL {ev['base']['rougeL']:.3f} "
-              f"-> tuned {ev['tuned']['rougeL']:.3f}; bertscore_f1 {ev['base']['bertscore_f1']:.3f} -> "
-              f"{ev['tuned']['bertscore_f1']:.3f}; perplexity {ev['base']['perplexity']:.1f} -> "
-              f"{ev['tuned']['perplexity']:.2f}")
+        print(
+            f"\n[e2e] {name}: submit->succeeded {t1 - t0:.0f}s; base rougeL {ev['base']['rougeL']:.3f} "
+            f"-> tuned {ev['tuned']['rougeL']:.3f}; bertscore_f1 {ev['base']['bertscore_f1']:.3f} -> "
+            f"{ev['tuned']['bertscore_f1']:.3f}; perplexity {ev['base']['perplexity']:.1f} -> "
+            f"{ev['tuned']['perplexity']:.2f}"
+        )
 
     # Quality: LoRA on the 1,000 WikiSQL rows lifts ROUGE-L on the test rows well above the base model.
     lora_id = submitted["lora"][0]
@@ -190,8 +223,13 @@ def test_upload_train_evaluate_download(service, tmp_path):
         names = set(tar.getnames())
         tar.extractall(tmp_path, filter="data")
     folder = tmp_path / "adapter"
-    assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/README.md",
-            "adapter/tokenizer.json", "adapter/tokenizer_config.json"} <= names
+    assert {
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "adapter/README.md",
+        "adapter/tokenizer.json",
+        "adapter/tokenizer_config.json",
+    } <= names
     assert "rougeL" in (folder / "README.md").read_text()
 
     import torch
@@ -206,7 +244,7 @@ def test_upload_train_evaluate_download(service, tmp_path):
     sample = ev["samples"][0]
     ids = torch.tensor([[tok.bos_token_id] + tok(sample["prompt"], add_special_tokens=False)["input_ids"]])
     out = tuned.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=128, do_sample=False)
-    text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
     assert text == sample["tuned_output"]  # the downloaded adapter reproduces the service's own output
 
     # The leaderboard on the training file ranks the three jobs and the base model; selection sticks.

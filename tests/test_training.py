@@ -8,7 +8,13 @@ import torch
 
 from tests.conftest import DATASETS, MODEL_DIR
 from worker.data import IGNORE, Formatter, split_rows
-from worker.modeling import ModelRefused, check_model_source, load_base_model, load_tokenizer, wrap_for_training
+from worker.modeling import (
+    ModelRefused,
+    check_model_source,
+    load_base_model,
+    load_tokenizer,
+    wrap_for_training,
+)
 from worker.training import Hooks, StopTraining, TrainConfig, latest_checkpoint, train
 
 SRC = str(MODEL_DIR)
@@ -20,15 +26,33 @@ def tok():
 
 
 def adapter(kind: str, **over) -> dict:
-    base = {"type": kind, "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear",
-            "num_virtual_tokens": 8, "prompt_tuning_init_text": None, "compute_dtype": "bfloat16"}
+    base = {
+        "type": kind,
+        "r": 8,
+        "alpha": 16,
+        "dropout": 0.0,
+        "target_modules": "all-linear",
+        "num_virtual_tokens": 8,
+        "prompt_tuning_init_text": None,
+        "compute_dtype": "bfloat16",
+    }
     return {**base, **over}
 
 
 def config(**over) -> TrainConfig:
-    base = dict(n_epochs=1, micro_batch_size=4, grad_accum=1, learning_rate=5e-3, lr_scheduler="linear",
-                warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, seed=3,
-                checkpoint_every_s=3600)
+    base = dict(
+        n_epochs=1,
+        micro_batch_size=4,
+        grad_accum=1,
+        learning_rate=5e-3,
+        lr_scheduler="linear",
+        warmup_ratio=0.0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        seed=3,
+        checkpoint_every_s=3600,
+    )
     return TrainConfig(**{**base, **over})
 
 
@@ -41,8 +65,13 @@ def hooks(log: list | None = None, stop_at: int | None = None) -> Hooks:
     def should_stop():
         return stop_at is not None and state["step"] >= stop_at
 
-    return Hooks(on_progress=progress, on_log=(log.append if log is not None else lambda d: None),
-                 on_checkpoint=lambda *a: None, on_epoch_end=lambda e, s: {}, should_stop=should_stop)
+    return Hooks(
+        on_progress=progress,
+        on_log=(log.append if log is not None else lambda d: None),
+        on_checkpoint=lambda *a: None,
+        on_epoch_end=lambda e, s: {},
+        should_stop=should_stop,
+    )
 
 
 def sql_examples(tok, n: int = 24):
@@ -98,11 +127,18 @@ def test_split_is_seeded_and_disjoint():
 def test_each_method_trains_adapter_only(tok, tmp_path, kind):
     torch.manual_seed(0)
     model = load_base_model(SRC, adapter(kind), torch.device("cpu"))
-    model = wrap_for_training(model, adapter(kind), SRC, gradient_checkpointing=False)
+    model = wrap_for_training(model, adapter(kind), SRC, gradient_checkpointing=False, eos_token_id=tok.eos_token_id)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     log: list[dict] = []
-    summary = train(model, sql_examples(tok), config(learning_rate=3e-2 if kind == "prompt_tuning" else 5e-3),
-                    tok.pad_token_id, torch.device("cpu"), tmp_path, hooks(log))
+    summary = train(
+        model,
+        sql_examples(tok),
+        config(learning_rate=3e-2 if kind == "prompt_tuning" else 5e-3),
+        tok.pad_token_id,
+        torch.device("cpu"),
+        tmp_path,
+        hooks(log),
+    )
     assert summary["steps"] == 6 and summary["trained_tokens"] > 0
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -110,7 +146,8 @@ def test_each_method_trains_adapter_only(tok, tmp_path, kind):
     if kind == "prompt_tuning":
         assert all("prompt_encoder" in n for n in changed)
     else:
-        assert all("lora_" in n for n in changed)
+        assert all("lora_" in n or "trainable_tokens" in n for n in changed)
+        assert any("trainable_tokens" in n for n in changed)  # the EOS row learns too (train_eos_token)
     assert log[-1]["train_loss"] < log[0]["train_loss"]
     assert latest_checkpoint(tmp_path) is not None  # an epoch end always checkpoints
 

@@ -10,8 +10,16 @@ import tarfile
 from pathlib import Path
 
 METRIC_ORDER = (
-    "rouge1", "rouge2", "rougeL", "rougeLsum", "bertscore_precision", "bertscore_recall", "bertscore_f1",
-    "perplexity", "token_accuracy", "eval_loss",
+    "rouge1",
+    "rouge2",
+    "rougeL",
+    "rougeLsum",
+    "bertscore_precision",
+    "bertscore_recall",
+    "bertscore_f1",
+    "perplexity",
+    "token_accuracy",
+    "eval_loss",
 )
 
 

@@ -50,4 +50,3 @@ def make_celery(settings: Settings | None = None) -> Celery:
         accept_content=["json"],
     )
     return celery
-

@@ -78,8 +78,15 @@ class JobContext:
         now = time.monotonic()
         if force or now - self._last_progress >= self.settings.progress_every_s:
             self._last_progress = now
-            mapping = {"step": "step", "total_steps": "total_steps", "epoch": "epoch", "train_loss": "train_loss",
-                       "eta_s": "eta_s", "phase": "phase", "trained_tokens": "trained_tokens"}
+            mapping = {
+                "step": "step",
+                "total_steps": "total_steps",
+                "epoch": "epoch",
+                "train_loss": "train_loss",
+                "eta_s": "eta_s",
+                "phase": "phase",
+                "trained_tokens": "trained_tokens",
+            }
             self.update(**{mapping[k]: v for k, v in values.items() if k in mapping})
 
     def should_stop(self) -> bool:
@@ -101,34 +108,63 @@ def _load_records(settings, file_row: File) -> list[dict]:
     path = settings.uploads_dir / file_row.storage_name
     if not path.is_file():
         raise UserError("file_missing", f"file {file_row.id} is no longer stored")
-    return list(iter_records(path, file_row.format, column_mapping=file_row.column_mapping,
-                             completion_separator=file_row.completion_separator))
+    return list(
+        iter_records(
+            path,
+            file_row.format,
+            column_mapping=file_row.column_mapping,
+            completion_separator=file_row.completion_separator,
+        )
+    )
 
 
 def _store_base_eval(ctx: JobContext, result, gen_rows) -> None:
     with ctx.fenced_tx() as s:
         s.execute(delete(EvaluationRow).where(EvaluationRow.job_id == ctx.job_id))
         s.execute(delete(Evaluation).where(Evaluation.job_id == ctx.job_id))
-        s.add(Evaluation(job_id=ctx.job_id, subject="base", metrics=result.metrics, num_rows=len(gen_rows),
-                         details={"skipped": result.skipped, "timings": result.timings}))
+        s.add(
+            Evaluation(
+                job_id=ctx.job_id,
+                subject="base",
+                metrics=result.metrics,
+                num_rows=len(gen_rows),
+                details={"skipped": result.skipped, "timings": result.timings},
+            )
+        )
         for i, row in enumerate(gen_rows):
-            s.add(EvaluationRow(
-                job_id=ctx.job_id, row_index=i, prompt=row.prompt, reference=row.reference,
-                base_output=result.outputs[i] if result.outputs else None,
-                base_scores=result.row_scores[i] if result.row_scores else None,
-            ))
+            s.add(
+                EvaluationRow(
+                    job_id=ctx.job_id,
+                    row_index=i,
+                    prompt=row.prompt,
+                    reference=row.reference,
+                    base_output=result.outputs[i] if result.outputs else None,
+                    base_scores=result.row_scores[i] if result.row_scores else None,
+                )
+            )
 
 
 def _store_tuned_eval(ctx: JobContext, result, gen_rows) -> None:
     with ctx.fenced_tx() as s:
         s.execute(delete(Evaluation).where(Evaluation.job_id == ctx.job_id, Evaluation.subject == "tuned"))
-        s.add(Evaluation(job_id=ctx.job_id, subject="tuned", metrics=result.metrics, num_rows=len(gen_rows),
-                         details={"skipped": result.skipped, "timings": result.timings}))
+        s.add(
+            Evaluation(
+                job_id=ctx.job_id,
+                subject="tuned",
+                metrics=result.metrics,
+                num_rows=len(gen_rows),
+                details={"skipped": result.skipped, "timings": result.timings},
+            )
+        )
         for i in range(len(gen_rows)):
-            s.execute(update(EvaluationRow).where(EvaluationRow.job_id == ctx.job_id, EvaluationRow.row_index == i).values(
-                tuned_output=result.outputs[i] if result.outputs else None,
-                tuned_scores=result.row_scores[i] if result.row_scores else None,
-            ))
+            s.execute(
+                update(EvaluationRow)
+                .where(EvaluationRow.job_id == ctx.job_id, EvaluationRow.row_index == i)
+                .values(
+                    tuned_output=result.outputs[i] if result.outputs else None,
+                    tuned_scores=result.row_scores[i] if result.row_scores else None,
+                )
+            )
 
 
 def run(ctx: JobContext) -> None:
@@ -139,7 +175,12 @@ def run(ctx: JobContext) -> None:
     from worker.evaluation import evaluate, teacher_forced_stats
     from worker.metrics import get_bertscorer, resolve_bertscore_model
     from worker.modeling import (
-        ModelRefused, count_params, load_base_model, load_tokenizer, pick_device, wrap_for_training,
+        ModelRefused,
+        count_params,
+        load_base_model,
+        load_tokenizer,
+        pick_device,
+        wrap_for_training,
     )
     from worker.training import Hooks, TrainConfig, train
 
@@ -171,8 +212,10 @@ def run(ctx: JobContext) -> None:
     eval_rows = val_rows[: ev_spec["max_rows"]]
     loss_examples = [e for e in (fmt.example(r) for r in eval_rows) if e.num_loss_tokens > 0]
     gen_rows = [g for g in (fmt.generation_row(r) for r in eval_rows) if g is not None]
-    ctx.event(f"Data: {len(train_examples)} training rows, {len(eval_rows)} evaluation rows ({train_file.shape}); "
-              f"device {device}")
+    ctx.event(
+        f"Data: {len(train_examples)} training rows, {len(eval_rows)} evaluation rows ({train_file.shape}); "
+        f"device {device}"
+    )
 
     ctx.progress({"phase": "loading_model"}, force=True)
     try:
@@ -187,27 +230,46 @@ def run(ctx: JobContext) -> None:
 
     if not has_base_eval:  # a resumed attempt keeps the base measurement it already made
         ctx.progress({"phase": "evaluating_base"}, force=True)
-        base = evaluate(model, tokenizer, loss_examples=loss_examples, gen_rows=gen_rows, spec=ev_spec,
-                        device=device, bertscorer=bertscorer)
+        base = evaluate(
+            model,
+            tokenizer,
+            loss_examples=loss_examples,
+            gen_rows=gen_rows,
+            spec=ev_spec,
+            device=device,
+            bertscorer=bertscorer,
+        )
         _store_base_eval(ctx, base, gen_rows)
         ctx.event("Base model evaluated", type="metrics", data={"subject": "base", **base.metrics})
 
-    model = wrap_for_training(model, spec["adapter"], job.model_source, spec["training"]["gradient_checkpointing"])
+    model = wrap_for_training(
+        model, spec["adapter"], job.model_source, spec["training"]["gradient_checkpointing"], tokenizer.eos_token_id
+    )
     trainable, total = count_params(model)
     ctx.update(trainable_params=trainable, total_params=total)
     ctx.event(f"{spec['adapter']['type']}: {trainable:,} trainable parameters of {total:,}")
 
     def on_epoch_end(epoch: int, step: int) -> dict:
         stats = teacher_forced_stats(model, loss_examples, ev_spec["batch_size"], tokenizer.pad_token_id, device)
-        ctx.event(f"Epoch {epoch + 1}: eval_loss {stats.get('eval_loss', float('nan')):.4f}", type="metrics",
-                  data={"step": step, "epoch": epoch + 1, **stats})
+        ctx.event(
+            f"Epoch {epoch + 1}: eval_loss {stats.get('eval_loss', float('nan')):.4f}",
+            type="metrics",
+            data={"step": step, "epoch": epoch + 1, **stats},
+        )
         return stats
 
     def on_checkpoint(step: int, epoch: float, path: Path, metrics: dict) -> None:
         with ctx.fenced_tx() as s:
             s.execute(delete(Checkpoint).where(Checkpoint.job_id == ctx.job_id, Checkpoint.step == step))
-            s.add(Checkpoint(job_id=ctx.job_id, step=step, epoch=epoch, metrics=metrics,
-                             dir_name=str(path.relative_to(settings.jobs_dir))))
+            s.add(
+                Checkpoint(
+                    job_id=ctx.job_id,
+                    step=step,
+                    epoch=epoch,
+                    metrics=metrics,
+                    dir_name=str(path.relative_to(settings.jobs_dir)),
+                )
+            )
 
     hooks = Hooks(
         on_progress=ctx.progress,
@@ -218,27 +280,52 @@ def run(ctx: JobContext) -> None:
     )
     cfg = TrainConfig.from_spec(spec, job.seed, settings.checkpoint_every_s)
     summary = train(model, train_examples, cfg, tokenizer.pad_token_id, device, ctx.workdir / "checkpoints", hooks)
-    ctx.event(f"Training done: {summary['steps']} steps in {summary['seconds']:.1f}s"
-              + (f" (resumed at step {summary['resumed_from']})" if summary["resumed_from"] else ""))
+    ctx.event(
+        f"Training done: {summary['steps']} steps in {summary['seconds']:.1f}s"
+        + (f" (resumed at step {summary['resumed_from']})" if summary["resumed_from"] else "")
+    )
 
     ctx.progress({"phase": "evaluating"}, force=True)
-    tuned = evaluate(model, tokenizer, loss_examples=loss_examples, gen_rows=gen_rows, spec=ev_spec,
-                     device=device, bertscorer=bertscorer)
+    tuned = evaluate(
+        model,
+        tokenizer,
+        loss_examples=loss_examples,
+        gen_rows=gen_rows,
+        spec=ev_spec,
+        device=device,
+        bertscorer=bertscorer,
+    )
     _store_tuned_eval(ctx, tuned, gen_rows)
     ctx.event("Fine-tuned model evaluated", type="metrics", data={"subject": "tuned", **tuned.metrics})
 
     ctx.progress({"phase": "packaging"}, force=True)
     with ctx.Session() as s:
-        base_metrics = s.scalar(select(Evaluation.metrics).where(Evaluation.job_id == job.id, Evaluation.subject == "base"))
+        base_metrics = s.scalar(
+            select(Evaluation.metrics).where(Evaluation.job_id == job.id, Evaluation.subject == "base")
+        )
     name = fine_tuned_name(job)
-    card = model_card({"id": job.id, "model": job.model, "fine_tuned_model": name, "seed": job.seed},
-                      spec, base_metrics, tuned.metrics, (trainable, total))
+    card = model_card(
+        {"id": job.id, "model": job.model, "fine_tuned_model": name, "seed": job.seed},
+        spec,
+        base_metrics,
+        tuned.metrics,
+        (trainable, total),
+    )
     archive, digest, size = package_adapter(model, tokenizer, ctx.workdir, card)
     with ctx.Session() as s:
         ok = finish_job(
-            s, ctx.job_id, ctx.attempt, JobStatus.succeeded, fine_tuned_model=name, phase="done",
-            trained_tokens=summary["trained_tokens"], adapter_name=str(archive.relative_to(settings.jobs_dir)),
-            adapter_sha256=digest, adapter_bytes=size, step=summary["steps"],
+            s,
+            ctx.job_id,
+            ctx.attempt,
+            JobStatus.succeeded,
+            fine_tuned_model=name,
+            phase="done",
+            trained_tokens=summary["trained_tokens"],
+            adapter_name=str(archive.relative_to(settings.jobs_dir)),
+            adapter_sha256=digest,
+            adapter_bytes=size,
+            step=summary["steps"],
+            epoch=float(spec["hyperparameters"]["n_epochs"]),
         )
     if not ok:
         raise LostJob
@@ -259,7 +346,9 @@ def main(argv: list[str]) -> int:
         return EXIT_DONE
     except UserError as exc:
         with ctx.Session() as s:
-            finish_job(s, job_id, attempt, JobStatus.failed, error={"code": exc.code, "message": str(exc), "param": None})
+            finish_job(
+                s, job_id, attempt, JobStatus.failed, error={"code": exc.code, "message": str(exc), "param": None}
+            )
         return EXIT_DONE
     except Exception as exc:  # noqa: BLE001 - report, then let the parent decide on a retry
         traceback.print_exc()

@@ -41,6 +41,17 @@ def split_rows(rows: list[dict], share: float, seed: int) -> tuple[list[dict], l
     return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
 
 
+def move_trailing_spaces(prompt: str, completion: str) -> tuple[str, str]:
+    """Move a prompt's trailing spaces to the start of its completion.
+
+    SentencePiece-style tokenizers glue a space to the word after it ("A: SELECT" -> "A", ":", "▁S"...).
+    A prompt ending in a space would otherwise be tokenized with a lone "▁" that the model never saw in
+    pretraining, and it would have to learn an unnatural split. Training and generation both use this.
+    """
+    stripped = prompt.rstrip(" ")
+    return stripped, prompt[len(stripped):] + completion
+
+
 class Formatter:
     """Turns normalized records into training examples and generation rows for one tokenizer."""
 
@@ -76,7 +87,8 @@ class Formatter:
         """(text, is_trained) pieces in order."""
         if "messages" in record:
             return self._chat_segments(record["messages"])
-        return [(record["prompt"], False), (record["completion"], True)]
+        prompt, completion = move_trailing_spaces(record["prompt"], record["completion"])
+        return [(prompt, False), (completion, True)]
 
     def _chat_segments(self, messages: list[dict]) -> list[tuple[str, bool]]:
         if getattr(self.tok, "chat_template", None):
@@ -87,11 +99,11 @@ class Formatter:
                 if msg["role"] == "assistant":
                     prefix = self.tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
                     if prefix.startswith(rendered) and full.startswith(prefix):
-                        segments.append((prefix[len(rendered):], False))
-                        segments.append((full[len(prefix):], True))
+                        segments.append((prefix[len(rendered) :], False))
+                        segments.append((full[len(prefix) :], True))
                         rendered = full
                         continue
-                segments.append((full[len(rendered):], False))
+                segments.append((full[len(rendered) :], False))
                 rendered = full
             return [(text, trained) for text, trained in segments if text]
         segments = []
@@ -115,13 +127,17 @@ class Formatter:
             if getattr(self.tok, "chat_template", None):
                 prompt = self.tok.apply_chat_template(context, tokenize=False, add_generation_prompt=True)
             else:
-                prompt = "".join(
-                    FALLBACK_ROLE_HEADER.get(m["role"], f"### {m['role']}:\n") + m["content"] + "\n\n" for m in context
-                ) + FALLBACK_ROLE_HEADER["assistant"]
+                prompt = (
+                    "".join(
+                        FALLBACK_ROLE_HEADER.get(m["role"], f"### {m['role']}:\n") + m["content"] + "\n\n"
+                        for m in context
+                    )
+                    + FALLBACK_ROLE_HEADER["assistant"]
+                )
         else:
             prompt, reference = record["prompt"], record["completion"]
         # Keep room for the answer: long prompts lose their beginning, not their question.
-        ids = self.bos + self.encode(prompt)
+        ids = self.bos + self.encode(move_trailing_spaces(prompt, "")[0])
         if len(ids) > self.max_len - 1:
-            ids = ids[-(self.max_len // 2):]
+            ids = ids[-(self.max_len // 2) :]
         return GenerationRow(prompt=prompt, prompt_ids=ids, reference=reference)

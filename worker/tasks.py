@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections import deque
+from pathlib import Path
 
 from celery.signals import worker_ready
 
@@ -33,23 +34,37 @@ def worker_name() -> str:
     return f"{os.environ.get('FTAAS_WORKER_NAME') or socket.gethostname()}:{os.getpid()}"
 
 
-def spawn_child(job_id: str, attempt: int) -> subprocess.Popen:
-    # A fresh interpreter, not a fork: CUDA must never be initialised in the worker itself.
-    return subprocess.Popen(
-        [sys.executable, "-m", "worker.child", job_id, str(attempt)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+def spawn_child(job_id: str, attempt: int) -> tuple[subprocess.Popen, Path]:
+    """A fresh interpreter, not a fork: CUDA must never be initialised in the worker itself.
+    Its output goes to a log file per attempt beside the job's checkpoints."""
+    log_path = get_settings().jobs_dir / job_id / f"attempt-{attempt}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "worker.child", job_id, str(attempt)], stdout=out, stderr=subprocess.STDOUT
+        )
+    return child, log_path
 
 
-def supervise(job_id: str, attempt: int, child: subprocess.Popen) -> tuple[int, str]:
+def last_lines(path: Path, n: int = 40) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 16384))
+            return b"\n".join(fh.read().splitlines()[-n:]).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def supervise(job_id: str, attempt: int, child: subprocess.Popen) -> int:
     """Renew the lease while the child runs; kill it if the job is no longer ours and it does not stop."""
     settings, Session = get_settings(), get_sessionmaker()
-    tail: deque[str] = deque(maxlen=40)
-    reader = threading.Thread(target=lambda: tail.extend(child.stderr), daemon=True)
-    reader.start()
     lost_since = None
     while child.poll() is None:
-        time.sleep(min(settings.heartbeat_s, 1.0) if lost_since else settings.heartbeat_s)
+        try:  # wakes as soon as the child exits
+            child.wait(timeout=min(settings.heartbeat_s, 1.0) if lost_since else settings.heartbeat_s)
+            break
+        except subprocess.TimeoutExpired:
+            pass
         try:
             with Session() as s:
                 ours = renew_lease(s, job_id, attempt, settings.lease_s)
@@ -63,8 +78,7 @@ def supervise(job_id: str, attempt: int, child: subprocess.Popen) -> tuple[int, 
         elif time.monotonic() - lost_since > CANCEL_GRACE_S and child.poll() is None:
             log.warning("job %s: child did not stop after cancel; killing it", job_id)
             child.kill()
-    reader.join(timeout=5)
-    return child.returncode, "".join(tail)
+    return child.returncode
 
 
 @celery.task(name=TRAIN_TASK, bind=True)
@@ -77,26 +91,41 @@ def train(self, job_id: str) -> str:
         return "skipped"
     if attempt > settings.max_attempts:
         with Session() as s:
-            finish_job(s, job_id, attempt, JobStatus.failed, error={
-                "code": "too_many_attempts", "message": f"gave up after {settings.max_attempts} attempts", "param": None})
+            finish_job(
+                s,
+                job_id,
+                attempt,
+                JobStatus.failed,
+                error={
+                    "code": "too_many_attempts",
+                    "message": f"gave up after {settings.max_attempts} attempts",
+                    "param": None,
+                },
+            )
         return "failed"
     log.info("job %s attempt %s: starting training child", job_id, attempt)
-    code, stderr_tail = supervise(job_id, attempt, spawn_child(job_id, attempt))
+    child, log_path = spawn_child(job_id, attempt)
+    code = supervise(job_id, attempt, child)
+    stderr_tail = last_lines(log_path)
     with Session() as s:
         job = s.get(Job, job_id)
         still_ours = job is not None and job.status == JobStatus.running and job.attempt == attempt
     if not still_ours:
         return "done"
     # The child ended without writing a final state: it crashed (an exception, an OOM kill, a signal).
-    last_line = (stderr_tail.strip().splitlines() or [f"exit code {code}"])[-1][:500]
-    reason = f"training child exited with code {code}: {last_line}"
+    if code < 0:  # killed by a signal (the kernel's OOM killer, kill -9, ...)
+        reason = f"training child was killed by signal {signal.Signals(-code).name}"
+    else:
+        last_line = (stderr_tail.strip().splitlines() or [f"exit code {code}"])[-1][:500]
+        reason = f"training child exited with code {code}: {last_line}"
     with Session() as s:
         if attempt < settings.max_attempts:
             release_for_retry(s, job_id, attempt, reason)
             celery.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue_name)
             return "retrying"
-        finish_job(s, job_id, attempt, JobStatus.failed,
-                   error={"code": "training_crashed", "message": reason, "param": None})
+        finish_job(
+            s, job_id, attempt, JobStatus.failed, error={"code": "training_crashed", "message": reason, "param": None}
+        )
     return "failed"
 
 

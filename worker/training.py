@@ -48,10 +48,17 @@ class TrainConfig:
         # batch_size is the examples per optimizer step; accumulate micro-batches to reach it.
         accum = max(1, math.ceil(hp["batch_size"] / micro)) * tr["gradient_accumulation_steps"]
         return cls(
-            n_epochs=hp["n_epochs"], micro_batch_size=micro, grad_accum=accum,
-            learning_rate=tr["learning_rate"], lr_scheduler=tr["lr_scheduler"], warmup_ratio=tr["warmup_ratio"],
-            weight_decay=tr["weight_decay"], max_grad_norm=tr["max_grad_norm"], logging_steps=tr["logging_steps"],
-            seed=seed, checkpoint_every_s=checkpoint_every_s,
+            n_epochs=hp["n_epochs"],
+            micro_batch_size=micro,
+            grad_accum=accum,
+            learning_rate=tr["learning_rate"],
+            lr_scheduler=tr["lr_scheduler"],
+            warmup_ratio=tr["warmup_ratio"],
+            weight_decay=tr["weight_decay"],
+            max_grad_norm=tr["max_grad_norm"],
+            logging_steps=tr["logging_steps"],
+            seed=seed,
+            checkpoint_every_s=checkpoint_every_s,
         )
 
 
@@ -73,7 +80,9 @@ def collate(batch: list[Example], pad_id: int, device: torch.device) -> dict[str
     return {
         "input_ids": input_ids.to(device),
         "labels": pad_sequence(labels, batch_first=True, padding_value=IGNORE).to(device),
-        "attention_mask": pad_sequence([torch.ones(len(i), dtype=torch.long) for i in ids], batch_first=True).to(device),
+        "attention_mask": pad_sequence([torch.ones(len(i), dtype=torch.long) for i in ids], batch_first=True).to(
+            device
+        ),
     }
 
 
@@ -89,7 +98,9 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, keep: int = 2) -> Path:
+def save_checkpoint(
+    ckpt_root: Path, step: int, model, optimizer, scheduler, trained_tokens: int = 0, keep: int = 2
+) -> Path:
     """Write to a temp dir, then rename: a crash mid-write never leaves a checkpoint that looks complete."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -101,9 +112,14 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, kee
     state = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
     save_file(state, str(tmp / "adapter_model.safetensors"))
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-         "rng_cpu": torch.get_rng_state(),
-         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "trained_tokens": trained_tokens,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
         tmp / "trainer_state.pt",
     )
     (tmp / COMPLETE_MARKER).write_text(str(step))
@@ -112,15 +128,14 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, kee
             os.fsync(fh.fileno())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    older = sorted(
-        (p for p in ckpt_root.glob("step-*") if p != final), key=lambda p: int(p.name.split("-")[1])
-    )
+    older = sorted((p for p in ckpt_root.glob("step-*") if p != final), key=lambda p: int(p.name.split("-")[1]))
     for old in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, int]:
+    """Restore adapter, optimizer, scheduler and RNG; returns (step, tokens trained so far)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -132,7 +147,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
     torch.set_rng_state(state["rng_cpu"])
     if state.get("rng_cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
-    return int(state["step"])
+    return int(state["step"]), int(state.get("trained_tokens", 0))
 
 
 def train(
@@ -148,14 +163,17 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
-        cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps
+        cfg.lr_scheduler,
+        optimizer,
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
     )
-    step = 0
+    step, trained_tokens = 0, 0
     resume = latest_checkpoint(ckpt_root)
     if resume is not None:
-        step = load_checkpoint(resume, model, optimizer, scheduler)
+        step, trained_tokens = load_checkpoint(resume, model, optimizer, scheduler)
     start_step, t0 = step, time.monotonic()
-    trained_tokens, last_ckpt_t = 0, time.monotonic()
+    last_ckpt_t = time.monotonic()
     window_loss, window_n = 0.0, 0
     model.train()
     hooks.on_progress({"step": step, "total_steps": total_steps, "epoch": step / steps_per_epoch, "phase": "training"})
@@ -187,11 +205,26 @@ def train(
             window_n += 1
             done_steps = step - start_step
             eta = (time.monotonic() - t0) / done_steps * (total_steps - step)
-            hooks.on_progress({"step": step, "total_steps": total_steps, "epoch": step / steps_per_epoch,
-                               "train_loss": step_loss, "eta_s": eta, "trained_tokens": trained_tokens})
+            hooks.on_progress(
+                {
+                    "step": step,
+                    "total_steps": total_steps,
+                    "epoch": step / steps_per_epoch,
+                    "train_loss": step_loss,
+                    "eta_s": eta,
+                    "trained_tokens": trained_tokens,
+                }
+            )
             if step % cfg.logging_steps == 0 or step == total_steps:
-                hooks.on_log({"step": step, "epoch": round(step / steps_per_epoch, 4), "train_loss": window_loss / window_n,
-                              "learning_rate": scheduler.get_last_lr()[0], "trained_tokens": trained_tokens})
+                hooks.on_log(
+                    {
+                        "step": step,
+                        "epoch": round(step / steps_per_epoch, 4),
+                        "train_loss": window_loss / window_n,
+                        "learning_rate": scheduler.get_last_lr()[0],
+                        "trained_tokens": trained_tokens,
+                    }
+                )
                 window_loss, window_n = 0.0, 0
             epoch_end = step % steps_per_epoch == 0
             if epoch_end or time.monotonic() - last_ckpt_t >= cfg.checkpoint_every_s:
@@ -200,9 +233,14 @@ def train(
                     model.eval()
                     metrics.update(hooks.on_epoch_end(epoch, step))
                     model.train()
-                path = save_checkpoint(ckpt_root, step, model, optimizer, scheduler)
+                path = save_checkpoint(ckpt_root, step, model, optimizer, scheduler, trained_tokens)
                 hooks.on_checkpoint(step, step / steps_per_epoch, path, metrics)
                 last_ckpt_t = time.monotonic()
     model.eval()
-    return {"steps": step, "total_steps": total_steps, "trained_tokens": trained_tokens,
-            "seconds": time.monotonic() - t0, "resumed_from": start_step}
+    return {
+        "steps": step,
+        "total_steps": total_steps,
+        "trained_tokens": trained_tokens,
+        "seconds": time.monotonic() - t0,
+        "resumed_from": start_step,
+    }

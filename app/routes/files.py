@@ -157,15 +157,20 @@ def file_content(file: OwnedFile, settings: SettingsDep) -> FileResponse:
 
 @router.delete("/{file_id}", response_model=FileDeleted, summary="Delete a file (jobs that used it keep their results)")
 def delete_file(file: OwnedFile, session: SessionDep, settings: SettingsDep) -> FileDeleted:
-    busy = session.query(Job.id).filter(
-        (Job.training_file_id == file.id) | (Job.validation_file_id == file.id),
-        Job.status.in_([JobStatus.queued, JobStatus.running, JobStatus.validating_files]),
-    ).first()
+    busy = (
+        session.query(Job.id)
+        .filter(
+            (Job.training_file_id == file.id) | (Job.validation_file_id == file.id),
+            Job.status.in_([JobStatus.queued, JobStatus.running, JobStatus.validating_files]),
+        )
+        .first()
+    )
     if busy is not None:
-        raise ApiError(409, f"File is in use by job '{busy[0]}', which has not finished", param="file_id", code="file_in_use")
+        raise ApiError(
+            409, f"File is in use by job '{busy[0]}', which has not finished", param="file_id", code="file_in_use"
+        )
     # Soft delete: finished jobs keep pointing at the row; the bytes go now.
     file.deleted_at = utcnow()
     session.commit()
     (settings.uploads_dir / file.storage_name).unlink(missing_ok=True)
     return FileDeleted(id=file.id)
-

@@ -26,8 +26,10 @@ def _check_model(settings: Settings, model: str) -> str:
     if source is None:
         allowed = ", ".join(settings.public_model_ids()) or "none configured"
         raise ApiError(
-            400, f"Model '{model}' is not available on this server (allowed: {allowed})",
-            param="model", code="model_not_available",
+            400,
+            f"Model '{model}' is not available on this server (allowed: {allowed})",
+            param="model",
+            code="model_not_available",
         )
     return source
 
@@ -56,7 +58,9 @@ def create_job(body: JobCreate, session: SessionDep, tenant: CurrentTenant, sett
     )
     _check_pairing(training, validation)
     if body.adapter.type == "prompt_tuning" and body.adapter.num_virtual_tokens >= body.training.max_seq_length:
-        raise ApiError(400, "num_virtual_tokens must be smaller than max_seq_length", param="adapter.num_virtual_tokens")
+        raise ApiError(
+            400, "num_virtual_tokens must be smaller than max_seq_length", param="adapter.num_virtual_tokens"
+        )
     job = Job(
         tenant_id=tenant.id,
         model=body.model,

@@ -16,8 +16,16 @@ from app.schemas import Leaderboard, LeaderboardRow
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 METRICS = (
-    "rougeL", "rouge1", "rouge2", "rougeLsum", "bertscore_f1", "bertscore_precision", "bertscore_recall",
-    "perplexity", "token_accuracy", "eval_loss",
+    "rougeL",
+    "rouge1",
+    "rouge2",
+    "rougeLsum",
+    "bertscore_f1",
+    "bertscore_precision",
+    "bertscore_recall",
+    "perplexity",
+    "token_accuracy",
+    "eval_loss",
 )
 
 
@@ -31,7 +39,9 @@ def leaderboard(
     if metric not in METRICS:
         raise ApiError(400, f"Unknown metric '{metric}'; use one of {', '.join(METRICS)}", param="metric")
     jobs = session.scalars(
-        select(Job).where(Job.tenant_id == tenant.id, Job.training_file_id == file.id, Job.status == JobStatus.succeeded)
+        select(Job).where(
+            Job.tenant_id == tenant.id, Job.training_file_id == file.id, Job.status == JobStatus.succeeded
+        )
     ).all()
     evals = {
         (e.job_id, e.subject): e
@@ -43,25 +53,45 @@ def leaderboard(
     for job in jobs:
         tuned = evals.get((job.id, "tuned"))
         if tuned is not None:
-            rows.append(LeaderboardRow(
-                rank=0, kind="fine-tuned", job_id=job.id, model=job.model, fine_tuned_model=job.fine_tuned_model,
-                adapter_type=job.spec["adapter"]["type"], selected=bool(selection and selection.job_id == job.id),
-                value=tuned.metrics.get(metric), metrics=tuned.metrics,
-            ))
+            rows.append(
+                LeaderboardRow(
+                    rank=0,
+                    kind="fine-tuned",
+                    job_id=job.id,
+                    model=job.model,
+                    fine_tuned_model=job.fine_tuned_model,
+                    adapter_type=job.spec["adapter"]["type"],
+                    selected=bool(selection and selection.job_id == job.id),
+                    value=tuned.metrics.get(metric),
+                    metrics=tuned.metrics,
+                )
+            )
         base = evals.get((job.id, "base"))
         # One base row per base model: the first job's measurement of it stands for all.
         if base is not None and job.model not in base_seen:
             base_seen.add(job.model)
-            rows.append(LeaderboardRow(
-                rank=0, kind="base", job_id=None, model=job.model, fine_tuned_model=None, adapter_type=None,
-                selected=False, value=base.metrics.get(metric), metrics=base.metrics,
-            ))
+            rows.append(
+                LeaderboardRow(
+                    rank=0,
+                    kind="base",
+                    job_id=None,
+                    model=job.model,
+                    fine_tuned_model=None,
+                    adapter_type=None,
+                    selected=False,
+                    value=base.metrics.get(metric),
+                    metrics=base.metrics,
+                )
+            )
     lower = metric in LOWER_IS_BETTER
     # Rows without the metric (e.g. ROUGE on raw text) sink to the bottom.
     rows.sort(key=lambda r: (r.value is None, (r.value if lower else -r.value) if r.value is not None else 0))
     for i, row in enumerate(rows, 1):
         row.rank = i
     return Leaderboard(
-        file_id=file.id, metric=metric, higher_is_better=not lower,
-        selected_job_id=selection.job_id if selection else None, data=rows,
+        file_id=file.id,
+        metric=metric,
+        higher_is_better=not lower,
+        selected_job_id=selection.job_id if selection else None,
+        data=rows,
     )

@@ -23,8 +23,12 @@ def _all_models(session, tenant, settings) -> list[ModelPublic]:
     )
     models += [
         ModelPublic(
-            id=j.fine_tuned_model, created=unix(j.finished_at) or 0, owned_by=tenant.name, kind="fine-tuned",
-            base_model=j.model, job_id=j.id,
+            id=j.fine_tuned_model,
+            created=unix(j.finished_at) or 0,
+            owned_by=tenant.name,
+            kind="fine-tuned",
+            base_model=j.model,
+            job_id=j.id,
         )
         for j in jobs
     ]

@@ -28,7 +28,9 @@ LOWER_IS_BETTER = {"perplexity", "eval_loss"}
 def get_evaluation(
     job: OwnedJob,
     session: SessionDep,
-    limit: Annotated[int | None, Query(ge=0, le=100000, description="sample rows; default the job's num_samples")] = None,
+    limit: Annotated[
+        int | None, Query(ge=0, le=100000, description="sample rows; default the job's num_samples")
+    ] = None,
 ) -> EvaluationPublic:
     evals = {e.subject: e for e in session.scalars(select(Evaluation).where(Evaluation.job_id == job.id))}
     base, tuned = evals.get("base"), evals.get("tuned")
@@ -76,7 +78,9 @@ def get_evaluation(
 )
 def download_adapter(job: OwnedJob, settings: SettingsDep) -> FileResponse:
     if job.status != JobStatus.succeeded or not job.adapter_name:
-        raise ApiError(409, f"Job {job.id} has no adapter yet (status: {job.status})", param="job_id", code="adapter_not_ready")
+        raise ApiError(
+            409, f"Job {job.id} has no adapter yet (status: {job.status})", param="job_id", code="adapter_not_ready"
+        )
     path = settings.jobs_dir / job.adapter_name
     if not path.is_file():
         raise ApiError(404, f"The adapter archive of job {job.id} is missing from storage", code="adapter_missing")
