@@ -161,3 +161,14 @@ def _purge_test_queue():
         redis.Redis.from_url(REDIS_URL).delete(TEST_ENV["FTAAS_QUEUE_NAME"])
     except Exception:
         pass
+
+
+# Figures the tests measure (time to succeed, metrics), printed at the end of the run.
+REPORT: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REPORT:
+        terminalreporter.section("ftaas figures")
+        for line in REPORT:
+            terminalreporter.write_line(line)
