@@ -20,9 +20,9 @@ import pytest
 
 from tests.conftest import (
     ARTIFACTS,
-    REPORT,
     DATASETS,
     MODEL_DIR,
+    REPORT,
     ROOT,
     TEST_ENV,
     create_database,
