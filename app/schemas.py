@@ -110,6 +110,22 @@ class EvaluationSpec(Strict):
     max_new_tokens: int = Field(128, ge=1, le=4096, description="generation length cap per row")
     batch_size: int = Field(16, ge=1, le=1024, description="rows generated per batch")
     num_samples: int = Field(10, ge=0, le=1000, description="rows shown side by side in the evaluation")
+    selection_metric: Literal[
+        "auto",
+        "last",
+        "rougeL",
+        "rouge1",
+        "rouge2",
+        "rougeLsum",
+        "bertscore_f1",
+        "eval_loss",
+        "perplexity",
+        "token_accuracy",
+    ] = Field(
+        "auto",
+        description="picks the checkpoint you download among the epoch ends, each evaluated on the held-out rows: "
+        "auto = rougeL when rows have completions, eval_loss for raw text; last = the final weights",
+    )
 
 
 class JobCreate(Strict):

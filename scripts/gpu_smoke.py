@@ -64,8 +64,16 @@ def main() -> int:
         model = wrap_for_training(model, ad, args.model, False, tok.eos_token_id)
         trainable, total = count_params(model)
         cfg = TrainConfig(
-            n_epochs=args.epochs, micro_batch_size=16, grad_accum=1, learning_rate=ad["lr"], lr_scheduler="linear",
-            warmup_ratio=0.03, weight_decay=0.0, max_grad_norm=1.0, logging_steps=10**9, seed=0,
+            n_epochs=args.epochs,
+            micro_batch_size=16,
+            grad_accum=1,
+            learning_rate=ad["lr"],
+            lr_scheduler="linear",
+            warmup_ratio=0.03,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            logging_steps=10**9,
+            seed=0,
             checkpoint_every_s=10**9,
         )
         hooks = Hooks(lambda d: None, lambda d: None, lambda *a: None, lambda e, s: {}, lambda: False)

@@ -85,10 +85,16 @@ def sql_examples(tok, n: int = 24):
 def test_completion_only_labels(tok):
     fmt = Formatter(tok, 512)
     ex = fmt.example({"prompt": "Q: two plus two?\nA: ", "completion": "four"})
-    prompt_len = 1 + len(fmt.encode("Q: two plus two?\nA: "))
+    # the prompt's trailing space moves to the completion ("A:", "▁four"), as the tokenizer would split it
+    prompt_len = 1 + len(fmt.encode("Q: two plus two?\nA:"))
     assert ex.input_ids[0] == tok.bos_token_id and ex.input_ids[-1] == tok.eos_token_id
     assert ex.labels[:prompt_len] == [IGNORE] * prompt_len
     assert ex.labels[prompt_len:] == ex.input_ids[prompt_len:]
+    assert tok.decode(ex.labels[prompt_len:-1]).strip() == "four"
+    assert (
+        Formatter(tok, 512).generation_row({"prompt": "Q: two plus two?\nA: ", "completion": "four"}).prompt_ids
+        == (ex.input_ids[:prompt_len])
+    )  # generation sees exactly the prompt tokens training saw
     text = fmt.example({"text": "Once upon a time"})
     assert text.labels == text.input_ids  # raw text: every token is trained
 
@@ -197,3 +203,26 @@ def test_unsafe_model_directories_are_refused(tmp_path):
     with pytest.raises(ModelRefused, match="remote code"):
         check_model_source(str(remote))
     check_model_source(SRC)  # the real model passes
+
+
+def test_best_checkpoint_is_kept_and_reported(tok, tmp_path):
+    """The epoch whose selection metric is best survives checkpoint rotation and is named in the summary."""
+    examples = sql_examples(tok, 8)
+    scores = iter([0.2, 0.9, 0.5, 0.1])  # epoch 2 is the best
+    h = hooks()
+    h.on_epoch_end = lambda epoch, step: {"rougeL": next(scores)}
+    model = wrap_for_training(load_base_model(SRC, adapter("lora"), torch.device("cpu")), adapter("lora"), SRC, False)
+    summary = train(
+        model,
+        examples,
+        config(n_epochs=4, micro_batch_size=4),
+        tok.pad_token_id,
+        torch.device("cpu"),
+        tmp_path,
+        h,
+        selection=("rougeL", True),
+    )
+    assert (summary["best_step"], summary["best_value"]) == (4, 0.9)
+    kept = sorted(p.name for p in tmp_path.glob("step-*"))
+    assert kept == ["step-4", "step-6", "step-8"]  # the best (epoch 2) and the newest two; step-2 rotated out
+    assert summary["best_path"] == tmp_path / "step-4"

@@ -167,6 +167,21 @@ def _store_tuned_eval(ctx: JobContext, result, gen_rows) -> None:
             )
 
 
+LOWER_IS_BETTER = {"eval_loss", "perplexity"}
+
+
+def selection_for(ev_spec: dict, has_generation_rows: bool) -> tuple[str, bool] | None:
+    """(metric, higher_is_better) that picks the shipped checkpoint, or None to ship the final weights."""
+    metric = ev_spec.get("selection_metric", "auto")
+    if metric == "last":
+        return None
+    if metric == "auto":
+        metric = "rougeL" if has_generation_rows and "rouge" in ev_spec["metrics"] else "eval_loss"
+    elif not has_generation_rows and metric not in LOWER_IS_BETTER | {"token_accuracy"}:
+        metric = "eval_loss"  # raw text has no completions to generate; fall back to the loss
+    return metric, metric not in LOWER_IS_BETTER
+
+
 def run(ctx: JobContext) -> None:
     import torch
 
@@ -182,7 +197,7 @@ def run(ctx: JobContext) -> None:
         pick_device,
         wrap_for_training,
     )
-    from worker.training import Hooks, TrainConfig, train
+    from worker.training import Hooks, TrainConfig, load_adapter_weights, train
 
     settings = ctx.settings
     with ctx.Session() as s:
@@ -249,10 +264,25 @@ def run(ctx: JobContext) -> None:
     ctx.update(trainable_params=trainable, total_params=total)
     ctx.event(f"{spec['adapter']['type']}: {trainable:,} trainable parameters of {total:,}")
 
+    selection = selection_for(ev_spec, bool(gen_rows))
+
     def on_epoch_end(epoch: int, step: int) -> dict:
         stats = teacher_forced_stats(model, loss_examples, ev_spec["batch_size"], tokenizer.pad_token_id, device)
+        if selection and selection[0] not in stats:  # a generation metric: generate on the held-out rows
+            family = "bertscore" if selection[0].startswith("bertscore") else "rouge"
+            result = evaluate(
+                model,
+                tokenizer,
+                loss_examples=[],
+                gen_rows=gen_rows,
+                spec={**ev_spec, "metrics": [family]},
+                device=device,
+                bertscorer=bertscorer,
+            )
+            stats.update(result.metrics)
         ctx.event(
-            f"Epoch {epoch + 1}: eval_loss {stats.get('eval_loss', float('nan')):.4f}",
+            f"Epoch {epoch + 1}: "
+            + ", ".join(f"{k} {stats[k]:.4f}" for k in ("eval_loss", "rougeL", "bertscore_f1") if k in stats),
             type="metrics",
             data={"step": step, "epoch": epoch + 1, **stats},
         )
@@ -279,7 +309,15 @@ def run(ctx: JobContext) -> None:
         should_stop=ctx.should_stop,
     )
     cfg = TrainConfig.from_spec(spec, job.seed, settings.checkpoint_every_s)
-    summary = train(model, train_examples, cfg, tokenizer.pad_token_id, device, ctx.workdir / "checkpoints", hooks)
+    summary = train(
+        model, train_examples, cfg, tokenizer.pad_token_id, device, ctx.workdir / "checkpoints", hooks, selection
+    )
+    if summary["best_step"] is not None and summary["best_step"] != summary["steps"]:
+        load_adapter_weights(summary["best_path"], model)
+        ctx.event(
+            f"Shipping the checkpoint of step {summary['best_step']}: best {selection[0]} "
+            f"{summary['best_value']:.4f} of the epoch ends"
+        )
     ctx.event(
         f"Training done: {summary['steps']} steps in {summary['seconds']:.1f}s"
         + (f" (resumed at step {summary['resumed_from']})" if summary["resumed_from"] else "")

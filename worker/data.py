@@ -49,7 +49,7 @@ def move_trailing_spaces(prompt: str, completion: str) -> tuple[str, str]:
     pretraining, and it would have to learn an unnatural split. Training and generation both use this.
     """
     stripped = prompt.rstrip(" ")
-    return stripped, prompt[len(stripped):] + completion
+    return stripped, prompt[len(stripped) :] + completion
 
 
 class Formatter:

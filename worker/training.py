@@ -98,25 +98,27 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def save_checkpoint(
-    ckpt_root: Path, step: int, model, optimizer, scheduler, trained_tokens: int = 0, keep: int = 2
-) -> Path:
-    """Write to a temp dir, then rename: a crash mid-write never leaves a checkpoint that looks complete."""
+def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, state: dict, keep: int = 2) -> Path:
+    """Write to a temp dir, then rename: a crash mid-write never leaves a checkpoint that looks complete.
+
+    `state` holds step, trained_tokens and the best checkpoint so far; the newest `keep` checkpoints and
+    the best one stay on disk, older ones go.
+    """
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
+    step = state["step"]
     final = ckpt_root / f"step-{step}"
     tmp = ckpt_root / f".tmp-step-{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
-    save_file(state, str(tmp / "adapter_model.safetensors"))
+    weights = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
+    save_file(weights, str(tmp / "adapter_model.safetensors"))
     torch.save(
         {
+            **state,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "step": step,
-            "trained_tokens": trained_tokens,
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         },
@@ -128,32 +130,56 @@ def save_checkpoint(
             os.fsync(fh.fileno())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    best = (state.get("best") or {}).get("step")
     older = sorted((p for p in ckpt_root.glob("step-*") if p != final), key=lambda p: int(p.name.split("-")[1]))
     for old in older[: max(0, len(older) - (keep - 1))]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name != f"step-{best}":
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[int, int]:
-    """Restore adapter, optimizer, scheduler and RNG; returns (step, tokens trained so far)."""
+def load_adapter_weights(path: Path, model) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore adapter, optimizer, scheduler and RNG; returns the saved state (step, trained_tokens, best)."""
+    load_adapter_weights(path, model)
     # Our own file, written above: weights_only=False is needed for the optimizer's plain Python state.
-    state = torch.load(path / "trainer_state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng_cpu"])
-    if state.get("rng_cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
-    return int(state["step"]), int(state.get("trained_tokens", 0))
+    saved = torch.load(path / "trainer_state.pt", weights_only=False)
+    optimizer.load_state_dict(saved.pop("optimizer"))
+    scheduler.load_state_dict(saved.pop("scheduler"))
+    torch.set_rng_state(saved.pop("rng_cpu"))
+    rng_cuda = saved.pop("rng_cuda", None)
+    if rng_cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng_cuda)
+    return saved
+
+
+def is_better(value: float, best: dict | None, higher_is_better: bool) -> bool:
+    if best is None:
+        return True
+    return value > best["value"] if higher_is_better else value < best["value"]
 
 
 def train(
-    model, examples: list[Example], cfg: TrainConfig, pad_id: int, device: torch.device, ckpt_root: Path, hooks: Hooks
+    model,
+    examples: list[Example],
+    cfg: TrainConfig,
+    pad_id: int,
+    device: torch.device,
+    ckpt_root: Path,
+    hooks: Hooks,
+    selection: tuple[str, bool] | None = None,
 ) -> dict:
-    """Train, resuming from the last complete checkpoint under ckpt_root. Returns summary figures."""
+    """Train, resuming from the last complete checkpoint under ckpt_root. Returns summary figures.
+
+    `selection` = (metric, higher_is_better): the epoch-end metric that picks the best checkpoint; the
+    summary names it (best_step, best_value, best_path) so the caller can ship that one.
+    """
     from transformers import get_scheduler
 
     torch.manual_seed(cfg.seed)
@@ -168,10 +194,11 @@ def train(
         num_warmup_steps=int(cfg.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    step, trained_tokens = 0, 0
+    state: dict = {"step": 0, "trained_tokens": 0, "best": None}
     resume = latest_checkpoint(ckpt_root)
     if resume is not None:
-        step, trained_tokens = load_checkpoint(resume, model, optimizer, scheduler)
+        state.update(load_checkpoint(resume, model, optimizer, scheduler))
+    step, trained_tokens = state["step"], state["trained_tokens"]
     start_step, t0 = step, time.monotonic()
     last_ckpt_t = time.monotonic()
     window_loss, window_n = 0.0, 0
@@ -233,7 +260,11 @@ def train(
                     model.eval()
                     metrics.update(hooks.on_epoch_end(epoch, step))
                     model.train()
-                path = save_checkpoint(ckpt_root, step, model, optimizer, scheduler, trained_tokens)
+                    value = metrics.get(selection[0]) if selection else None
+                    if value is not None and is_better(value, state["best"], selection[1]):
+                        state["best"] = {"step": step, "value": value}
+                state.update(step=step, trained_tokens=trained_tokens)
+                path = save_checkpoint(ckpt_root, model, optimizer, scheduler, state)
                 hooks.on_checkpoint(step, step / steps_per_epoch, path, metrics)
                 last_ckpt_t = time.monotonic()
     model.eval()
@@ -243,4 +274,7 @@ def train(
         "trained_tokens": trained_tokens,
         "seconds": time.monotonic() - t0,
         "resumed_from": start_step,
+        "best_step": state["best"]["step"] if state["best"] else None,
+        "best_value": state["best"]["value"] if state["best"] else None,
+        "best_path": ckpt_root / f"step-{state['best']['step']}" if state["best"] else None,
     }
