@@ -21,3 +21,13 @@ def page_of(session: Session, model: Any, filters: list[Any], after: str | None,
         stmt = stmt.where(tuple_(model.created_at, model.id) < tuple_(anchor[0], anchor[1]))
     rows = session.scalars(stmt.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)).all()
     return list(rows[:limit]), len(rows) > limit
+
+
+def list_page(items: list[Any], has_more: bool) -> dict[str, Any]:
+    """The fields of a list response for already-presented items (each with a public `id`)."""
+    return {
+        "data": items,
+        "has_more": has_more,
+        "first_id": items[0].id if items else None,
+        "last_id": items[-1].id if items else None,
+    }

@@ -243,9 +243,8 @@ def run(ctx: JobContext) -> None:
         name, layers = resolve_bertscore_model(settings.bertscore_model, settings.bertscore_num_layers)
         bertscorer = get_bertscorer(name, layers, str(device))
 
-    if not has_base_eval:  # a resumed attempt keeps the base measurement it already made
-        ctx.progress({"phase": "evaluating_base"}, force=True)
-        base = evaluate(
+    def evaluate_all():  # the model as it is now (base, then tuned) on the job's evaluation rows
+        return evaluate(
             model,
             tokenizer,
             loss_examples=loss_examples,
@@ -254,6 +253,10 @@ def run(ctx: JobContext) -> None:
             device=device,
             bertscorer=bertscorer,
         )
+
+    if not has_base_eval:  # a resumed attempt keeps the base measurement it already made
+        ctx.progress({"phase": "evaluating_base"}, force=True)
+        base = evaluate_all()
         _store_base_eval(ctx, base, gen_rows)
         ctx.event("Base model evaluated", type="metrics", data={"subject": "base", **base.metrics})
 
@@ -324,15 +327,7 @@ def run(ctx: JobContext) -> None:
     )
 
     ctx.progress({"phase": "evaluating"}, force=True)
-    tuned = evaluate(
-        model,
-        tokenizer,
-        loss_examples=loss_examples,
-        gen_rows=gen_rows,
-        spec=ev_spec,
-        device=device,
-        bertscorer=bertscorer,
-    )
+    tuned = evaluate_all()
     _store_tuned_eval(ctx, tuned, gen_rows)
     ctx.event("Fine-tuned model evaluated", type="metrics", data={"subject": "tuned", **tuned.metrics})
 

@@ -15,7 +15,7 @@ from app.datasets import DatasetValidationError, check_column_mapping, validate_
 from app.deps import CurrentTenant, OwnedFile, SessionDep, SettingsDep
 from app.errors import ApiError
 from app.models import File, Job, JobStatus, new_id, utcnow
-from app.pagination import page_of
+from app.pagination import list_page, page_of
 from app.presenters import file_public
 from app.schemas import ErrorResponse, FileDeleted, FileList, FilePublic
 
@@ -133,12 +133,7 @@ def list_files(
     if purpose:
         filters.append(File.purpose == purpose)
     rows, has_more = page_of(session, File, filters, after, limit)
-    return FileList(
-        data=[file_public(r) for r in rows],
-        has_more=has_more,
-        first_id=rows[0].id if rows else None,
-        last_id=rows[-1].id if rows else None,
-    )
+    return FileList(**list_page([file_public(r) for r in rows], has_more))
 
 
 @router.get("/{file_id}", response_model=FilePublic, summary="One file")

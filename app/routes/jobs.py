@@ -13,7 +13,7 @@ from app.deps import CurrentTenant, OwnedJob, SessionDep, SettingsDep, owned_fil
 from app.errors import ApiError
 from app.job_state import add_event
 from app.models import TERMINAL_STATUSES, Checkpoint, File, Job, JobEvent, JobStatus, utcnow
-from app.pagination import page_of
+from app.pagination import list_page, page_of
 from app.presenters import checkpoint_public, event_public, job_public
 from app.queue import enqueue_job
 from app.schemas import CheckpointList, ErrorResponse, EventList, JobCreate, JobList, JobPublic, resolve_spec
@@ -99,12 +99,7 @@ def list_jobs(
     if model:
         filters.append(Job.model == model)
     rows, has_more = page_of(session, Job, filters, after, limit)
-    return JobList(
-        data=[job_public(r) for r in rows],
-        has_more=has_more,
-        first_id=rows[0].id if rows else None,
-        last_id=rows[-1].id if rows else None,
-    )
+    return JobList(**list_page([job_public(r) for r in rows], has_more))
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="A job: status, progress, ETA, error, result")
@@ -149,13 +144,7 @@ def list_events(
         except ValueError as exc:
             raise ApiError(400, f"Invalid event id '{after}'", param="after") from exc
     rows = session.scalars(stmt.order_by(JobEvent.id.desc()).limit(limit + 1)).all()
-    page = rows[:limit]
-    return EventList(
-        data=[event_public(r) for r in page],
-        has_more=len(rows) > limit,
-        first_id=f"ftevent-{page[0].id}" if page else None,
-        last_id=f"ftevent-{page[-1].id}" if page else None,
-    )
+    return EventList(**list_page([event_public(r) for r in rows[:limit]], len(rows) > limit))
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList, summary="Saved checkpoints, newest first")
@@ -166,9 +155,4 @@ def list_checkpoints(
     limit: Annotated[int, Query(ge=1, le=1000)] = 10,
 ) -> CheckpointList:
     rows, has_more = page_of(session, Checkpoint, [Checkpoint.job_id == job.id], after, limit)
-    return CheckpointList(
-        data=[checkpoint_public(r, job) for r in rows],
-        has_more=has_more,
-        first_id=rows[0].id if rows else None,
-        last_id=rows[-1].id if rows else None,
-    )
+    return CheckpointList(**list_page([checkpoint_public(r, job) for r in rows], has_more))
