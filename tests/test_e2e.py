@@ -246,7 +246,9 @@ def test_upload_train_evaluate_download(service, tmp_path):
     lora_b = [p for n, p in tuned.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero: it was trained
     sample = ev["samples"][0]
-    ids = torch.tensor([[tok.bos_token_id] + tok(sample["prompt"], add_special_tokens=False)["input_ids"]])
+    # the service moves the prompt's trailing spaces to the answer side (worker.data.move_trailing_spaces)
+    prompt_ids = tok(sample["prompt"].rstrip(" "), add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([[tok.bos_token_id] + prompt_ids])
     out = tuned.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=128, do_sample=False)
     text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
     assert text == sample["tuned_output"]  # the downloaded adapter reproduces the service's own output

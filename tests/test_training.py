@@ -226,3 +226,25 @@ def test_best_checkpoint_is_kept_and_reported(tok, tmp_path):
     kept = sorted(p.name for p in tmp_path.glob("step-*"))
     assert kept == ["step-4", "step-6", "step-8"]  # the best (epoch 2) and the newest two; step-2 rotated out
     assert summary["best_path"] == tmp_path / "step-4"
+
+
+def test_batched_generation_equals_one_row_at_a_time(tok):
+    """Left-padded batches give the same greedy output as single rows, for LoRA and for prompt tuning
+    (whose virtual tokens sit before the padding, so its batches hold prompts of one length)."""
+    from app.datasets import iter_records
+    from worker.evaluation import generate
+
+    recs = list(iter_records(DATASETS / "wikisql" / "test.jsonl", "jsonl", completion_separator="\nA: "))[:6]
+    rows = [Formatter(tok, 512).generation_row(r) for r in recs]
+    assert len({len(r.prompt_ids) for r in rows}) > 1  # the batch really needs padding
+    for kind in ("lora", "prompt_tuning"):
+        torch.manual_seed(1)
+        model = wrap_for_training(load_base_model(SRC, adapter(kind), torch.device("cpu")), adapter(kind), SRC, False)
+        model.eval()
+        if kind == "lora":  # make the adapter non-trivial (lora_B starts at zero)
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    torch.nn.init.normal_(p, std=0.05)
+        batched = generate(model, tok, rows, 24, 6, torch.device("cpu"))
+        single = [generate(model, tok, [r], 24, 1, torch.device("cpu"))[0] for r in rows]
+        assert batched == single, kind

@@ -48,14 +48,32 @@ def teacher_forced_stats(model, examples: list[Example], batch_size: int, pad_id
     return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": total_correct / total_tokens}
 
 
+def _is_prompt_learning(model) -> bool:
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def _batches(order: list[int], rows: list[GenerationRow], size: int, equal_lengths: bool) -> list[list[int]]:
+    """Batches of row indices. Prompt tuning puts its virtual tokens before the left padding and peft ignores
+    position ids, so padded rows would see shifted positions: there, a batch holds prompts of one length."""
+    if not equal_lengths:
+        return [order[i : i + size] for i in range(0, len(order), size)]
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < size and len(rows[batches[-1][0]].prompt_ids) == len(rows[i].prompt_ids):
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 @torch.no_grad()
 def generate(model, tokenizer, rows: list[GenerationRow], max_new_tokens: int, batch_size: int, device) -> list[str]:
     """Greedy generation in left-padded batches; rows are grouped by length so little is padding."""
     outputs: list[str | None] = [None] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt_ids))
     pad_id = tokenizer.pad_token_id
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in _batches(order, rows, batch_size, _is_prompt_learning(model)):
         width = max(len(rows[i].prompt_ids) for i in idx)
         input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(idx), width), dtype=torch.long)
