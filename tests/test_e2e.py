@@ -161,7 +161,7 @@ def test_upload_train_evaluate_download(service, tmp_path):
             # rate, schedule and epochs, and full fine-tuning, all gave 0.38-0.42); the job evaluates every
             # epoch end and ships the best by rougeL (evaluation.selection_metric "auto").
             "adapter": {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
-            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 16}}},
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 6, "batch_size": 16}}},
             "training": {"learning_rate": 5e-3, "lr_scheduler": "cosine"},
             "validation_file": test["id"],
             "suffix": "sql",
