@@ -103,9 +103,10 @@ def release_for_retry(session: Session, job_id: str, attempt: int, reason: str) 
     return ok
 
 
-def orphaned_job_ids(session: Session, queued_older_than_s: float) -> list[str]:
+def take_orphaned_jobs(session: Session, queued_older_than_s: float) -> list[str]:
     """Jobs a reconciler should send to the broker again: running with an expired lease, or queued for
-    a while (their message may have been lost with a broker restart). Duplicates are harmless."""
+    a while (their message may have been lost with a broker restart). Duplicates are harmless.
+    Queued ones are touched, so the next pass does not resend them at once; commits."""
     now = utcnow()
     stmt = select(Job.id).where(
         or_(
@@ -113,4 +114,8 @@ def orphaned_job_ids(session: Session, queued_older_than_s: float) -> list[str]:
             (Job.status == JobStatus.queued) & (Job.updated_at < now - timedelta(seconds=queued_older_than_s)),
         )
     )
-    return list(session.scalars(stmt))
+    ids = list(session.scalars(stmt))
+    if ids:
+        session.execute(update(Job).where(Job.id.in_(ids), Job.status == JobStatus.queued).values(updated_at=now))
+    session.commit()
+    return ids

@@ -9,18 +9,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-METRIC_ORDER = (
-    "rouge1",
-    "rouge2",
-    "rougeL",
-    "rougeLsum",
-    "bertscore_precision",
-    "bertscore_recall",
-    "bertscore_f1",
-    "perplexity",
-    "token_accuracy",
-    "eval_loss",
-)
+from app.metric_names import METRIC_NAMES
 
 
 def model_card(job: dict, spec: dict, base: dict | None, tuned: dict | None, params: tuple[int, int]) -> str:
@@ -49,7 +38,7 @@ def model_card(job: dict, spec: dict, base: dict | None, tuned: dict | None, par
         "| metric | base | tuned |",
         "| --- | --- | --- |",
     ]
-    for key in METRIC_ORDER:
+    for key in METRIC_NAMES:
         b, t = (base or {}).get(key), (tuned or {}).get(key)
         if b is not None or t is not None:
             lines.append(f"| {key} | {_fmt(b)} | {_fmt(t)} |")

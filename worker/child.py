@@ -21,6 +21,7 @@ from app.config import get_settings
 from app.datasets import iter_records
 from app.db import get_sessionmaker
 from app.job_state import add_event, fenced, finish_job, update_job
+from app.metric_names import LOWER_IS_BETTER
 from app.models import Checkpoint, Evaluation, EvaluationRow, File, Job, JobStatus, utcnow
 from app.presenters import fine_tuned_name
 
@@ -41,6 +42,10 @@ class UserError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+# Progress values the training loop reports that are columns of the job row.
+PROGRESS_COLUMNS = frozenset({"step", "total_steps", "epoch", "train_loss", "eta_s", "phase", "trained_tokens"})
 
 
 class JobContext:
@@ -78,16 +83,7 @@ class JobContext:
         now = time.monotonic()
         if force or now - self._last_progress >= self.settings.progress_every_s:
             self._last_progress = now
-            mapping = {
-                "step": "step",
-                "total_steps": "total_steps",
-                "epoch": "epoch",
-                "train_loss": "train_loss",
-                "eta_s": "eta_s",
-                "phase": "phase",
-                "trained_tokens": "trained_tokens",
-            }
-            self.update(**{mapping[k]: v for k, v in values.items() if k in mapping})
+            self.update(**{k: v for k, v in values.items() if k in PROGRESS_COLUMNS})
 
     def should_stop(self) -> bool:
         """Checked between micro-batches; reads the database at most once a second."""
@@ -165,9 +161,6 @@ def _store_tuned_eval(ctx: JobContext, result, gen_rows) -> None:
                     tuned_scores=result.row_scores[i] if result.row_scores else None,
                 )
             )
-
-
-LOWER_IS_BETTER = {"eval_loss", "perplexity"}
 
 
 def selection_for(ev_spec: dict, has_generation_rows: bool) -> tuple[str, bool] | None:

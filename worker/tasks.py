@@ -20,7 +20,7 @@ from celery.signals import worker_ready
 
 from app.config import get_settings
 from app.db import get_sessionmaker
-from app.job_state import claim_job, finish_job, orphaned_job_ids, release_for_retry, renew_lease
+from app.job_state import claim_job, finish_job, release_for_retry, renew_lease, take_orphaned_jobs
 from app.models import Job, JobStatus
 from worker.celery_app import TRAIN_TASK, make_celery
 
@@ -133,15 +133,7 @@ def reconcile_once() -> int:
     """Send again every job whose lease expired or whose message may be lost; the claim dedupes."""
     settings, Session = get_settings(), get_sessionmaker()
     with Session() as s:
-        ids = orphaned_job_ids(s, queued_older_than_s=settings.requeue_queued_after_s)
-        if ids:
-            from sqlalchemy import update
-
-            from app.models import utcnow
-
-            # Touch queued rows so the next pass does not resend them at once.
-            s.execute(update(Job).where(Job.id.in_(ids), Job.status == JobStatus.queued).values(updated_at=utcnow()))
-            s.commit()
+        ids = take_orphaned_jobs(s, queued_older_than_s=settings.requeue_queued_after_s)
     for job_id in ids:
         celery.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue_name)
     if ids:

@@ -9,24 +9,13 @@ from sqlalchemy import select
 
 from app.deps import CurrentTenant, OwnedFile, SessionDep
 from app.errors import ApiError
+from app.metric_names import LOWER_IS_BETTER, METRIC_NAMES
 from app.models import Evaluation, Job, JobStatus, Selection
-from app.routes.results import LOWER_IS_BETTER
 from app.schemas import Leaderboard, LeaderboardRow
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
-METRICS = (
-    "rougeL",
-    "rouge1",
-    "rouge2",
-    "rougeLsum",
-    "bertscore_f1",
-    "bertscore_precision",
-    "bertscore_recall",
-    "perplexity",
-    "token_accuracy",
-    "eval_loss",
-)
+METRICS = ("rougeL", *(m for m in METRIC_NAMES if m != "rougeL"))  # rougeL first: the default
 
 
 @router.get("/{file_id}/leaderboard", response_model=Leaderboard, summary="Jobs on this file ranked by a metric")

@@ -16,9 +16,6 @@ from app.schemas import ErrorResponse, EvaluationPublic, EvaluationSample, Selec
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["results"])
 
-# Metrics where lower is better; every other stored metric is higher-is-better.
-LOWER_IS_BETTER = {"perplexity", "eval_loss"}
-
 
 @router.get(
     "/{job_id}/evaluation",
