@@ -48,6 +48,17 @@ class Settings(BaseSettings):
     progress_every_s: float = Field(2.0, description="minimum seconds between progress writes")
     checkpoint_every_s: float = Field(60.0, description="seconds between checkpoints (and each epoch end)")
     hf_offline: bool = Field(False, description="never reach a model hub (sets HF_HUB_OFFLINE in children)")
+    full_finetune_max_params: int = Field(
+        3_000_000_000,
+        description="largest base model (parameters) a full fine-tuning job may train: fp32 weights, gradients "
+        "and AdamW's two moments take about 16 bytes per parameter",
+    )
+    share_secret: str | None = Field(
+        None,
+        description="signs the read-only links of sweep pages; default: a random secret kept in data_dir "
+        "(set it when API processes do not share data_dir)",
+    )
+    share_link_ttl_s: int = Field(7 * 24 * 3600, description="how long a sweep page link stays valid")
 
     @field_validator("allowed_models", mode="before")
     @classmethod

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Path
+from fastapi import Depends, Path, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,7 +16,8 @@ from app.auth import tenant_for_key
 from app.config import Settings, get_settings
 from app.db import session_scope
 from app.errors import ApiError, not_found
-from app.models import File, Job, Tenant
+from app.models import Comparison, File, Job, Sweep, Tenant
+from app.share_links import check_token
 
 SessionDep = Annotated[Session, Depends(session_scope)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -57,12 +58,51 @@ def get_owned_file(session: SessionDep, tenant: CurrentTenant, file_id: Annotate
     return owned_file(session, tenant, file_id)
 
 
-def get_owned_job(session: SessionDep, tenant: CurrentTenant, job_id: Annotated[str, Path()]) -> Job:
+def owned_job(session: Session, tenant: Tenant, job_id: str, param: str = "job_id") -> Job:
     job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant.id))
     if job is None:
-        raise not_found("fine-tuning job", job_id, "job_id", code="job_not_found")
+        raise not_found("fine-tuning job", job_id, param, code="job_not_found")
     return job
+
+
+def get_owned_job(session: SessionDep, tenant: CurrentTenant, job_id: Annotated[str, Path()]) -> Job:
+    return owned_job(session, tenant, job_id)
+
+
+def get_owned_comparison(
+    session: SessionDep, tenant: CurrentTenant, comparison_id: Annotated[str, Path()]
+) -> Comparison:
+    row = session.scalar(select(Comparison).where(Comparison.id == comparison_id, Comparison.tenant_id == tenant.id))
+    if row is None:
+        raise not_found("comparison", comparison_id, "comparison_id")
+    return row
+
+
+def get_owned_sweep(session: SessionDep, tenant: CurrentTenant, sweep_id: Annotated[str, Path()]) -> Sweep:
+    sweep = session.scalar(select(Sweep).where(Sweep.id == sweep_id, Sweep.tenant_id == tenant.id))
+    if sweep is None:
+        raise not_found("sweep", sweep_id, "sweep_id", code="sweep_not_found")
+    return sweep
+
+
+def get_viewable_sweep(
+    session: SessionDep,
+    sweep_id: Annotated[str, Path()],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    token: Annotated[str | None, Query(description="the signed token of the sweep's page link")] = None,
+) -> Sweep:
+    """A sweep's read-only views (page, charts): its owner's API key, or the signed link of that sweep."""
+    if token is not None and check_token("sweep", sweep_id, token):
+        sweep = session.get(Sweep, sweep_id)
+        if sweep is not None:
+            return sweep
+    if token is not None and credentials is None:
+        raise ApiError(401, "This link is invalid or has expired; ask for the sweep again", code="invalid_link")
+    return get_owned_sweep(session, get_current_tenant(session, credentials), sweep_id)
 
 
 OwnedFile = Annotated[File, Depends(get_owned_file)]
 OwnedJob = Annotated[Job, Depends(get_owned_job)]
+OwnedComparison = Annotated[Comparison, Depends(get_owned_comparison)]
+OwnedSweep = Annotated[Sweep, Depends(get_owned_sweep)]
+ViewableSweep = Annotated[Sweep, Depends(get_viewable_sweep)]

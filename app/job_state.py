@@ -13,6 +13,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Job, JobEvent, JobStatus, utcnow
+from app.sweeps import finalize_quietly
 
 
 def add_event(
@@ -84,7 +85,14 @@ def finish_job(
         message = f"Job {status}" + (f": {error['message']}" if error else "")
         add_event(session, job_id, message, level="error" if error else "info")
     session.commit()
+    if ok:
+        after_job_ended(session, job_id)
     return ok
+
+
+def after_job_ended(session: Session, job_id: str) -> None:
+    """A job reached a final state (committed): if it belongs to a sweep, the sweep may now be decided."""
+    finalize_quietly(session, session.scalar(select(Job.sweep_id).where(Job.id == job_id)))
 
 
 def release_for_retry(session: Session, job_id: str, attempt: int, reason: str) -> bool:

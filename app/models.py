@@ -50,6 +50,21 @@ class JobStatus(enum.StrEnum):
 
 TERMINAL_STATUSES = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
+
+class SweepStatus(enum.StrEnum):
+    running = "running"  # some candidate is queued or running
+    succeeded = "succeeded"  # every candidate ended and at least one succeeded: a winner is named
+    failed = "failed"  # every candidate ended and none succeeded
+    cancelled = "cancelled"
+
+
+class ComparisonStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
 JSONType = JSON(none_as_null=True)
 TZDateTime = DateTime(timezone=True)
 
@@ -107,6 +122,7 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(Integer)
     metadata_: Mapped[dict | None] = mapped_column("metadata", JSONType)
     spec: Mapped[dict] = mapped_column(JSONType)  # the full, defaulted training specification
+    sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.queued, index=True)
     error: Mapped[dict | None] = mapped_column(JSONType)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(400))
@@ -124,6 +140,9 @@ class Job(Base):
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
     trainable_params: Mapped[int | None] = mapped_column(BigInteger)
     total_params: Mapped[int | None] = mapped_column(BigInteger)
+    # cost of the training itself (evaluation excluded), for the leaderboard
+    train_seconds: Mapped[float | None] = mapped_column(Float)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)  # CUDA peak allocated, or the child's RSS
     # the downloadable adapter archive
     adapter_name: Mapped[str | None] = mapped_column(String(300))  # relative to jobs_dir
     adapter_sha256: Mapped[str | None] = mapped_column(String(64))
@@ -154,7 +173,48 @@ class Checkpoint(Base):
     epoch: Mapped[float] = mapped_column(Float)
     metrics: Mapped[dict | None] = mapped_column(JSONType)
     dir_name: Mapped[str] = mapped_column(String(300))  # relative to jobs_dir
+    evaluated: Mapped[bool] = mapped_column(Boolean, default=False)  # metrics on the held-out rows
+    # an evaluated checkpoint's own downloadable archive (GET .../adapter?step=N), written when the job ends
+    adapter_name: Mapped[str | None] = mapped_column(String(300))
+    adapter_sha256: Mapped[str | None] = mapped_column(String(64))
+    adapter_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+
+class Sweep(Base):
+    """Several candidate jobs on one training file, evaluated on the same rows; the best is selected."""
+
+    __tablename__ = "sweeps"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("sweep"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    training_file_id: Mapped[str] = mapped_column(ForeignKey("files.id"), index=True)
+    validation_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
+    selection_metric: Mapped[str] = mapped_column(String(32))
+    seed: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[dict] = mapped_column(JSONType)  # the request as resolved (candidates expanded)
+    metadata_: Mapped[dict | None] = mapped_column("metadata", JSONType)
+    status: Mapped[str] = mapped_column(String(20), default=SweepStatus.running, index=True)
+    winner_job_id: Mapped[str | None] = mapped_column(String(40))  # no FK: jobs already point here
+    result: Mapped[dict | None] = mapped_column(JSONType)  # why the winner won, written once at the end
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+
+
+class Comparison(Base):
+    """Side-by-side generations of the base model and chosen jobs on the user's prompts (a worker task)."""
+
+    __tablename__ = "comparisons"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("cmp"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    job_ids: Mapped[list] = mapped_column(JSONType)
+    prompts: Mapped[list] = mapped_column(JSONType)
+    max_new_tokens: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default=ComparisonStatus.queued, index=True)
+    # {"source", "held_out_job_id", "references"} at creation; the worker adds "base" and "jobs" output lists
+    results: Mapped[dict | None] = mapped_column(JSONType)
+    error: Mapped[dict | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
 
 
 class Evaluation(Base):

@@ -8,7 +8,7 @@ from functools import lru_cache
 from celery import Celery
 
 from app.config import get_settings
-from worker.celery_app import TRAIN_TASK, make_celery
+from worker.celery_app import COMPARE_TASK, TRAIN_TASK, make_celery
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,23 @@ def enqueue_job(job_id: str) -> bool:
         return True
     except Exception:  # kombu raises several connection error types
         log.exception("could not enqueue %s; the reconciler will retry", job_id)
+        return False
+
+
+def enqueue_comparison(comparison_id: str) -> bool:
+    """Send a comparison id to the same queue the training workers consume. False when the broker is away
+    (nothing resends comparisons, so the caller marks the comparison failed)."""
+    try:
+        producer().send_task(
+            COMPARE_TASK,
+            args=[comparison_id],
+            queue=get_settings().queue_name,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
+        return True
+    except Exception:  # kombu raises several connection error types
+        log.exception("could not enqueue comparison %s", comparison_id)
         return False
 
 

@@ -42,10 +42,12 @@ class Method(Strict):
 
 
 class AdapterSpec(Strict):
-    type: Literal["lora", "qlora", "prompt_tuning"] = Field(
+    type: Literal["lora", "qlora", "prompt_tuning", "full"] = Field(
         "lora",
         description="lora: low-rank adapters on a bf16/fp32 base; qlora: the same on a 4-bit NF4 base "
-        "(less memory, slower); prompt_tuning: learned virtual tokens only (fewest parameters)",
+        "(less memory, slower); prompt_tuning: learned virtual tokens only (fewest parameters); "
+        "full: every weight trained, the reference the adapters are measured against (small models only: "
+        "the optimizer holds two fp32 copies of every weight)",
     )
     r: int = Field(8, ge=1, le=512, description="LoRA rank: higher = more capacity and memory")
     alpha: float | None = Field(
@@ -110,6 +112,20 @@ class EvaluationSpec(Strict):
     max_new_tokens: int = Field(128, ge=1, le=4096, description="generation length cap per row")
     batch_size: int = Field(16, ge=1, le=1024, description="rows generated per batch")
     num_samples: int = Field(10, ge=0, le=1000, description="rows shown side by side in the evaluation")
+    eval_every_steps: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="evaluate a checkpoint on the held-out rows every N optimizer steps (and at the end); "
+        "default: at each epoch end. More often = finer choice of checkpoint, more time spent evaluating",
+    )
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="stop training after this many evaluations in a row without a better selection metric; "
+        "default: never stop early",
+    )
     selection_metric: Literal[
         "auto",
         "last",
@@ -123,7 +139,8 @@ class EvaluationSpec(Strict):
         "token_accuracy",
     ] = Field(
         "auto",
-        description="picks the checkpoint you download among the epoch ends, each evaluated on the held-out rows: "
+        description="picks the checkpoint you download among the evaluated ones (each epoch end by default), "
+        "each evaluated on the held-out rows: "
         "auto = rougeL when rows have completions, eval_loss for raw text; last = the final weights",
     )
 
@@ -144,7 +161,7 @@ class JobCreate(Strict):
 
 
 # Base learning rates per adapter type, scaled by learning_rate_multiplier ("auto" = 1).
-BASE_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "prompt_tuning": 3e-2}
+BASE_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "prompt_tuning": 3e-2, "full": 2e-5}
 
 
 def resolve_spec(body: JobCreate) -> dict[str, Any]:
@@ -338,27 +355,6 @@ class EvaluationPublic(BaseModel):
     delta: dict[str, float] | None
     skipped: dict[str, str] | None = Field(None, description="metrics not computed, with the reason")
     samples: list[EvaluationSample]
-
-
-class LeaderboardRow(BaseModel):
-    rank: int
-    kind: Literal["base", "fine-tuned"]
-    job_id: str | None
-    model: str
-    fine_tuned_model: str | None
-    adapter_type: str | None
-    selected: bool
-    value: float | None
-    metrics: dict[str, float]
-
-
-class Leaderboard(BaseModel):
-    object: Literal["leaderboard"] = "leaderboard"
-    file_id: str
-    metric: str
-    higher_is_better: bool
-    selected_job_id: str | None
-    data: list[LeaderboardRow]
 
 
 class SelectionPublic(BaseModel):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite against the running Postgres (127.0.0.1:5432) and Redis (127.0.0.1:6379).
-# Installs what the tests need first: the project with its test extras, and a Compose CLI to validate
-# docker-compose.yml (Debian's docker-compose; the v2 plugin is used instead where it is installed).
+# Installs what the tests need first: the project with its test extras, a Compose CLI to validate
+# docker-compose.yml (Debian's docker-compose; the v2 plugin is used instead where it is installed), and
+# Debian's Chromium for the headless page test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh test
@@ -9,6 +10,13 @@ if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose) >/dev/null 2>&1 \
       || echo "warning: could not install docker-compose; tests/test_compose.py will fail" >&2
+  fi
+fi
+# Headless Chromium for the sweep page test (tests/test_sweep_page.py); Debian's package.
+if ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+      || echo "warning: could not install chromium; tests/test_sweep_page.py will fail" >&2
   fi
 fi
 exec .venv/bin/python -m pytest "$@"

@@ -152,6 +152,39 @@ def other_auth(make_key) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_key('globex')}"}
 
 
+@pytest.fixture
+def acme(db_session, auth):
+    """The tenant behind `auth`."""
+    from sqlalchemy import select
+
+    from app.models import Tenant
+
+    return db_session.scalar(select(Tenant).where(Tenant.name == "acme"))
+
+
+@pytest.fixture
+def train_file(db_session, acme):
+    """A prompt/completion training file row of acme's (its content is never read by these tests)."""
+    from app.models import File, new_id
+
+    row = File(
+        id=new_id("file"),
+        tenant_id=acme.id,
+        filename="train.jsonl",
+        purpose="fine-tune",
+        bytes=100,
+        sha256="0" * 64,
+        format="jsonl",
+        shape="prompt_completion",
+        num_rows=600,
+        token_estimate=500,
+    )
+    row.storage_name = row.id
+    db_session.add(row)
+    db_session.commit()
+    return row
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _purge_test_queue():
     yield

@@ -12,39 +12,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
-from app.models import Evaluation, EvaluationRow, File, Job, JobStatus, Selection, Tenant, new_id, utcnow
+from app.models import Checkpoint, Evaluation, EvaluationRow, File, Job, JobStatus, Selection, Tenant, utcnow
 from app.schemas import JobCreate, resolve_spec
 from tests.conftest import MODEL_DIR, TEST_ENV
 
 JOBS = "/v1/fine_tuning/jobs"
 JOBS_DIR = Path(TEST_ENV["FTAAS_ARTIFACTS_DIR"]) / "jobs"
-
-
-@pytest.fixture
-def acme(db_session, auth) -> Tenant:
-    return db_session.scalar(select(Tenant).where(Tenant.name == "acme"))
-
-
-@pytest.fixture
-def train_file(db_session, acme) -> File:
-    row = File(
-        id=new_id("file"),
-        tenant_id=acme.id,
-        filename="train.jsonl",
-        purpose="fine-tune",
-        bytes=100,
-        sha256="0" * 64,
-        format="jsonl",
-        shape="prompt_completion",
-        num_rows=10,
-        token_estimate=50,
-    )
-    row.storage_name = row.id
-    db_session.add(row)
-    db_session.commit()
-    return row
 
 
 def make_job(
@@ -246,6 +220,41 @@ def test_adapter_download_with_checksum_and_ranges(client, auth, db_session, acm
 
     beyond = client.get(url, headers={**auth, "Range": f"bytes={len(archive)}-"})
     assert beyond.status_code == 416
+
+
+def test_a_chosen_evaluated_checkpoint_downloads_by_step(client, auth, db_session, acme, train_file, archive):
+    job = make_job(db_session, acme, train_file)
+    store_adapter(db_session, job, archive)
+    other = archive[::-1]  # any different bytes stand for the other checkpoint's archive
+    path = JOBS_DIR / job.id / "checkpoint-archives" / "step-20.tar.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(other)
+    db_session.add_all(
+        [
+            Checkpoint(
+                job_id=job.id,
+                step=20,
+                epoch=1.0,
+                dir_name="x",
+                evaluated=True,
+                metrics={"rougeL": 0.3},
+                adapter_name=f"{job.id}/checkpoint-archives/step-20.tar.gz",
+                adapter_sha256=hashlib.sha256(other).hexdigest(),
+                adapter_bytes=len(other),
+            ),
+            Checkpoint(job_id=job.id, step=25, epoch=1.2, dir_name="y", evaluated=False, metrics={}),
+        ]
+    )
+    db_session.commit()
+    r = client.get(f"{JOBS}/{job.id}/adapter", headers=auth, params={"step": 20})
+    assert r.status_code == 200 and r.content == other
+    assert r.headers["x-checksum-sha256"] == hashlib.sha256(other).hexdigest()
+    assert f'filename="{job.id}-step-20.tar.gz"' in r.headers["content-disposition"]
+    assert client.get(f"{JOBS}/{job.id}/adapter", headers=auth).content == archive  # default: the shipped one
+    for step in (25, 999):  # a time-based checkpoint is not evaluated, so not offered
+        r = client.get(f"{JOBS}/{job.id}/adapter", headers=auth, params={"step": step})
+        assert r.status_code == 404 and r.json()["error"]["param"] == "step"
+        assert "evaluated checkpoints: 20" in r.json()["error"]["message"]
 
 
 # ------------------------------------------------------------------ selection and leaderboard

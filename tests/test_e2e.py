@@ -7,29 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import socket
-import subprocess
-import sys
 import tarfile
 import time
-import uuid
 
-import httpx
 import pytest
 
-from tests.conftest import (
-    ARTIFACTS,
-    DATASETS,
-    MODEL_DIR,
-    REPORT,
-    ROOT,
-    TEST_ENV,
-    create_database,
-    drop_database,
-    migrate_database,
-    pg_url,
-)
+from tests.conftest import DATASETS, MODEL_DIR, REPORT
+from tests.e2e_service import client_for, running_service, upload, wait_for_jobs
 
 pytestmark = pytest.mark.e2e
 
@@ -45,112 +29,19 @@ ALL_METRICS = {
     "token_accuracy",
     "eval_loss",
 }
-JOB_TIMEOUT_S = 40 * 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def service():
     """A database of its own, the API under uvicorn and one worker, as `ftaas serve` / `ftaas worker` run them."""
-    run = uuid.uuid4().hex[:8]
-    db = f"ftaas_e2e_{run}"
-    create_database(db)
-    env = {
-        **os.environ,
-        **TEST_ENV,
-        "FTAAS_DATABASE_URL": pg_url(db),
-        "FTAAS_QUEUE_NAME": f"gpu-e2e-{run}",
-        "FTAAS_ARTIFACTS_DIR": str(ARTIFACTS / f"e2e-{run}"),
-        "FTAAS_MAX_UPLOAD_BYTES": str(64 * 1024 * 1024),
-        "FTAAS_PROGRESS_EVERY_S": "1",
-        "FTAAS_CHECKPOINT_EVERY_S": "30",
-        "PYTHONUNBUFFERED": "1",
-    }
-    migrate_database(env["FTAAS_DATABASE_URL"])
-    port = _free_port()
-    logs = ARTIFACTS / f"e2e-{run}-logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    api = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--loglevel", "warning"],
-        cwd=ROOT,
-        env=env,
-        stdout=open(logs / "api.log", "w"),
-        stderr=subprocess.STDOUT,
-    )
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker", "--loglevel", "info"],
-        cwd=ROOT,
-        env=env,
-        stdout=open(logs / "worker.log", "w"),
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert api.poll() is None, (logs / "api.log").read_text()
-            assert time.monotonic() < deadline, "API did not become ready"
-            time.sleep(0.5)
-        key = subprocess.run(
-            [sys.executable, "-m", "app.cli", "create-key", "--tenant", "e2e", "--quiet"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        yield {"base": base, "key": key, "logs": logs}
-    finally:
-        for proc in (api, worker):
-            proc.terminate()
-        for proc in (api, worker):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        drop_database(db)
-
-
-def _client(service) -> httpx.Client:
-    return httpx.Client(base_url=service["base"], headers={"Authorization": f"Bearer {service['key']}"}, timeout=60)
-
-
-def _upload(c: httpx.Client, path, **form) -> dict:
-    with open(path, "rb") as fh:
-        r = c.post("/v1/files", files={"file": (path.name, fh)}, data={"purpose": "fine-tune", **form})
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def _wait(c: httpx.Client, job_ids: list[str], logs) -> dict[str, tuple[dict, float]]:
-    done: dict[str, tuple[dict, float]] = {}
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while len(done) < len(job_ids):
-        for jid in job_ids:
-            if jid in done:
-                continue
-            job = c.get(f"/v1/fine_tuning/jobs/{jid}").json()
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                done[jid] = (job, time.time())
-        assert time.monotonic() < deadline, "jobs did not finish in time:\n" + (logs / "worker.log").read_text()[-5000:]
-        time.sleep(2)
-    return done
+    with running_service(workers=1) as svc:
+        yield svc
 
 
 def test_upload_train_evaluate_download(service, tmp_path):
-    c = _client(service)
-    train = _upload(c, DATASETS / "wikisql" / "train.jsonl", completion_separator="\nA: ")
-    test = _upload(c, DATASETS / "wikisql" / "test.jsonl", completion_separator="\nA: ")
+    c = client_for(service)
+    train = upload(c, DATASETS / "wikisql" / "train.jsonl", completion_separator="\nA: ")
+    test = upload(c, DATASETS / "wikisql" / "test.jsonl", completion_separator="\nA: ")
     assert (train["num_rows"], train["shape"], test["num_rows"]) == (1000, "prompt_completion", 100)
 
     quick_eval = {"max_rows": 16, "max_new_tokens": 48}
@@ -186,7 +77,7 @@ def test_upload_train_evaluate_download(service, tmp_path):
         assert r.status_code == 200, r.text
         submitted[name] = (r.json()["id"], time.time())
 
-    results = _wait(c, [jid for jid, _ in submitted.values()], service["logs"])
+    results = wait_for_jobs(c, [jid for jid, _ in submitted.values()], service["logs"])
     for name, (jid, t0) in submitted.items():
         job, t1 = results[jid]
         assert job["status"] == "succeeded", (

@@ -1,5 +1,5 @@
-"""The training path in-process on the tiny real Llama: formatting and label masks, the three methods,
-adapter-vs-base weights, and resuming from a checkpoint."""
+"""The training path in-process on the tiny real Llama: formatting and label masks, the adapter methods,
+adapter-vs-base weights, and resuming from a checkpoint (full fine-tuning and evaluation: test_worker_eval.py)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def hooks(log: list | None = None, stop_at: int | None = None) -> Hooks:
         on_progress=progress,
         on_log=(log.append if log is not None else lambda d: None),
         on_checkpoint=lambda *a: None,
-        on_epoch_end=lambda e, s: {},
+        on_evaluate=lambda step, epoch: {},
         should_stop=should_stop,
     )
 
@@ -210,7 +210,7 @@ def test_best_checkpoint_is_kept_and_reported(tok, tmp_path):
     examples = sql_examples(tok, 8)
     scores = iter([0.2, 0.9, 0.5, 0.1])  # epoch 2 is the best
     h = hooks()
-    h.on_epoch_end = lambda epoch, step: {"rougeL": next(scores)}
+    h.on_evaluate = lambda step, epoch: {"rougeL": next(scores)}
     model = wrap_for_training(load_base_model(SRC, adapter("lora"), torch.device("cpu")), adapter("lora"), SRC, False)
     summary = train(
         model,
@@ -223,8 +223,10 @@ def test_best_checkpoint_is_kept_and_reported(tok, tmp_path):
         selection=("rougeL", True),
     )
     assert (summary["best_step"], summary["best_value"]) == (4, 0.9)
-    kept = sorted(p.name for p in tmp_path.glob("step-*"))
-    assert kept == ["step-4", "step-6", "step-8"]  # the best (epoch 2) and the newest two; step-2 rotated out
+    # every epoch end was evaluated: all keep their weights; only the newest two keep their trainer state
+    kept = sorted(p.name for p in tmp_path.glob("step-*") if (p / "adapter_model.safetensors").is_file())
+    assert kept == ["step-2", "step-4", "step-6", "step-8"]
+    assert sorted(p.parent.name for p in tmp_path.glob("step-*/trainer_state.pt")) == ["step-6", "step-8"]
     assert summary["best_path"] == tmp_path / "step-4"
 
 

@@ -1,4 +1,5 @@
-"""The downloadable adapter: safetensors weights, adapter config, tokenizer files and a model card, as tar.gz."""
+"""The downloadable archive (tar.gz, folder `adapter/`): tokenizer files, a model card, and either the adapter
+(safetensors weights + adapter config) or, for full fine-tuning, the whole model as transformers saves it."""
 
 from __future__ import annotations
 
@@ -12,30 +13,49 @@ from pathlib import Path
 from app.metric_names import METRIC_NAMES
 
 
-def model_card(job: dict, spec: dict, base: dict | None, tuned: dict | None, params: tuple[int, int]) -> str:
+def model_card(
+    job: dict,
+    spec: dict,
+    base: dict | None,
+    tuned: dict | None,
+    params: tuple[int, int],
+    step: int | None = None,
+) -> str:
+    """The archive's README.md. `step`: the card of one evaluated checkpoint, `tuned` being its metrics."""
     trainable, total = params
+    kind = spec["adapter"]["type"]
+    full = kind == "full"
     lines = [
         "---",
         f"base_model: {job['model']}",
-        "library_name: peft",
-        "tags: [ftaas, " + spec["adapter"]["type"] + "]",
+        f"library_name: {'transformers' if full else 'peft'}",
+        f"tags: [ftaas, {kind}]",
         "---",
-        f"# {job['fine_tuned_model']}",
+        f"# {job['fine_tuned_model']}" + (f" (checkpoint of step {step})" if step is not None else ""),
         "",
-        f"Fine-tuned by ftaas job `{job['id']}` from `{job['model']}` with **{spec['adapter']['type']}**.",
+        f"Fine-tuned by ftaas job `{job['id']}` from `{job['model']}` with **{kind}**.",
         f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(1, total):.4f}%).",
-        "",
-        "## Load it",
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "from peft import PeftModel",
-        f"base = AutoModelForCausalLM.from_pretrained({job['model']!r})",
-        "model = PeftModel.from_pretrained(base, 'path/to/this/folder')",
+    ]
+    if step is not None:
+        lines.append(f"These are the weights after optimizer step {step}, evaluated on the job's held-out rows.")
+    lines += ["", "## Load it", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer"]
+    if full:
+        lines += [
+            "# a full model (every weight fine-tuned), not an adapter: no base model and no peft needed",
+            "model = AutoModelForCausalLM.from_pretrained('path/to/this/folder')",
+        ]
+    else:
+        lines += [
+            "from peft import PeftModel",
+            f"base = AutoModelForCausalLM.from_pretrained({job['model']!r})",
+            "model = PeftModel.from_pretrained(base, 'path/to/this/folder')",
+        ]
+    lines += [
         "tokenizer = AutoTokenizer.from_pretrained('path/to/this/folder')",
         "```",
         "",
         "## Evaluation (same rows for both models)",
-        "| metric | base | tuned |",
+        f"| metric | base | {'tuned' if step is None else f'step {step}'} |",
         "| --- | --- | --- |",
     ]
     for key in METRIC_NAMES:
@@ -58,16 +78,29 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def package_adapter(model, tokenizer, workdir: Path, card: str) -> tuple[Path, str, int]:
-    """Save the adapter and write the archive atomically; returns (archive, sha256, size)."""
-    folder = workdir / "adapter"
+def package_adapter(
+    model, tokenizer, folder: Path, archive: Path, card: str, keep_folder: bool = True
+) -> tuple[Path, str, int]:
+    """Save the model's adapter (or, for a plain transformers model, the whole model) with the tokenizer and
+    the card into `folder`, and write `archive` from it atomically; returns (archive, sha256, size).
+
+    keep_folder: the job's main folder (jobs_dir/<job>/adapter) stays, comparisons load it from there.
+    """
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    tmp = archive.parent / f".{archive.name}.{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
-    model.save_pretrained(str(folder), safe_serialization=True)
-    tokenizer.save_pretrained(str(folder))
-    (folder / "README.md").write_text(card)
-    archive, tmp = workdir / "adapter.tar.gz", workdir / f".adapter.tar.gz.{os.getpid()}"
-    with tarfile.open(tmp, "w:gz") as tar:
-        for f in sorted(folder.iterdir()):
-            tar.add(f, arcname=f"adapter/{f.name}")
-    os.replace(tmp, archive)
+    try:
+        # peft writes adapter_model.safetensors + adapter_config.json; transformers (safetensors only since
+        # v5, where the flag is ignored) config.json + model.safetensors, tied embeddings stored once.
+        model.save_pretrained(str(folder), safe_serialization=True)
+        tokenizer.save_pretrained(str(folder))
+        (folder / "README.md").write_text(card)
+        with tarfile.open(tmp, "w:gz") as tar:
+            for f in sorted(folder.iterdir()):
+                tar.add(f, arcname=f"adapter/{f.name}")
+        os.replace(tmp, archive)
+    finally:
+        tmp.unlink(missing_ok=True)
+        if not keep_folder:
+            shutil.rmtree(folder, ignore_errors=True)
     return archive, sha256_of(archive), archive.stat().st_size

@@ -14,6 +14,7 @@ from celery import Celery
 from app.config import Settings, get_settings
 
 TRAIN_TASK = "ftaas.train"
+COMPARE_TASK = "ftaas.compare"  # worker/compare.py: base vs jobs on the same prompts, same queue and worker
 
 
 def broker_options(settings: Settings) -> dict:
@@ -33,12 +34,13 @@ def broker_options(settings: Settings) -> dict:
 
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    celery = Celery("ftaas", broker=settings.broker_url)
+    # `include`: the worker (celery -A worker.tasks) imports the comparison task module at start-up.
+    celery = Celery("ftaas", broker=settings.broker_url, include=["worker.compare"])
     celery.conf.update(
         broker_transport_options=broker_options(settings),
         broker_connection_retry_on_startup=True,
         task_default_queue=settings.queue_name,
-        task_routes={TRAIN_TASK: {"queue": settings.queue_name}},
+        task_routes={TRAIN_TASK: {"queue": settings.queue_name}, COMPARE_TASK: {"queue": settings.queue_name}},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,

@@ -114,7 +114,9 @@ def _load_records(settings, file_row: File) -> list[dict]:
     )
 
 
-def _store_base_eval(ctx: JobContext, result, gen_rows) -> None:
+def _store_base_eval(ctx: JobContext, result, eval_set) -> None:
+    """One EvaluationRow per evaluation row (row_index = its position), with the base model's output and scores."""
+    outputs, scores = eval_set.outputs(result), eval_set.scores(result)
     with ctx.fenced_tx() as s:
         s.execute(delete(EvaluationRow).where(EvaluationRow.job_id == ctx.job_id))
         s.execute(delete(Evaluation).where(Evaluation.job_id == ctx.job_id))
@@ -123,24 +125,25 @@ def _store_base_eval(ctx: JobContext, result, gen_rows) -> None:
                 job_id=ctx.job_id,
                 subject="base",
                 metrics=result.metrics,
-                num_rows=len(gen_rows),
+                num_rows=len(eval_set.rows),
                 details={"skipped": result.skipped, "timings": result.timings},
             )
         )
-        for i, row in enumerate(gen_rows):
+        for i, (prompt, reference) in enumerate(eval_set.shown()):
             s.add(
                 EvaluationRow(
                     job_id=ctx.job_id,
                     row_index=i,
-                    prompt=row.prompt,
-                    reference=row.reference,
-                    base_output=result.outputs[i] if result.outputs else None,
-                    base_scores=result.row_scores[i] if result.row_scores else None,
+                    prompt=prompt,
+                    reference=reference,
+                    base_output=outputs[i],
+                    base_scores=scores[i],
                 )
             )
 
 
-def _store_tuned_eval(ctx: JobContext, result, gen_rows) -> None:
+def _store_tuned_eval(ctx: JobContext, result, eval_set) -> None:
+    outputs, scores = eval_set.outputs(result), eval_set.scores(result)
     with ctx.fenced_tx() as s:
         s.execute(delete(Evaluation).where(Evaluation.job_id == ctx.job_id, Evaluation.subject == "tuned"))
         s.add(
@@ -148,18 +151,15 @@ def _store_tuned_eval(ctx: JobContext, result, gen_rows) -> None:
                 job_id=ctx.job_id,
                 subject="tuned",
                 metrics=result.metrics,
-                num_rows=len(gen_rows),
+                num_rows=len(eval_set.rows),
                 details={"skipped": result.skipped, "timings": result.timings},
             )
         )
-        for i in range(len(gen_rows)):
+        for i in range(len(eval_set.rows)):
             s.execute(
                 update(EvaluationRow)
                 .where(EvaluationRow.job_id == ctx.job_id, EvaluationRow.row_index == i)
-                .values(
-                    tuned_output=result.outputs[i] if result.outputs else None,
-                    tuned_scores=result.row_scores[i] if result.row_scores else None,
-                )
+                .values(tuned_output=outputs[i], tuned_scores=scores[i])
             )
 
 
@@ -175,22 +175,70 @@ def selection_for(ev_spec: dict, has_generation_rows: bool) -> tuple[str, bool] 
     return metric, metric not in LOWER_IS_BETTER
 
 
+def metrics_for_selection(selection: tuple[str, bool] | None) -> set[str]:
+    """The evaluation.metrics entries that produce the selection metric (eval_loss is always measured)."""
+    if selection is None or selection[0] == "eval_loss":
+        return set()
+    name = selection[0]
+    return {"rouge" if name.startswith("rouge") else "bertscore" if name.startswith("bertscore") else name}
+
+
+def _package_checkpoints(ctx: JobContext, model, tokenizer, card_for) -> None:
+    """An archive for every evaluated checkpoint whose weights are on disk, for GET .../adapter?step=N.
+
+    Loads each checkpoint's weights into `model`: call it after the shipped model has been packaged.
+    """
+    from worker.artifacts import package_adapter
+    from worker.training import load_trainable_weights, weights_file
+
+    jobs_dir = ctx.settings.jobs_dir
+    with ctx.Session() as s:
+        rows = s.execute(
+            select(Checkpoint.step, Checkpoint.dir_name, Checkpoint.metrics, Checkpoint.adapter_name)
+            .where(Checkpoint.job_id == ctx.job_id, Checkpoint.evaluated.is_(True))
+            .order_by(Checkpoint.step)
+        ).all()
+    out_dir = ctx.workdir / "checkpoint-archives"
+    for step, dir_name, metrics, done in rows:
+        if done and (jobs_dir / done).is_file():  # packaged by an earlier attempt
+            continue
+        if weights_file(jobs_dir / dir_name) is None:
+            continue
+        load_trainable_weights(jobs_dir / dir_name, model)
+        metrics = {k: v for k, v in (metrics or {}).items() if k != "train_loss"}
+        archive, digest, size = package_adapter(
+            model,
+            tokenizer,
+            out_dir / f".step-{step}",
+            out_dir / f"step-{step}.tar.gz",
+            card_for(step, metrics),
+            keep_folder=False,
+        )
+        with ctx.fenced_tx() as s:
+            s.execute(
+                update(Checkpoint)
+                .where(Checkpoint.job_id == ctx.job_id, Checkpoint.step == step)
+                .values(adapter_name=str(archive.relative_to(jobs_dir)), adapter_sha256=digest, adapter_bytes=size)
+            )
+
+
 def run(ctx: JobContext) -> None:
     import torch
 
     from worker.artifacts import model_card, package_adapter
     from worker.data import Formatter, split_rows
-    from worker.evaluation import evaluate, teacher_forced_stats
+    from worker.evaluation import EvalResult, EvalSet, evaluate
     from worker.metrics import get_bertscorer, resolve_bertscore_model
     from worker.modeling import (
         ModelRefused,
         count_params,
         load_base_model,
         load_tokenizer,
+        peak_memory_bytes,
         pick_device,
         wrap_for_training,
     )
-    from worker.training import Hooks, TrainConfig, load_adapter_weights, train
+    from worker.training import Hooks, TrainConfig, load_trainable_weights, train
 
     settings = ctx.settings
     with ctx.Session() as s:
@@ -217,40 +265,41 @@ def run(ctx: JobContext) -> None:
     train_examples = [e for e in train_examples if e.num_loss_tokens > 0]
     if not train_examples:
         raise UserError("no_trainable_tokens", "every row's completion was cut off by max_seq_length")
-    eval_rows = val_rows[: ev_spec["max_rows"]]
-    loss_examples = [e for e in (fmt.example(r) for r in eval_rows) if e.num_loss_tokens > 0]
-    gen_rows = [g for g in (fmt.generation_row(r) for r in eval_rows) if g is not None]
+    eval_set = EvalSet.build(fmt, val_rows[: ev_spec["max_rows"]])
     ctx.event(
-        f"Data: {len(train_examples)} training rows, {len(eval_rows)} evaluation rows ({train_file.shape}); "
+        f"Data: {len(train_examples)} training rows, {len(eval_set.rows)} evaluation rows ({train_file.shape}); "
         f"device {device}"
     )
 
     ctx.progress({"phase": "loading_model"}, force=True)
     try:
-        model = load_base_model(job.model_source, spec["adapter"], device)
+        model = load_base_model(job.model_source, spec["adapter"], device, settings.full_finetune_max_params)
     except ModelRefused as exc:
-        raise UserError("model_refused", str(exc)) from exc
+        raise UserError(exc.code, str(exc)) from exc
 
+    selection = selection_for(ev_spec, bool(eval_set.gen_rows))
+    # Checkpoint evaluations measure every requested metric, and whatever the selection metric needs.
+    ckpt_metrics = sorted(set(ev_spec["metrics"]) | metrics_for_selection(selection))
     bertscorer = None
-    if "bertscore" in ev_spec["metrics"] and gen_rows:
+    if "bertscore" in ckpt_metrics and eval_set.gen_rows:
         name, layers = resolve_bertscore_model(settings.bertscore_model, settings.bertscore_num_layers)
         bertscorer = get_bertscorer(name, layers, str(device))
 
-    def evaluate_all():  # the model as it is now (base, then tuned) on the job's evaluation rows
+    def evaluate_all(metrics: list[str]):  # the model as it is now (base, checkpoint, tuned) on the evaluation rows
         return evaluate(
             model,
             tokenizer,
-            loss_examples=loss_examples,
-            gen_rows=gen_rows,
-            spec=ev_spec,
+            loss_examples=eval_set.loss_examples,
+            gen_rows=eval_set.gen_rows,
+            spec={**ev_spec, "metrics": metrics},
             device=device,
             bertscorer=bertscorer,
         )
 
     if not has_base_eval:  # a resumed attempt keeps the base measurement it already made
         ctx.progress({"phase": "evaluating_base"}, force=True)
-        base = evaluate_all()
-        _store_base_eval(ctx, base, gen_rows)
+        base = evaluate_all(ev_spec["metrics"])
+        _store_base_eval(ctx, base, eval_set)
         ctx.event("Base model evaluated", type="metrics", data={"subject": "base", **base.metrics})
 
     model = wrap_for_training(
@@ -260,31 +309,20 @@ def run(ctx: JobContext) -> None:
     ctx.update(trainable_params=trainable, total_params=total)
     ctx.event(f"{spec['adapter']['type']}: {trainable:,} trainable parameters of {total:,}")
 
-    selection = selection_for(ev_spec, bool(gen_rows))
+    evaluations: dict[int, EvalResult] = {}  # this attempt's checkpoint evaluations, by step
 
-    def on_epoch_end(epoch: int, step: int) -> dict:
-        stats = teacher_forced_stats(model, loss_examples, ev_spec["batch_size"], tokenizer.pad_token_id, device)
-        if selection and selection[0] not in stats:  # a generation metric: generate on the held-out rows
-            family = "bertscore" if selection[0].startswith("bertscore") else "rouge"
-            result = evaluate(
-                model,
-                tokenizer,
-                loss_examples=[],
-                gen_rows=gen_rows,
-                spec={**ev_spec, "metrics": [family]},
-                device=device,
-                bertscorer=bertscorer,
-            )
-            stats.update(result.metrics)
+    def on_evaluate(step: int, epoch: float) -> dict:
+        result = evaluations[step] = evaluate_all(ckpt_metrics)
+        shown = ("eval_loss", "rougeL", "bertscore_f1", selection[0] if selection else "eval_loss")
         ctx.event(
-            f"Epoch {epoch + 1}: "
-            + ", ".join(f"{k} {stats[k]:.4f}" for k in ("eval_loss", "rougeL", "bertscore_f1") if k in stats),
+            f"Step {step} (epoch {epoch:.2f}) evaluated: "
+            + ", ".join(f"{k} {result.metrics[k]:.4f}" for k in dict.fromkeys(shown) if k in result.metrics),
             type="metrics",
-            data={"step": step, "epoch": epoch + 1, **stats},
+            data={"step": step, "epoch": round(epoch, 4), **result.metrics},
         )
-        return stats
+        return result.metrics
 
-    def on_checkpoint(step: int, epoch: float, path: Path, metrics: dict) -> None:
+    def on_checkpoint(step: int, epoch: float, path: Path, metrics: dict, evaluated: bool) -> None:
         with ctx.fenced_tx() as s:
             s.execute(delete(Checkpoint).where(Checkpoint.job_id == ctx.job_id, Checkpoint.step == step))
             s.add(
@@ -293,6 +331,7 @@ def run(ctx: JobContext) -> None:
                     step=step,
                     epoch=epoch,
                     metrics=metrics,
+                    evaluated=evaluated,
                     dir_name=str(path.relative_to(settings.jobs_dir)),
                 )
             )
@@ -301,27 +340,39 @@ def run(ctx: JobContext) -> None:
         on_progress=ctx.progress,
         on_log=lambda d: ctx.event(f"Step {d['step']}: train_loss {d['train_loss']:.4f}", type="metrics", data=d),
         on_checkpoint=on_checkpoint,
-        on_epoch_end=on_epoch_end,
+        on_evaluate=on_evaluate,
         should_stop=ctx.should_stop,
     )
     cfg = TrainConfig.from_spec(spec, job.seed, settings.checkpoint_every_s)
-    summary = train(
-        model, train_examples, cfg, tokenizer.pad_token_id, device, ctx.workdir / "checkpoints", hooks, selection
-    )
-    if summary["best_step"] is not None and summary["best_step"] != summary["steps"]:
-        load_adapter_weights(summary["best_path"], model)
+    if cfg.early_stopping_patience and selection is None:
+        ctx.event("early_stopping_patience is ignored: selection_metric 'last' has no metric to stop on")
+    ckpt_root = ctx.workdir / "checkpoints"
+    summary = train(model, train_examples, cfg, tokenizer.pad_token_id, device, ckpt_root, hooks, selection)
+    if summary["stopped_early"] is not None:
         ctx.event(
-            f"Shipping the checkpoint of step {summary['best_step']}: best {selection[0]} "
-            f"{summary['best_value']:.4f} of the epoch ends"
+            f"Stopped early at step {summary['stopped_early']} of {summary['total_steps']}: "
+            f"{cfg.early_stopping_patience} evaluations in a row without a better {selection[0]}"
         )
     ctx.event(
         f"Training done: {summary['steps']} steps in {summary['seconds']:.1f}s"
         + (f" (resumed at step {summary['resumed_from']})" if summary["resumed_from"] else "")
     )
+    # The final step is always evaluated, so its weights are on disk like the best one's.
+    ship_step = summary["best_step"] if summary["best_step"] is not None else summary["steps"]
+    load_trainable_weights(ckpt_root / f"step-{ship_step}", model)
+    if ship_step != summary["steps"]:
+        ctx.event(
+            f"Shipping the checkpoint of step {ship_step}: best {selection[0]} "
+            f"{summary['best_value']:.4f} of the evaluated checkpoints"
+        )
 
     ctx.progress({"phase": "evaluating"}, force=True)
-    tuned = evaluate_all()
-    _store_tuned_eval(ctx, tuned, gen_rows)
+    # The shipped checkpoint was evaluated during training on the same rows with the same weights: reuse
+    # that result when this attempt made it with exactly the requested metrics; measure again otherwise.
+    tuned = evaluations.get(ship_step) if set(ckpt_metrics) == set(ev_spec["metrics"]) else None
+    if tuned is None:
+        tuned = evaluate_all(ev_spec["metrics"])
+    _store_tuned_eval(ctx, tuned, eval_set)
     ctx.event("Fine-tuned model evaluated", type="metrics", data={"subject": "tuned", **tuned.metrics})
 
     ctx.progress({"phase": "packaging"}, force=True)
@@ -330,14 +381,17 @@ def run(ctx: JobContext) -> None:
             select(Evaluation.metrics).where(Evaluation.job_id == job.id, Evaluation.subject == "base")
         )
     name = fine_tuned_name(job)
-    card = model_card(
-        {"id": job.id, "model": job.model, "fine_tuned_model": name, "seed": job.seed},
-        spec,
-        base_metrics,
-        tuned.metrics,
-        (trainable, total),
+    job_info = {"id": job.id, "model": job.model, "fine_tuned_model": name, "seed": job.seed}
+    card = model_card(job_info, spec, base_metrics, tuned.metrics, (trainable, total))
+    archive, digest, size = package_adapter(
+        model, tokenizer, ctx.workdir / "adapter", ctx.workdir / "adapter.tar.gz", card
     )
-    archive, digest, size = package_adapter(model, tokenizer, ctx.workdir, card)
+    _package_checkpoints(
+        ctx,
+        model,
+        tokenizer,
+        lambda step, metrics: model_card(job_info, spec, base_metrics, metrics, (trainable, total), step=step),
+    )
     with ctx.Session() as s:
         ok = finish_job(
             s,
@@ -347,11 +401,13 @@ def run(ctx: JobContext) -> None:
             fine_tuned_model=name,
             phase="done",
             trained_tokens=summary["trained_tokens"],
+            train_seconds=summary["train_seconds"],
+            peak_memory_bytes=max(summary["peak_memory_bytes"], peak_memory_bytes(device)),
             adapter_name=str(archive.relative_to(settings.jobs_dir)),
             adapter_sha256=digest,
             adapter_bytes=size,
             step=summary["steps"],
-            epoch=float(spec["hyperparameters"]["n_epochs"]),
+            epoch=summary["epoch"],
         )
     if not ok:
         raise LostJob

@@ -1,5 +1,10 @@
 """Evaluation of one model on a job's evaluation rows: teacher-forced perplexity and token accuracy, and
-batched greedy generation scored by ROUGE and BERTScore (not one example at a time)."""
+batched greedy generation scored by ROUGE and BERTScore (not one example at a time).
+
+Every aggregate is recomputable from the per-row figures stored with each row: generation metrics are the
+mean over the rows that have them, eval_loss = sum(nll) / sum(loss_tokens), perplexity = exp(eval_loss)
+and token_accuracy = sum(correct_tokens) / sum(loss_tokens), summed in row order.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +14,84 @@ from dataclasses import dataclass, field
 
 import torch
 
-from worker.data import IGNORE, Example, GenerationRow
+from worker.data import IGNORE, Example, Formatter, GenerationRow
 from worker.training import collate
+
+PROMPT_CHARS = 2000  # a raw-text row is shown (and stored) by its first characters
 
 
 @dataclass
 class EvalResult:
     metrics: dict[str, float] = field(default_factory=dict)
-    outputs: list[str] = field(default_factory=list)
-    row_scores: list[dict[str, float]] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)  # per generation row
+    row_scores: list[dict[str, float]] = field(default_factory=list)  # per generation row
+    tf_rows: list[dict[str, float]] = field(default_factory=list)  # per loss example: nll, loss/correct tokens
     skipped: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class EvalSet:
+    """A job's evaluation rows and what each can be measured by. Only rows with loss tokens have a loss
+    example and only rows with a completion a generation row: the index lists map both back to the rows,
+    so every row keeps its position (row_index), aligned across jobs on the same rows."""
+
+    rows: list[dict]
+    loss_examples: list[Example]
+    loss_index: list[int]  # loss_examples[k] is rows[loss_index[k]]
+    gen_rows: list[GenerationRow]
+    gen_index: list[int]  # gen_rows[k] is rows[gen_index[k]]
+
+    @classmethod
+    def build(cls, fmt: Formatter, rows: list[dict]) -> EvalSet:
+        examples = [fmt.example(r) for r in rows]
+        gens = [fmt.generation_row(r) for r in rows]
+        loss_index = [i for i, e in enumerate(examples) if e.num_loss_tokens > 0]
+        gen_index = [i for i, g in enumerate(gens) if g is not None]
+        return cls(rows, [examples[i] for i in loss_index], loss_index, [gens[i] for i in gen_index], gen_index)
+
+    def shown(self) -> list[tuple[str, str]]:
+        """What each row shows: its prompt and reference, or for raw text the text itself and no reference."""
+        out = [(r.get("text", "")[:PROMPT_CHARS], "") for r in self.rows]
+        for i, gen in zip(self.gen_index, self.gen_rows):
+            out[i] = (gen.prompt, gen.reference)
+        return out
+
+    def outputs(self, result: EvalResult) -> list[str | None]:
+        """The generated output of each row (None where nothing was generated)."""
+        out: list[str | None] = [None] * len(self.rows)
+        for k, i in enumerate(self.gen_index[: len(result.outputs)]):
+            out[i] = result.outputs[k]
+        return out
+
+    def scores(self, result: EvalResult) -> list[dict[str, float] | None]:
+        """Each row's generation scores merged with its teacher-forced sums (None where it has neither)."""
+        out: list[dict[str, float]] = [{} for _ in self.rows]
+        for k, i in enumerate(self.gen_index[: len(result.row_scores)]):
+            out[i].update(result.row_scores[k])
+        for k, i in enumerate(self.loss_index[: len(result.tf_rows)]):
+            out[i].update(result.tf_rows[k])
+        return [d or None for d in out]
+
+
+def teacher_forced_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    """The aggregate teacher-forced metrics from per-example sums, in row order."""
+    tokens = sum(r["loss_tokens"] for r in rows)
+    if tokens == 0:
+        return {}
+    loss = sum(r["nll"] for r in rows) / tokens
+    correct = sum(r["correct_tokens"] for r in rows)
+    # perplexity is capped at exp(50): an untrained model's loss can overflow exp().
+    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": correct / tokens}
+
+
 @torch.no_grad()
-def teacher_forced_stats(model, examples: list[Example], batch_size: int, pad_id: int, device) -> dict[str, float]:
-    """Mean loss, perplexity and next-token accuracy over the loss tokens (completions, or all of raw text)."""
-    total_nll, total_correct, total_tokens = 0.0, 0, 0
+def teacher_forced_stats(
+    model, examples: list[Example], batch_size: int, pad_id: int, device
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Mean loss, perplexity and next-token accuracy over the loss tokens (completions, or all of raw text),
+    and each example's sums they are computed from: {"nll", "loss_tokens", "correct_tokens"}."""
+    rows: list[dict[str, float]] = []
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start : start + batch_size], pad_id, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -34,21 +100,17 @@ def teacher_forced_stats(model, examples: list[Example], batch_size: int, pad_id
         shift_logits, shift_labels = logits[:, :-1], batch["labels"][:, 1:]
         mask = shift_labels != IGNORE
         nll = torch.nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.shape[-1]),
-            shift_labels.reshape(-1),
-            ignore_index=IGNORE,
-            reduction="sum",
-        )
-        total_nll += nll.item()
-        total_correct += int(((shift_logits.argmax(-1) == shift_labels) & mask).sum())
-        total_tokens += int(mask.sum())
-    if total_tokens == 0:
-        return {}
-    loss = total_nll / total_tokens
-    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": total_correct / total_tokens}
+            shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE, reduction="none"
+        )  # (batch, positions), 0 where ignored
+        nll_sums = nll.double().sum(-1).tolist()
+        tokens = mask.sum(-1).tolist()
+        correct = ((shift_logits.argmax(-1) == shift_labels) & mask).sum(-1).tolist()
+        rows += [{"nll": a, "loss_tokens": b, "correct_tokens": c} for a, b, c in zip(nll_sums, tokens, correct)]
+    return teacher_forced_metrics(rows), rows
 
 
 def _is_prompt_learning(model) -> bool:
+    # A plain transformers model (full fine-tuning, or the base) has no peft config: not prompt learning.
     config = getattr(model, "active_peft_config", None)
     return bool(getattr(config, "is_prompt_learning", False))
 
@@ -115,9 +177,11 @@ def evaluate(
     use_cache = getattr(model.config, "use_cache", None)
     model.config.use_cache = True
     try:
-        if wanted & {"perplexity", "token_accuracy"}:
+        if loss_examples:  # always: eval_loss picks checkpoints, and one forward pass is cheap next to generation
             t = time.monotonic()
-            stats = teacher_forced_stats(model, loss_examples, spec["batch_size"], tokenizer.pad_token_id, device)
+            stats, res.tf_rows = teacher_forced_stats(
+                model, loss_examples, spec["batch_size"], tokenizer.pad_token_id, device
+            )
             res.metrics.update({k: v for k, v in stats.items() if k in wanted or k == "eval_loss"})
             res.timings["teacher_forced_s"] = time.monotonic() - t
         gen_metrics = wanted & {"rouge", "bertscore"}

@@ -1,4 +1,7 @@
-"""Loading a base model safely and wrapping it for one of the three methods: small pure builders, one path.
+"""Loading a base model safely and wrapping it for one of the methods: small pure builders, one path.
+
+LoRA, QLoRA and prompt tuning wrap the frozen base in a peft model; full fine-tuning trains the plain
+transformers model itself, every weight.
 
 Weights load from safetensors only and never with remote code: a model directory or hub repo that holds
 only pickle weights (.bin/.pt) or asks for custom code is refused before anything is deserialised.
@@ -13,16 +16,29 @@ import torch
 
 
 class ModelRefused(Exception):
-    """A base model that ftaas will not load (unsafe format or remote code)."""
+    """A base model that ftaas will not load (unsafe format, remote code, too large for full fine-tuning)."""
+
+    def __init__(self, message: str, code: str = "model_refused") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def is_peft(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
 
 
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def train_dtype(device: torch.device) -> torch.dtype:
+def train_dtype(device: torch.device, adapter_type: str = "lora") -> torch.dtype:
     # bf16 where the hardware does it natively; fp32 on CPUs, where bf16 matmuls are slow and lossy.
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    # Full fine-tuning keeps fp32 on GPUs too: AdamW updates the weights themselves, and a step of
+    # lr 2e-5 is far below bf16's resolution (8 mantissa bits, ~0.4% of the weight), so most updates would
+    # round away. Adapters do not need this: their small trained tensors are separate from the bf16 base.
+    if adapter_type != "full" and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
 
@@ -39,6 +55,27 @@ def check_model_source(source: str) -> None:
         data = json.loads(config.read_text())
         if data.get("auto_map"):
             raise ModelRefused(f"model {path.name} asks for remote code (auto_map); refused")
+
+
+def count_params_of_config(source: str) -> int:
+    """Parameters of a model, from its config alone: built on the meta device, so no weight is read."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    return sum(p.numel() for p in model.parameters())  # parameters() counts tied embeddings once
+
+
+def check_full_size(source: str, max_params: int) -> None:
+    """Full fine-tuning holds fp32 weights, gradients and two AdamW moments: refuse large models before loading."""
+    n = count_params_of_config(source)
+    if n > max_params:
+        raise ModelRefused(
+            f"full fine-tuning is limited to {max_params:,} parameters and {Path(source).name} has {n:,}; "
+            "use lora or qlora",
+            code="model_too_large_for_full",
+        )
 
 
 def build_quantization_config(adapter: dict):
@@ -94,15 +131,20 @@ def load_tokenizer(source: str):
     return tok
 
 
-def load_base_model(source: str, adapter: dict, device: torch.device):
-    """The frozen base model on `device`, 4-bit quantized for QLoRA."""
+def load_base_model(source: str, adapter: dict, device: torch.device, max_full_params: int | None = None):
+    """The frozen base model on `device`, 4-bit quantized for QLoRA (wrap_for_training unfreezes it for full).
+
+    max_full_params: for a full fine-tuning job, refuse (ModelRefused) models with more parameters.
+    """
     from transformers import AutoModelForCausalLM
 
     check_model_source(source)
+    if adapter["type"] == "full" and max_full_params is not None:
+        check_full_size(source, max_full_params)
     quant = build_quantization_config(adapter)
     model = AutoModelForCausalLM.from_pretrained(
         source,
-        dtype=train_dtype(device) if quant is None else getattr(torch, adapter["compute_dtype"]),
+        dtype=train_dtype(device, adapter["type"]) if quant is None else getattr(torch, adapter["compute_dtype"]),
         quantization_config=quant,
         device_map={"": device.index if device.type == "cuda" and device.index is not None else str(device)},
         use_safetensors=True,
@@ -117,14 +159,37 @@ def load_base_model(source: str, adapter: dict, device: torch.device):
 def wrap_for_training(
     model, adapter: dict, tokenizer_source: str, gradient_checkpointing: bool, eos_token_id: int | None = None
 ):
+    """The model the training loop optimizes: a peft model around the frozen base, or for full fine-tuning
+    the plain model with every weight trainable."""
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if adapter["type"] == "full":
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model
     from peft import get_peft_model
 
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # The frozen embeddings' output has no grad: checkpointed blocks would then get no gradient at all.
         model.enable_input_require_grads()
     return get_peft_model(model, build_peft_config(adapter, tokenizer_source, eos_token_id))
 
 
 def count_params(model) -> tuple[int, int]:
-    trainable, total = model.get_nb_trainable_parameters()
-    return int(trainable), int(total)
+    """(trainable, total). peft's count also counts 4-bit weights at their real size (two per byte)."""
+    if is_peft(model):
+        trainable, total = model.get_nb_trainable_parameters()
+        return int(trainable), int(total)
+    params = list(model.parameters())  # tied embeddings appear once
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this process: CUDA's allocated peak on a GPU, else the peak resident set size."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux

@@ -22,6 +22,7 @@ from app.config import get_settings
 from app.db import get_sessionmaker
 from app.job_state import claim_job, finish_job, release_for_retry, renew_lease, take_orphaned_jobs
 from app.models import Job, JobStatus
+from app.sweeps import finalize_open_sweeps
 from worker.celery_app import TRAIN_TASK, make_celery
 
 log = logging.getLogger("ftaas.worker")
@@ -138,6 +139,8 @@ def reconcile_once() -> int:
         celery.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue_name)
     if ids:
         log.info("reconciler re-enqueued %s", ids)
+    with Session() as s:  # a sweep whose last job ended in a crash of the finishing process
+        finalize_open_sweeps(s)
     return len(ids)
 
 

@@ -1,4 +1,5 @@
-"""The training loop: one plain PyTorch loop for LoRA, QLoRA and prompt tuning (the peft model differs).
+"""The training loop: one plain PyTorch loop for LoRA, QLoRA, prompt tuning (the peft model differs) and full
+fine-tuning (the plain model, every weight trainable).
 
 A plain loop rather than transformers.Trainer because the service needs exact control of three things
 Trainer makes awkward: fenced progress writes, cancel checks between micro-batches, and checkpoints that
@@ -19,6 +20,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from worker.data import IGNORE, Example
+from worker.modeling import is_peft, peak_memory_bytes
 
 COMPLETE_MARKER = "COMPLETE"
 
@@ -40,10 +42,12 @@ class TrainConfig:
     logging_steps: int
     seed: int
     checkpoint_every_s: float
+    eval_every_steps: int | None = None  # evaluate every N optimizer steps; None = at each epoch end
+    early_stopping_patience: int | None = None  # stop after N evaluations in a row without a better metric
 
     @classmethod
     def from_spec(cls, spec: dict, seed: int, checkpoint_every_s: float) -> TrainConfig:
-        hp, tr = spec["hyperparameters"], spec["training"]
+        hp, tr, ev = spec["hyperparameters"], spec["training"], spec["evaluation"]
         micro = tr["micro_batch_size"]
         # batch_size is the examples per optimizer step; accumulate micro-batches to reach it.
         accum = max(1, math.ceil(hp["batch_size"] / micro)) * tr["gradient_accumulation_steps"]
@@ -59,6 +63,8 @@ class TrainConfig:
             logging_steps=tr["logging_steps"],
             seed=seed,
             checkpoint_every_s=checkpoint_every_s,
+            eval_every_steps=ev.get("eval_every_steps"),
+            early_stopping_patience=ev.get("early_stopping_patience"),
         )
 
 
@@ -68,8 +74,8 @@ class Hooks:
 
     on_progress: Callable[[dict], None]
     on_log: Callable[[dict], None]
-    on_checkpoint: Callable[[int, float, Path, dict], None]
-    on_epoch_end: Callable[[int, int], dict]  # (epoch, step) -> validation metrics
+    on_checkpoint: Callable[[int, float, Path, dict, bool], None]  # (step, epoch, path, metrics, evaluated)
+    on_evaluate: Callable[[int, float], dict]  # (step, epoch) -> metrics on the held-out rows
     should_stop: Callable[[], bool]
 
 
@@ -93,27 +99,68 @@ def micro_batches(examples: list[Example], size: int, seed: int, epoch: int) -> 
     return [[examples[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
 
 
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's own file name, as in a saved adapter
+FULL_WEIGHTS = "model.safetensors"  # full fine-tuning: every weight of the plain model
+EVALUATED_MARKER = "EVALUATED"  # evaluated on the held-out rows: its weights stay on disk for download
+TRAINER_STATE = "trainer_state.pt"
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-")[1])
+
+
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    done = [p for p in ckpt_root.glob("step-*") if (p / COMPLETE_MARKER).is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    """The newest checkpoint a run can resume from: complete, and still holding its trainer state."""
+    done = [p for p in ckpt_root.glob("step-*") if (p / COMPLETE_MARKER).is_file() and (p / TRAINER_STATE).is_file()]
+    return max(done, key=checkpoint_step, default=None)
 
 
-def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, state: dict, keep: int = 2) -> Path:
+def weights_file(folder: Path) -> Path | None:
+    """The trainable weights a checkpoint holds (adapter or full model), None if there are none."""
+    return next((folder / n for n in (ADAPTER_WEIGHTS, FULL_WEIGHTS) if (folder / n).is_file()), None)
+
+
+def save_trainable_weights(model, folder: Path) -> None:
+    from safetensors.torch import save_file, save_model
+
+    if is_peft(model):
+        from peft import get_peft_model_state_dict
+
+        weights = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
+        save_file(weights, str(folder / ADAPTER_WEIGHTS))
+    else:
+        # save_model, not save_file: it writes shared tensors (tied input/output embeddings) once.
+        save_model(model, str(folder / FULL_WEIGHTS))
+
+
+def load_trainable_weights(folder: Path, model) -> None:
+    """Put a checkpoint's trainable weights (saved by save_trainable_weights) back into the model."""
+    from safetensors.torch import load_file, load_model
+
+    if is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
+    else:
+        load_model(model, str(folder / FULL_WEIGHTS), device=str(next(model.parameters()).device))
+
+
+def save_checkpoint(
+    ckpt_root: Path, model, optimizer, scheduler, state: dict, keep: int = 2, evaluated: bool = False
+) -> Path:
     """Write to a temp dir, then rename: a crash mid-write never leaves a checkpoint that looks complete.
 
-    `state` holds step, trained_tokens and the best checkpoint so far; the newest `keep` checkpoints and
-    the best one stay on disk, older ones go.
+    `state` holds step, trained_tokens, the best checkpoint so far and the other loop figures a resumed
+    run needs. The newest `keep` checkpoints stay whole. Older evaluated ones (and the best) keep their
+    weights, so each evaluated step can be packaged for download, and lose their optimizer and trainer
+    state (for a full fine-tune, twice the weights' size); older unevaluated ones are deleted.
     """
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
     step = state["step"]
     final = ckpt_root / f"step-{step}"
     tmp = ckpt_root / f".tmp-step-{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    weights = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
-    save_file(weights, str(tmp / "adapter_model.safetensors"))
+    save_trainable_weights(model, tmp)
     torch.save(
         {
             **state,
@@ -122,8 +169,10 @@ def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, state: dict, k
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         },
-        tmp / "trainer_state.pt",
+        tmp / TRAINER_STATE,
     )
+    if evaluated:
+        (tmp / EVALUATED_MARKER).write_text(str(step))
     (tmp / COMPLETE_MARKER).write_text(str(step))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
@@ -131,25 +180,20 @@ def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, state: dict, k
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     best = (state.get("best") or {}).get("step")
-    older = sorted((p for p in ckpt_root.glob("step-*") if p != final), key=lambda p: int(p.name.split("-")[1]))
+    older = sorted((p for p in ckpt_root.glob("step-*") if p != final), key=checkpoint_step)
     for old in older[: max(0, len(older) - (keep - 1))]:
-        if old.name != f"step-{best}":
+        if (old / EVALUATED_MARKER).is_file() or old.name == f"step-{best}":
+            (old / TRAINER_STATE).unlink(missing_ok=True)
+        else:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def load_adapter_weights(path: Path, model) -> None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
-
-
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore adapter, optimizer, scheduler and RNG; returns the saved state (step, trained_tokens, best)."""
-    load_adapter_weights(path, model)
+    """Restore weights, optimizer, scheduler and RNG; returns the saved state (step, trained_tokens, best...)."""
+    load_trainable_weights(path, model)
     # Our own file, written above: weights_only=False is needed for the optimizer's plain Python state.
-    saved = torch.load(path / "trainer_state.pt", weights_only=False)
+    saved = torch.load(path / TRAINER_STATE, weights_only=False)
     optimizer.load_state_dict(saved.pop("optimizer"))
     scheduler.load_state_dict(saved.pop("scheduler"))
     torch.set_rng_state(saved.pop("rng_cpu"))
@@ -177,8 +221,11 @@ def train(
 ) -> dict:
     """Train, resuming from the last complete checkpoint under ckpt_root. Returns summary figures.
 
-    `selection` = (metric, higher_is_better): the epoch-end metric that picks the best checkpoint; the
-    summary names it (best_step, best_value, best_path) so the caller can ship that one.
+    The model is evaluated (hooks.on_evaluate) at each epoch end, or every cfg.eval_every_steps steps, and
+    always at the last step; every evaluation is a checkpoint. `selection` = (metric, higher_is_better)
+    picks the best of them: the summary names it (best_step, best_value, best_path) so the caller can ship
+    that one. With cfg.early_stopping_patience, training stops after that many evaluations in a row
+    without a strictly better value (summary["stopped_early"] = the step).
     """
     from transformers import get_scheduler
 
@@ -194,87 +241,130 @@ def train(
         num_warmup_steps=int(cfg.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    state: dict = {"step": 0, "trained_tokens": 0, "best": None}
+    # Everything a resumed attempt must carry on with; saved in each checkpoint's trainer state.
+    state: dict = {
+        "step": 0,
+        "trained_tokens": 0,
+        "best": None,
+        "bad_evals": 0,  # evaluations in a row without a better selection metric (early stopping)
+        "stopped_early": None,  # the step training stopped early at: a resumed attempt must not go on
+        "train_seconds": 0.0,  # the earlier attempts' training time, up to their last checkpoint
+        "peak_memory_bytes": 0,
+    }
     resume = latest_checkpoint(ckpt_root)
     if resume is not None:
         state.update(load_checkpoint(resume, model, optimizer, scheduler))
     step, trained_tokens = state["step"], state["trained_tokens"]
-    start_step, t0 = step, time.monotonic()
+    start_step, t0, prior_seconds = step, time.monotonic(), state["train_seconds"]
+    # train_seconds: wall time of this loop (forward, backward, optimizer, cancel checks, progress writes,
+    # checkpoint saves), evaluations excluded; plus the earlier attempts' figure from the checkpoint.
+    eval_seconds = 0.0
     last_ckpt_t = time.monotonic()
     window_loss, window_n = 0.0, 0
     model.train()
     hooks.on_progress({"step": step, "total_steps": total_steps, "epoch": step / steps_per_epoch, "phase": "training"})
 
-    for epoch in range(step // steps_per_epoch, cfg.n_epochs):
-        batches = micro_batches(examples, cfg.micro_batch_size, cfg.seed, epoch)
-        first_step_in_epoch = epoch * steps_per_epoch
-        for local_step in range(step - first_step_in_epoch, steps_per_epoch):
-            group = batches[local_step * cfg.grad_accum : (local_step + 1) * cfg.grad_accum]
-            n_tokens = sum(e.num_loss_tokens for mb in group for e in mb)
-            step_loss = 0.0
-            for mb in group:
-                if hooks.should_stop():
-                    raise StopTraining
-                batch = collate(mb, pad_id, device)
-                out = model(**batch)
-                # Token-weighted across the accumulated micro-batches, so accumulation equals a big batch.
-                mb_tokens = sum(e.num_loss_tokens for e in mb)
-                loss = out.loss * (mb_tokens / max(1, n_tokens))
-                loss.backward()
-                step_loss += loss.item()
-                trained_tokens += int(batch["attention_mask"].sum())
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            window_loss += step_loss
-            window_n += 1
-            done_steps = step - start_step
-            eta = (time.monotonic() - t0) / done_steps * (total_steps - step)
-            hooks.on_progress(
+    batches, batches_epoch = [], None
+    last_step = step if state["stopped_early"] is not None else total_steps
+    for epoch, local_step in (divmod(s, steps_per_epoch) for s in range(step, last_step)):
+        if epoch != batches_epoch:
+            batches, batches_epoch = micro_batches(examples, cfg.micro_batch_size, cfg.seed, epoch), epoch
+        group = batches[local_step * cfg.grad_accum : (local_step + 1) * cfg.grad_accum]
+        n_tokens = sum(e.num_loss_tokens for mb in group for e in mb)
+        step_loss = 0.0
+        for mb in group:
+            if hooks.should_stop():
+                raise StopTraining
+            batch = collate(mb, pad_id, device)
+            out = model(**batch)
+            # Token-weighted across the accumulated micro-batches, so accumulation equals a big batch.
+            mb_tokens = sum(e.num_loss_tokens for e in mb)
+            loss = out.loss * (mb_tokens / max(1, n_tokens))
+            loss.backward()
+            step_loss += loss.item()
+            trained_tokens += int(batch["attention_mask"].sum())
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        window_loss += step_loss
+        window_n += 1
+        done_steps = step - start_step
+        eta = (time.monotonic() - t0) / done_steps * (total_steps - step)
+        hooks.on_progress(
+            {
+                "step": step,
+                "total_steps": total_steps,
+                "epoch": step / steps_per_epoch,
+                "train_loss": step_loss,
+                "eta_s": eta,
+                "trained_tokens": trained_tokens,
+            }
+        )
+        if step % cfg.logging_steps == 0 or step == total_steps:
+            hooks.on_log(
                 {
                     "step": step,
-                    "total_steps": total_steps,
-                    "epoch": step / steps_per_epoch,
-                    "train_loss": step_loss,
-                    "eta_s": eta,
+                    "epoch": round(step / steps_per_epoch, 4),
+                    "train_loss": window_loss / window_n,
+                    "learning_rate": scheduler.get_last_lr()[0],
                     "trained_tokens": trained_tokens,
                 }
             )
-            if step % cfg.logging_steps == 0 or step == total_steps:
-                hooks.on_log(
-                    {
-                        "step": step,
-                        "epoch": round(step / steps_per_epoch, 4),
-                        "train_loss": window_loss / window_n,
-                        "learning_rate": scheduler.get_last_lr()[0],
-                        "trained_tokens": trained_tokens,
-                    }
-                )
-                window_loss, window_n = 0.0, 0
-            epoch_end = step % steps_per_epoch == 0
-            if epoch_end or time.monotonic() - last_ckpt_t >= cfg.checkpoint_every_s:
-                metrics = {"train_loss": step_loss}
-                if epoch_end:
-                    model.eval()
-                    metrics.update(hooks.on_epoch_end(epoch, step))
-                    model.train()
-                    value = metrics.get(selection[0]) if selection else None
-                    if value is not None and is_better(value, state["best"], selection[1]):
-                        state["best"] = {"step": step, "value": value}
-                state.update(step=step, trained_tokens=trained_tokens)
-                path = save_checkpoint(ckpt_root, model, optimizer, scheduler, state)
-                hooks.on_checkpoint(step, step / steps_per_epoch, path, metrics)
-                last_ckpt_t = time.monotonic()
+            window_loss, window_n = 0.0, 0
+        epoch_end = step % steps_per_epoch == 0
+        evaluate = step == total_steps or (step % cfg.eval_every_steps == 0 if cfg.eval_every_steps else epoch_end)
+        if not (evaluate or epoch_end or time.monotonic() - last_ckpt_t >= cfg.checkpoint_every_s):
+            continue
+        metrics = {"train_loss": step_loss}
+        if evaluate:
+            t = time.monotonic()
+            model.eval()
+            metrics.update(hooks.on_evaluate(step, step / steps_per_epoch))
+            model.train()
+            eval_seconds += time.monotonic() - t
+            _track_best(state, metrics, step, selection, cfg.early_stopping_patience, total_steps)
+        state.update(
+            step=step,
+            trained_tokens=trained_tokens,
+            train_seconds=prior_seconds + time.monotonic() - t0 - eval_seconds,
+            peak_memory_bytes=max(state["peak_memory_bytes"], peak_memory_bytes(device)),
+        )
+        path = save_checkpoint(ckpt_root, model, optimizer, scheduler, state, evaluated=evaluate)
+        hooks.on_checkpoint(step, step / steps_per_epoch, path, metrics, evaluate)
+        last_ckpt_t = time.monotonic()
+        if state["stopped_early"] is not None:
+            break
     model.eval()
+    best = state["best"]
     return {
         "steps": step,
         "total_steps": total_steps,
+        "epoch": step / steps_per_epoch,
         "trained_tokens": trained_tokens,
         "seconds": time.monotonic() - t0,
+        "train_seconds": prior_seconds + time.monotonic() - t0 - eval_seconds,
+        "peak_memory_bytes": max(state["peak_memory_bytes"], peak_memory_bytes(device)),
         "resumed_from": start_step,
-        "best_step": state["best"]["step"] if state["best"] else None,
-        "best_value": state["best"]["value"] if state["best"] else None,
-        "best_path": ckpt_root / f"step-{state['best']['step']}" if state["best"] else None,
+        "stopped_early": state["stopped_early"],
+        "bad_evals": state["bad_evals"],
+        "best_step": best["step"] if best else None,
+        "best_value": best["value"] if best else None,
+        "best_path": ckpt_root / f"step-{best['step']}" if best else None,
     }
+
+
+def _track_best(
+    state: dict, metrics: dict, step: int, selection: tuple[str, bool] | None, patience: int | None, total: int
+) -> None:
+    """After an evaluation: update the best checkpoint and the early-stopping count in `state`."""
+    if selection is None:  # "last": nothing to compare, so nothing to stop on either
+        return
+    value = metrics.get(selection[0])
+    if value is not None and is_better(value, state["best"], selection[1]):
+        state["best"], state["bad_evals"] = {"step": step, "value": value}, 0
+    else:  # not strictly better (or not measured)
+        state["bad_evals"] += 1
+    if patience is not None and state["bad_evals"] >= patience and step < total:
+        state["stopped_early"] = step

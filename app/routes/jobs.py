@@ -2,46 +2,22 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from sqlalchemy import select, update
 
-from app.config import Settings
 from app.deps import CurrentTenant, OwnedJob, SessionDep, SettingsDep, owned_file
 from app.errors import ApiError
-from app.job_state import add_event
-from app.models import TERMINAL_STATUSES, Checkpoint, File, Job, JobEvent, JobStatus, utcnow
+from app.job_builder import build_job, check_pairing
+from app.job_state import add_event, after_job_ended
+from app.models import TERMINAL_STATUSES, Checkpoint, Job, JobEvent, JobStatus, utcnow
 from app.pagination import list_page, page_of
 from app.presenters import checkpoint_public, event_public, job_public
 from app.queue import enqueue_job
-from app.schemas import CheckpointList, ErrorResponse, EventList, JobCreate, JobList, JobPublic, resolve_spec
+from app.schemas import CheckpointList, ErrorResponse, EventList, JobCreate, JobList, JobPublic
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"])
-
-
-def _check_model(settings: Settings, model: str) -> str:
-    source = settings.resolved_models().get(model)
-    if source is None:
-        allowed = ", ".join(settings.public_model_ids()) or "none configured"
-        raise ApiError(
-            400,
-            f"Model '{model}' is not available on this server (allowed: {allowed})",
-            param="model",
-            code="model_not_available",
-        )
-    return source
-
-
-def _check_pairing(training: File, validation: File | None) -> None:
-    # Raw text trains on every token; the other shapes on completions. A validation file must match.
-    if validation is not None and (validation.shape == "text") != (training.shape == "text"):
-        raise ApiError(
-            400,
-            f"validation_file has shape '{validation.shape}' but training_file has shape '{training.shape}'",
-            param="validation_file",
-        )
 
 
 @router.post(
@@ -51,31 +27,12 @@ def _check_pairing(training: File, validation: File | None) -> None:
     summary="Create a fine-tuning job (LoRA, QLoRA or prompt tuning), queued for a GPU worker",
 )
 def create_job(body: JobCreate, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep) -> JobPublic:
-    source = _check_model(settings, body.model)
     training = owned_file(session, tenant, body.training_file, param="training_file")
     validation = (
         owned_file(session, tenant, body.validation_file, param="validation_file") if body.validation_file else None
     )
-    _check_pairing(training, validation)
-    if body.adapter.type == "prompt_tuning" and body.adapter.num_virtual_tokens >= body.training.max_seq_length:
-        raise ApiError(
-            400, "num_virtual_tokens must be smaller than max_seq_length", param="adapter.num_virtual_tokens"
-        )
-    job = Job(
-        tenant_id=tenant.id,
-        model=body.model,
-        model_source=source,
-        training_file_id=training.id,
-        validation_file_id=validation.id if validation else None,
-        suffix=body.suffix,
-        seed=body.seed if body.seed is not None else secrets.randbelow(2**31 - 1),
-        metadata_=body.metadata,
-        spec=resolve_spec(body),
-        status=JobStatus.queued,
-    )
-    session.add(job)
-    session.flush()
-    add_event(session, job.id, f"Created fine-tuning job {job.id}: {body.adapter.type} on {body.model}")
+    check_pairing(training, validation)
+    job = build_job(session, settings, tenant, body, training, validation)
     session.commit()  # commit, then enqueue: the worker must find the row
     enqueue_job(job.id)
     return job_public(job)
@@ -126,6 +83,8 @@ def cancel_job(job: OwnedJob, session: SessionDep) -> JobPublic:
     if result.rowcount:
         add_event(session, job.id, "Job cancelled by the user")
     session.commit()
+    if result.rowcount:
+        after_job_ended(session, job.id)
     session.refresh(job)
     return job_public(job)
 

@@ -10,9 +10,10 @@ from sqlalchemy import select
 
 from app.deps import OwnedJob, SessionDep, SettingsDep
 from app.errors import ApiError
-from app.models import Evaluation, EvaluationRow, JobStatus, Selection, utcnow
+from app.models import Checkpoint, Evaluation, EvaluationRow, JobStatus
 from app.presenters import unix
 from app.schemas import ErrorResponse, EvaluationPublic, EvaluationSample, SelectionPublic
+from app.sweeps import select_job as select_job_for_file
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["results"])
 
@@ -70,22 +71,47 @@ def get_evaluation(
     "/{job_id}/adapter",
     response_class=FileResponse,
     responses={409: {"model": ErrorResponse}},
-    summary="Download the adapter: safetensors weights, config, tokenizer files and a model card (tar.gz). "
-    "X-Checksum-SHA256 carries its SHA-256; Range requests resume a download.",
+    summary="Download the adapter (the best evaluated checkpoint, or ?step=N): safetensors weights, config, "
+    "tokenizer files and a model card (tar.gz). X-Checksum-SHA256 carries its SHA-256; Range resumes a download.",
 )
-def download_adapter(job: OwnedJob, settings: SettingsDep) -> FileResponse:
+def download_adapter(
+    job: OwnedJob,
+    session: SessionDep,
+    settings: SettingsDep,
+    step: Annotated[
+        int | None,
+        Query(ge=0, description="an evaluated checkpoint's step (see .../checkpoints); default: the shipped best"),
+    ] = None,
+) -> FileResponse:
     if job.status != JobStatus.succeeded or not job.adapter_name:
         raise ApiError(
             409, f"Job {job.id} has no adapter yet (status: {job.status})", param="job_id", code="adapter_not_ready"
         )
-    path = settings.jobs_dir / job.adapter_name
+    name, digest, label = job.adapter_name, job.adapter_sha256, "adapter"
+    if step is not None:
+        ckpt = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step == step))
+        if ckpt is None or not ckpt.adapter_name:
+            kept = session.scalars(
+                select(Checkpoint.step)
+                .where(Checkpoint.job_id == job.id, Checkpoint.adapter_name.is_not(None))
+                .order_by(Checkpoint.step)
+            ).all()
+            raise ApiError(
+                404,
+                f"Job {job.id} has no downloadable checkpoint at step {step} (evaluated checkpoints: "
+                f"{', '.join(map(str, kept)) or 'none'})",
+                param="step",
+                code="checkpoint_not_found",
+            )
+        name, digest, label = ckpt.adapter_name, ckpt.adapter_sha256, f"step-{step}"
+    path = settings.jobs_dir / name
     if not path.is_file():
         raise ApiError(404, f"The adapter archive of job {job.id} is missing from storage", code="adapter_missing")
     return FileResponse(
         path,
         media_type="application/gzip",
-        filename=f"{job.id}-adapter.tar.gz",
-        headers={"X-Checksum-SHA256": job.adapter_sha256 or "", "ETag": f'"{job.adapter_sha256}"'},
+        filename=f"{job.id}-{label}.tar.gz",
+        headers={"X-Checksum-SHA256": digest or "", "ETag": f'"{digest}"'},
     )
 
 
@@ -98,12 +124,7 @@ def download_adapter(job: OwnedJob, settings: SettingsDep) -> FileResponse:
 def select_job(job: OwnedJob, session: SessionDep) -> SelectionPublic:
     if job.status != JobStatus.succeeded:
         raise ApiError(409, f"Only a succeeded job can be selected; {job.id} is {job.status}", param="job_id")
-    row = session.get(Selection, job.training_file_id)
-    if row is None:
-        row = Selection(file_id=job.training_file_id, tenant_id=job.tenant_id, job_id=job.id)
-        session.add(row)
-    else:
-        row.job_id, row.created_at = job.id, utcnow()
+    row = select_job_for_file(session, job)
     session.commit()
     return SelectionPublic(
         file_id=row.file_id, job_id=job.id, fine_tuned_model=job.fine_tuned_model, created_at=unix(row.created_at)

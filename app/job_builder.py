@@ -1,0 +1,81 @@
+"""Checks and construction of a job row, shared by POST /v1/fine_tuning/jobs and POST /v1/sweeps."""
+
+from __future__ import annotations
+
+import secrets
+
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.errors import ApiError
+from app.job_state import add_event
+from app.models import File, Job, JobStatus, Tenant
+from app.schemas import JobCreate, resolve_spec
+
+
+def check_model(settings: Settings, model: str, param: str = "model") -> str:
+    """The model's source (hub id or directory) if this server allows it; a 400 naming `param` if not."""
+    source = settings.resolved_models().get(model)
+    if source is None:
+        allowed = ", ".join(settings.public_model_ids()) or "none configured"
+        raise ApiError(
+            400,
+            f"Model '{model}' is not available on this server (allowed: {allowed})",
+            param=param,
+            code="model_not_available",
+        )
+    return source
+
+
+def check_pairing(training: File, validation: File | None) -> None:
+    # Raw text trains on every token; the other shapes on completions. A validation file must match.
+    if validation is not None and (validation.shape == "text") != (training.shape == "text"):
+        raise ApiError(
+            400,
+            f"validation_file has shape '{validation.shape}' but training_file has shape '{training.shape}'",
+            param="validation_file",
+        )
+
+
+def validate_job(settings: Settings, body: JobCreate, param_prefix: str = "") -> str:
+    """What the schema cannot check; returns the model's source. Raises before anything is added."""
+    source = check_model(settings, body.model, param=f"{param_prefix}model")
+    if body.adapter.type == "prompt_tuning" and body.adapter.num_virtual_tokens >= body.training.max_seq_length:
+        raise ApiError(
+            400,
+            "num_virtual_tokens must be smaller than max_seq_length",
+            param=f"{param_prefix}adapter.num_virtual_tokens",
+        )
+    return source
+
+
+def build_job(
+    session: Session,
+    settings: Settings,
+    tenant: Tenant,
+    body: JobCreate,
+    training: File,
+    validation: File | None,
+    *,
+    sweep_id: str | None = None,
+    param_prefix: str = "",
+) -> Job:
+    """Validate what the schema cannot, add the job and its first event to the session (not committed)."""
+    source = validate_job(settings, body, param_prefix)
+    job = Job(
+        tenant_id=tenant.id,
+        model=body.model,
+        model_source=source,
+        training_file_id=training.id,
+        validation_file_id=validation.id if validation else None,
+        suffix=body.suffix,
+        seed=body.seed if body.seed is not None else secrets.randbelow(2**31 - 1),
+        metadata_=body.metadata,
+        spec=resolve_spec(body),
+        status=JobStatus.queued,
+        sweep_id=sweep_id,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, f"Created fine-tuning job {job.id}: {body.adapter.type} on {body.model}")
+    return job

@@ -1,0 +1,154 @@
+"""/v1/sweeps: many candidate jobs on one training file, evaluated on the same rows, the best one selected."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from sqlalchemy import update
+
+from app.deps import CurrentTenant, OwnedSweep, SessionDep, SettingsDep, owned_file
+from app.errors import ApiError
+from app.job_builder import build_job, check_pairing, validate_job
+from app.job_state import add_event
+from app.leaderboard import build_leaderboard
+from app.models import TERMINAL_STATUSES, Job, JobStatus, Selection, Sweep, SweepStatus, utcnow
+from app.pagination import list_page, page_of
+from app.presenters import sweep_public
+from app.queue import enqueue_job
+from app.schemas import ErrorResponse
+from app.sweep_schemas import Leaderboard, RankMetric, SweepCreate, SweepList, SweepPublic
+from app.sweeps import expand_candidates, finalize_if_done, job_request, sweep_jobs
+
+router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
+
+
+@router.post(
+    "",
+    response_model=SweepPublic,
+    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+    summary="Train several candidates on one file (models x adapter types x hyperparameters) and pick the best",
+)
+def create_sweep(
+    body: SweepCreate, request: Request, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep
+) -> SweepPublic:
+    training = owned_file(session, tenant, body.training_file, param="training_file")
+    validation = (
+        owned_file(session, tenant, body.validation_file, param="validation_file") if body.validation_file else None
+    )
+    check_pairing(training, validation)
+    candidates = expand_candidates(body)
+    metric = body.selection_metric
+    if metric == "auto":
+        metric = "eval_loss" if training.shape == "text" else "rougeL"
+    elif training.shape == "text" and metric not in ("eval_loss", "perplexity", "token_accuracy"):
+        raise ApiError(
+            400,
+            f"Raw-text data has no completions to generate, so it cannot be ranked by {metric}; "
+            "use eval_loss, perplexity or token_accuracy",
+            param="selection_metric",
+        )
+    if metric.startswith("bertscore") and "bertscore" not in body.evaluation.metrics:
+        raise ApiError(
+            400, f"selection_metric {metric} needs 'bertscore' in evaluation.metrics", param="selection_metric"
+        )
+    seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 1)
+    requests = [job_request(body, i, name, cand, metric, seed) for i, (name, cand) in enumerate(candidates)]
+    for i, req in enumerate(requests):  # every check before the first row is added: nothing half-stored
+        validate_job(settings, req, param_prefix=f"candidates[{i}].")
+    sweep = Sweep(
+        tenant_id=tenant.id,
+        training_file_id=training.id,
+        validation_file_id=validation.id if validation else None,
+        selection_metric=metric,
+        seed=seed,
+        metadata_=body.metadata,
+        spec={
+            "evaluation": body.evaluation.model_dump(),
+            "candidates": [{"name": name, **cand} for name, cand in candidates],
+        },
+        status=SweepStatus.running,
+    )
+    session.add(sweep)
+    session.flush()
+    # All candidates in one transaction: a bad candidate leaves no sweep and no job behind.
+    jobs = [
+        build_job(
+            session, settings, tenant, req, training, validation, sweep_id=sweep.id, param_prefix=f"candidates[{i}]."
+        )
+        for i, req in enumerate(requests)
+    ]
+    for job in jobs:
+        job.metadata_ = {**(job.metadata_ or {}), "sweep": sweep.id}
+    session.commit()  # commit, then enqueue: the workers must find the rows
+    for job in jobs:
+        enqueue_job(job.id)
+    return sweep_public(sweep, jobs, request)
+
+
+@router.get("", response_model=SweepList, summary="List your sweeps, newest first")
+def list_sweeps(
+    request: Request,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> SweepList:
+    rows, has_more = page_of(session, Sweep, [Sweep.tenant_id == tenant.id], after, limit)
+    return SweepList(**list_page([sweep_public(r, sweep_jobs(session, r.id), request) for r in rows], has_more))
+
+
+@router.get(
+    "/{sweep_id}", response_model=SweepPublic, summary="A sweep: progress of the whole, its candidates, the winner"
+)
+def get_sweep(sweep: OwnedSweep, session: SessionDep, request: Request) -> SweepPublic:
+    return sweep_public(sweep, sweep_jobs(session, sweep.id), request)
+
+
+@router.post(
+    "/{sweep_id}/cancel",
+    response_model=SweepPublic,
+    responses={409: {"model": ErrorResponse}},
+    summary="Cancel every candidate that has not ended; no winner is picked",
+)
+def cancel_sweep(sweep: OwnedSweep, session: SessionDep, request: Request) -> SweepPublic:
+    if sweep.finished_at is not None:
+        raise ApiError(
+            409, f"Sweep {sweep.id} has already {sweep.status}", param="sweep_id", code="sweep_not_cancellable"
+        )
+    sweep.status = SweepStatus.cancelled
+    open_ids = [j.id for j in sweep_jobs(session, sweep.id) if j.status not in TERMINAL_STATUSES]
+    if open_ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(open_ids), Job.status.notin_(TERMINAL_STATUSES))
+            .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow(), eta_s=None)
+        )
+        for job_id in open_ids:
+            add_event(session, job_id, f"Job cancelled with its sweep {sweep.id}")
+    session.commit()
+    finalize_if_done(session, sweep.id)
+    session.refresh(sweep)
+    return sweep_public(sweep, sweep_jobs(session, sweep.id), request)
+
+
+@router.get(
+    "/{sweep_id}/leaderboard",
+    response_model=Leaderboard,
+    summary="The candidates and the base model ranked, with cost and paired bootstrap intervals against the leader",
+)
+def sweep_leaderboard(
+    sweep: OwnedSweep,
+    session: SessionDep,
+    metric: Annotated[RankMetric | None, Query(description="default: the sweep's selection metric")] = None,
+) -> Leaderboard:
+    selection = session.get(Selection, sweep.training_file_id)
+    return build_leaderboard(
+        session,
+        sweep_jobs(session, sweep.id),
+        metric or sweep.selection_metric,
+        file_id=sweep.training_file_id,
+        sweep_id=sweep.id,
+        selected_job_id=selection.job_id if selection else None,
+    )

@@ -1,0 +1,234 @@
+"""The leaderboard's numbers and its ties: values recomputed from per-row scores, paired bootstrap intervals,
+and the rule that among candidates the data cannot tell apart the cheaper one wins.
+
+Jobs are written to the database as a worker leaves them (per-row scores included), then read over HTTP."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from app import stats
+from app.models import Evaluation, EvaluationRow, File, Job, JobStatus, Tenant
+from app.schemas import JobCreate, resolve_spec
+from tests.conftest import MODEL_DIR
+
+N_ROWS = 60
+
+
+# ------------------------------------------------------------------ app.stats, pure
+
+
+def test_value_of_mean_and_token_weighted_metrics():
+    rows = [
+        {"rougeL": 0.5, "nll": 2.0, "loss_tokens": 2, "correct_tokens": 1},
+        {"rougeL": 1.0, "nll": 6.0, "loss_tokens": 6, "correct_tokens": 6},
+        {"nll": 0.0, "loss_tokens": 0, "correct_tokens": 0},  # a row without a generation
+    ]
+    assert stats.value("rougeL", stats.columns("rougeL", rows)) == pytest.approx(0.75)
+    # token-weighted: (2 + 6) / (2 + 6), not the mean of per-row losses
+    assert stats.value("eval_loss", stats.columns("eval_loss", rows)) == pytest.approx(1.0)
+    assert stats.value("perplexity", stats.columns("perplexity", rows)) == pytest.approx(math.e)
+    assert stats.value("token_accuracy", stats.columns("token_accuracy", rows)) == pytest.approx(7 / 8)
+    assert stats.value("bertscore_f1", stats.columns("bertscore_f1", rows)) is None
+
+
+def test_identical_models_are_tied_with_a_zero_interval():
+    rng = random.Random(0)
+    rows = [{"rougeL": rng.random()} for _ in range(N_ROWS)]
+    a = stats.columns("rougeL", rows)
+    d = stats.paired_difference("rougeL", a, stats.columns("rougeL", [dict(r) for r in rows]))
+    assert (d.diff, d.low, d.high, d.tied) == (0.0, 0.0, 0.0, True)
+
+
+def test_a_clearly_better_model_is_not_tied_and_noise_is():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.2, 0.6, N_ROWS)
+    better = stats.columns("rougeL", [{"rougeL": float(v + 0.15)} for v in base])
+    noisy = stats.columns("rougeL", [{"rougeL": float(v + rng.normal(0, 0.05))} for v in base])
+    ref = stats.columns("rougeL", [{"rougeL": float(v)} for v in base])
+    d = stats.paired_difference("rougeL", better, ref)
+    assert d.low > 0.1 and not d.tied and d.diff == pytest.approx(0.15)
+    assert stats.paired_difference("rougeL", noisy, ref).tied  # mean shift ~0 with row noise: no evidence
+
+
+def test_paired_interval_is_narrower_than_separate_intervals():
+    """Row difficulty is shared by both models; pairing removes it."""
+    rng = np.random.default_rng(2)
+    difficulty = rng.uniform(0, 1, N_ROWS)
+    a = stats.columns("rougeL", [{"rougeL": float(v)} for v in difficulty])
+    b = stats.columns("rougeL", [{"rougeL": float(v + 0.03)} for v in difficulty])
+    paired = stats.paired_difference("rougeL", b, a)
+    low_a, high_a = stats.interval("rougeL", a)
+    assert not paired.tied  # a small but consistent gain is detected...
+    assert (paired.high - paired.low) < (high_a - low_a) / 5  # ...because pairing cancels row difficulty
+
+
+def test_lower_is_better_metrics_tie_and_differ_the_same_way():
+    rows = [{"nll": 1.0 + 0.01 * i, "loss_tokens": 10, "correct_tokens": 5} for i in range(N_ROWS)]
+    worse = [{**r, "nll": r["nll"] * 3} for r in rows]
+    d = stats.paired_difference("perplexity", stats.columns("perplexity", worse), stats.columns("perplexity", rows))
+    assert d.diff > 0 and not d.tied
+    assert stats.better("perplexity", 2.0, 3.0) and not stats.better("rougeL", 2.0, 3.0)
+
+
+# ------------------------------------------------------------------ over HTTP
+
+
+def scored_job(
+    db_session,
+    tenant: Tenant,
+    file: File,
+    tuned_rouge: list[float],
+    *,
+    adapter: dict | None = None,
+    trainable: int = 1000,
+    seconds: float = 10.0,
+    sweep_id: str | None = None,
+    status: JobStatus = JobStatus.succeeded,
+) -> Job:
+    """A finished job whose evaluation rows hold per-row ROUGE-L and teacher-forced sums; aggregates are
+    written from the same rows, as the worker does."""
+    body = JobCreate(model="stories260k", training_file=file.id, adapter=adapter or {"type": "lora"})
+    job = Job(
+        tenant_id=tenant.id,
+        model="stories260k",
+        model_source=str(MODEL_DIR),
+        training_file_id=file.id,
+        seed=7,
+        spec=resolve_spec(body),
+        status=status,
+        trainable_params=trainable,
+        total_params=100_000,
+        train_seconds=seconds,
+        trained_tokens=5000,
+        peak_memory_bytes=123 << 20,
+        sweep_id=sweep_id,
+    )
+    db_session.add(job)
+    db_session.flush()
+    job.fine_tuned_model = f"ft:stories260k:{tenant.id}::{job.id}"
+    if status != JobStatus.succeeded:
+        db_session.commit()
+        return job
+    base_rows, tuned_rows = [], []
+    for i, r in enumerate(tuned_rouge):
+        base_scores = {"rougeL": 0.05, "nll": 40.0, "loss_tokens": 10, "correct_tokens": 1}
+        tuned_scores = {"rougeL": r, "nll": 10.0 * (1.2 - r), "loss_tokens": 10, "correct_tokens": int(10 * r)}
+        base_rows.append(base_scores)
+        tuned_rows.append(tuned_scores)
+        db_session.add(
+            EvaluationRow(
+                job_id=job.id,
+                row_index=i,
+                prompt=f"Q{i}",
+                reference=f"SELECT {i}",
+                base_output="x",
+                tuned_output=f"SELECT {i}",
+                base_scores=base_scores,
+                tuned_scores=tuned_scores,
+            )
+        )
+    for subject, rows in (("base", base_rows), ("tuned", tuned_rows)):
+        metrics = {
+            m: stats.value(m, stats.columns(m, rows)) for m in ("rougeL", "eval_loss", "perplexity", "token_accuracy")
+        }
+        db_session.add(Evaluation(job_id=job.id, subject=subject, metrics=metrics, num_rows=len(rows)))
+    db_session.commit()
+    return job
+
+
+def board(client, auth, file_id, **params):
+    r = client.get(f"/v1/files/{file_id}/leaderboard", headers=auth, params=params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def rows_by_job(body):
+    return {row["job_id"]: row for row in body["data"] if row["job_id"]}
+
+
+def test_two_identical_candidates_are_tied_and_the_cheaper_wins(client, auth, db_session, acme, train_file):
+    scores = [0.3 + 0.4 * ((i * 37) % 11) / 10 for i in range(N_ROWS)]
+    big = scored_job(db_session, acme, train_file, scores, trainable=50_000, seconds=5.0)
+    small = scored_job(db_session, acme, train_file, list(scores), trainable=2_000, seconds=9.0)
+    body = board(client, auth, train_file.id, metric="rougeL")
+    rows = rows_by_job(body)
+    assert rows[big.id]["value"] == rows[small.id]["value"]
+    for job in (big, small):
+        vs = rows[job.id]["vs_leader"]
+        assert vs["tied"] is True and vs["low"] == vs["high"] == vs["diff"] == 0.0
+    assert body["winner_job_id"] == small.id  # tied: fewer trainable parameters wins
+    assert rows[small.id]["winner"] and not rows[big.id]["winner"]
+    assert rows[small.id]["cost"]["trainable_params"] == 2_000
+    assert rows[small.id]["cost"]["tokens_per_second"] == pytest.approx(5000 / 9.0)
+    assert rows[small.id]["cost"]["trainable_share"] == pytest.approx(0.02)
+
+
+def test_a_clearly_better_candidate_wins_even_when_dearer(client, auth, db_session, acme, train_file):
+    scores = [0.3 + 0.3 * ((i * 37) % 11) / 10 for i in range(N_ROWS)]
+    cheap = scored_job(db_session, acme, train_file, scores, trainable=1_000)
+    better = scored_job(db_session, acme, train_file, [s + 0.2 for s in scores], trainable=90_000, seconds=60.0)
+    body = board(client, auth, train_file.id, metric="rougeL")
+    rows = rows_by_job(body)
+    assert body["leader_job_id"] == body["winner_job_id"] == better.id
+    vs = rows[cheap.id]["vs_leader"]
+    assert vs["tied"] is False and vs["high"] < 0 and vs["diff"] == pytest.approx(-0.2)
+    assert [r["job_id"] for r in body["data"]][:2] == [better.id, cheap.id]
+    base = next(r for r in body["data"] if r["kind"] == "base")
+    assert base["rank"] == 3 and base["vs_leader"]["tied"] is False and base["value"] == pytest.approx(0.05)
+    # ranked by a lower-is-better metric, the order and the winner hold too
+    ppl = board(client, auth, train_file.id, metric="perplexity")
+    assert ppl["higher_is_better"] is False and ppl["winner_job_id"] == better.id
+
+
+def test_leaderboard_numbers_are_the_stored_rows_recomputed(client, auth, db_session, acme, train_file):
+    rng = random.Random(5)
+    scores = [rng.random() for _ in range(N_ROWS)]
+    job = scored_job(db_session, acme, train_file, scores)
+    row = rows_by_job(board(client, auth, train_file.id))[job.id]
+    stored = db_session.scalars(select(EvaluationRow).where(EvaluationRow.job_id == job.id)).all()
+    nll = sum(r.tuned_scores["nll"] for r in stored)
+    tokens = sum(r.tuned_scores["loss_tokens"] for r in stored)
+    assert row["metrics"]["rougeL"] == pytest.approx(sum(scores) / len(scores), abs=1e-12)
+    assert row["metrics"]["eval_loss"] == pytest.approx(nll / tokens, abs=1e-12)
+    assert row["metrics"]["perplexity"] == pytest.approx(math.exp(nll / tokens))
+    assert row["value_ci"]["low"] < row["value"] < row["value_ci"]["high"]
+    assert row["num_rows"] == N_ROWS
+
+
+def test_jobs_on_different_rows_are_not_paired(client, auth, db_session, acme, train_file):
+    a = scored_job(db_session, acme, train_file, [0.5] * N_ROWS)
+    b = scored_job(db_session, acme, train_file, [0.4] * N_ROWS)
+    for r in db_session.scalars(select(EvaluationRow).where(EvaluationRow.job_id == b.id)):
+        r.prompt = "another prompt " + r.prompt
+    db_session.commit()
+    rows = rows_by_job(board(client, auth, train_file.id, metric="rougeL"))
+    assert rows[a.id]["vs_leader"]["tied"] is True  # the leader itself
+    assert rows[b.id]["vs_leader"] is None  # not comparable row by row, so never called tied
+    assert rows[a.id]["winner"]
+
+
+def test_raw_text_leaderboard_ranks_by_loss_and_says_why_rouge_is_missing(client, auth, db_session, acme, train_file):
+    job = scored_job(db_session, acme, train_file, [0.5] * N_ROWS)
+    ev = db_session.scalar(select(Evaluation).where(Evaluation.job_id == job.id, Evaluation.subject == "tuned"))
+    reason = "raw-text dataset: there is no reference completion to generate against"
+    ev.metrics = {k: v for k, v in ev.metrics.items() if k != "rougeL"}
+    ev.details = {"skipped": {"rouge": reason}}
+    db_session.query(Evaluation).filter(Evaluation.job_id == job.id, Evaluation.subject == "base").update(
+        {"metrics": {"eval_loss": 4.0, "perplexity": math.exp(4.0)}}
+    )
+    for r in db_session.scalars(select(EvaluationRow).where(EvaluationRow.job_id == job.id)):
+        r.tuned_scores = {k: v for k, v in r.tuned_scores.items() if k != "rougeL"}
+        r.base_scores = {k: v for k, v in r.base_scores.items() if k != "rougeL"}
+    db_session.commit()
+    body = board(client, auth, train_file.id)
+    assert body["metric"] == "eval_loss" and body["higher_is_better"] is False
+    assert body["skipped"] == {"rouge": reason}
+    assert "rougeL" not in rows_by_job(body)[job.id]["metrics"]  # absent, not zero
+    rouge = board(client, auth, train_file.id, metric="rougeL")
+    assert all(r["value"] is None for r in rouge["data"]) and rouge["winner_job_id"] is None

@@ -1,0 +1,198 @@
+"""The training child's run() in-process against the test database, without Celery: what a finished job
+leaves in the database and on disk (per-row evaluation, evaluated checkpoints with archives, cost figures)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import tarfile
+import uuid
+
+import pytest
+from sqlalchemy import select
+
+from tests.conftest import DATASETS, MODEL_DIR
+
+
+def _file(s, settings, tenant_id: str, rows: list[dict], separator: str | None):
+    from app.datasets import validate_file
+    from app.models import File
+    from worker.artifacts import sha256_of
+
+    file_id = f"file-{uuid.uuid4().hex[:24]}"
+    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.uploads_dir / file_id
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = validate_file(path, "data.jsonl", completion_separator=separator)
+    row = File(
+        id=file_id,
+        tenant_id=tenant_id,
+        filename="data.jsonl",
+        purpose="fine-tune",
+        bytes=path.stat().st_size,
+        sha256=sha256_of(path),
+        format=summary.format,
+        shape=summary.shape,
+        num_rows=summary.num_rows,
+        token_estimate=summary.token_estimate,
+        completion_separator=separator,
+        storage_name=file_id,
+    )
+    s.add(row)
+    return row
+
+
+@pytest.fixture(autouse=True)
+def _no_timed_checkpoints(monkeypatch):
+    """Only epoch ends and evaluations checkpoint, however slow the machine: the steps are then known."""
+    from app.config import get_settings
+
+    monkeypatch.setattr(get_settings(), "checkpoint_every_s", 3600.0)
+
+
+def run_job(body: dict, train_rows: list[dict], val_rows: list[dict] | None, separator: str | None) -> str:
+    """A running job (attempt 1) on fresh files, run by the child's run() in this process."""
+    from app.config import get_settings
+    from app.db import get_sessionmaker
+    from app.models import Job, JobStatus, Tenant
+    from app.schemas import JobCreate, resolve_spec
+    from worker.child import JobContext, run
+
+    settings = get_settings()
+    with get_sessionmaker()() as s:
+        tenant = Tenant(name=f"child-{uuid.uuid4().hex[:8]}")
+        s.add(tenant)
+        s.flush()
+        train = _file(s, settings, tenant.id, train_rows, separator)
+        val = _file(s, settings, tenant.id, val_rows, separator) if val_rows else None
+        spec = JobCreate(model="stories260k", training_file=train.id, **body)
+        job = Job(
+            tenant_id=tenant.id,
+            model="stories260k",
+            model_source=str(MODEL_DIR),
+            training_file_id=train.id,
+            validation_file_id=val.id if val else None,
+            seed=7,
+            spec=resolve_spec(spec),
+            status=JobStatus.running,
+            attempt=1,
+        )
+        s.add(job)
+        s.commit()
+        job_id = job.id
+    run(JobContext(job_id, 1))
+    return job_id
+
+
+def sql_rows(name: str, n: int) -> list[dict]:
+    with open(DATASETS / "wikisql" / name) as fh:
+        return [json.loads(line) for line in itertools.islice(fh, n)]
+
+
+def stored(job_id: str):
+    from app.db import get_sessionmaker
+    from app.models import Checkpoint, Evaluation, EvaluationRow, Job, JobEvent
+
+    with get_sessionmaker()() as s:
+        job = s.get(Job, job_id)
+        evals = {e.subject: e for e in s.scalars(select(Evaluation).where(Evaluation.job_id == job_id))}
+        rows = list(
+            s.scalars(select(EvaluationRow).where(EvaluationRow.job_id == job_id).order_by(EvaluationRow.row_index))
+        )
+        ckpts = list(s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)))
+        events = list(s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)))
+        s.expunge_all()
+    return job, evals, rows, ckpts, events
+
+
+def check_recomputable(metrics: dict, scores: list[dict | None]) -> None:
+    tf = [r for r in scores if r and "nll" in r]
+    tokens = sum(r["loss_tokens"] for r in tf)
+    assert metrics["eval_loss"] == sum(r["nll"] for r in tf) / tokens
+    assert metrics["perplexity"] == math.exp(min(metrics["eval_loss"], 50.0))
+    assert metrics["token_accuracy"] == sum(r["correct_tokens"] for r in tf) / tokens
+    for key in ("rouge1", "rougeL"):
+        have = [r[key] for r in scores if r and key in r]
+        if key in metrics:
+            assert metrics[key] == sum(have) / len(have)
+        else:
+            assert not have
+
+
+def test_child_lora_job_stores_rows_checkpoints_and_costs(database):
+    from app.config import get_settings
+    from worker.artifacts import sha256_of
+
+    body = {
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 8}}},
+        "adapter": {"type": "lora", "r": 4, "dropout": 0.0},
+        "training": {"learning_rate": 5e-3},
+        "evaluation": {
+            "metrics": ["rouge", "perplexity", "token_accuracy"],
+            "max_rows": 6,
+            "max_new_tokens": 12,
+            "eval_every_steps": 4,
+        },
+    }
+    job_id = run_job(body, sql_rows("train.jsonl", 40), sql_rows("test.jsonl", 10), "\nA: ")
+    job, evals, rows, ckpts, events = stored(job_id)
+    assert job.status == "succeeded", (job.error, events)
+    assert job.step == 10 and job.epoch == 2.0 and job.trained_tokens > 0
+    assert 0 < job.train_seconds and job.peak_memory_bytes > 10 * 2**20
+    assert [(c.step, c.evaluated) for c in ckpts] == [(4, True), (5, False), (8, True), (10, True)]
+    jobs_dir = get_settings().jobs_dir
+    for c in ckpts:
+        if c.evaluated:  # each evaluated step has its own archive, with its own card
+            assert {"eval_loss", "rougeL", "train_loss"} <= set(c.metrics)
+            path = jobs_dir / c.adapter_name
+            assert path.is_file() and sha256_of(path) == c.adapter_sha256 and path.stat().st_size == c.adapter_bytes
+            with tarfile.open(path) as tar:
+                card = tar.extractfile("adapter/README.md").read().decode()
+                assert "adapter/adapter_model.safetensors" in tar.getnames()
+            assert f"step {c.step}" in card
+        else:
+            assert c.adapter_name is None
+    assert [r.row_index for r in rows] == list(range(6))
+    assert all(r.reference and r.base_output is not None and r.tuned_output is not None for r in rows)
+    for subject, column in (("base", "base_scores"), ("tuned", "tuned_scores")):
+        assert evals[subject].num_rows == 6
+        check_recomputable(evals[subject].metrics, [getattr(r, column) for r in rows])
+    assert any(m.startswith("Step 4 (epoch 0.80) evaluated: eval_loss") for m in events)
+
+
+def test_child_full_job_on_raw_text(database):
+    """Full fine-tuning on raw text: every row stored (text as prompt, no generation), a full model shipped."""
+    from app.config import get_settings
+
+    body = {
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 8}}},
+        "adapter": {"type": "full"},
+        "training": {"learning_rate": 1e-3, "validation_split": 0.2},
+        "evaluation": {"max_rows": 8},
+    }
+    job_id = run_job(body, sql_rows("train.jsonl", 30), None, None)
+    job, evals, rows, ckpts, events = stored(job_id)
+    assert job.status == "succeeded", (job.error, events)
+    assert job.trainable_params == job.total_params > 0
+    assert [(c.step, c.evaluated) for c in ckpts] == [(3, True), (6, True)]
+    assert len(rows) == 6 and all(r.reference == "" and r.base_output is None for r in rows)
+    assert all(r.prompt and "\nA: " in r.prompt for r in rows)
+    check_recomputable(evals["tuned"].metrics, [r.tuned_scores for r in rows])
+    assert evals["tuned"].details["skipped"]["rouge"].startswith("raw-text")
+    with tarfile.open(get_settings().jobs_dir / job.adapter_name) as tar:
+        names = set(tar.getnames())
+        card = tar.extractfile("adapter/README.md").read().decode()
+    assert {"adapter/model.safetensors", "adapter/config.json"} <= names
+    assert "PeftModel" not in card
+
+
+def test_child_refuses_full_finetune_of_a_large_model(database, monkeypatch):
+    from app.config import get_settings
+    from worker.child import UserError
+
+    monkeypatch.setattr(get_settings(), "full_finetune_max_params", 1000)  # stories260k has ~260k
+    body = {"adapter": {"type": "full"}, "evaluation": {"max_rows": 2}}
+    with pytest.raises(UserError) as err:
+        run_job(body, sql_rows("train.jsonl", 10), None, "\nA: ")
+    assert err.value.code == "model_too_large_for_full"
