@@ -485,7 +485,8 @@ def test_worker_outputs_equal_plain_generation_with_base_and_adapters(trained, t
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from worker.compare import plain_4bit_kernels_on_cpu, run_comparison
+    from worker.compare import run_comparison
+    from worker.modeling import plain_4bit_kernels_on_cpu
     from worker.modeling import load_base_model
 
     kinds = ["lora", "prompt_tuning", "full", "qlora"]  # the LoRA is unloaded before prompt tuning is applied

@@ -316,3 +316,16 @@ def test_evaluated_checkpoints_keep_weights_and_drop_trainer_state(tok, tmp_path
     for name, p in restored.named_parameters():
         if p.requires_grad:
             assert torch.equal(p, weights_at[2][name]), name
+
+
+def test_qlora_base_evaluates_on_a_cpu_with_any_layer_width(tok):
+    """bitsandbytes repacks 4-bit weights for an AVX512-BF16 kernel on the first no-grad CPU forward and asserts
+    widths divisible by 32; stories260k's MLP is 172 wide. load_base_model turns that kernel off on CPUs, so
+    base and tuned evaluation of a QLoRA job work on every CPU (they crashed on AVX512-BF16 machines)."""
+    model = load_base_model(SRC, adapter("qlora"), CPU)
+    model.eval()
+    ids = torch.tensor([tok("Q: how many rows?\nA:", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert torch.isfinite(logits).all()
+    assert all(not getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules())

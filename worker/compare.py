@@ -230,17 +230,6 @@ def _remove_adapter(peft_model):
     return base
 
 
-def plain_4bit_kernels_on_cpu(model, device) -> None:
-    """bitsandbytes repacks 4-bit weights for its AVX512-BF16 CPU kernel on the first inference call, which
-    asserts that every layer's output size is a multiple of 32 (false for small models, e.g. an MLP width of
-    172). On a CPU, use its plain kernel instead; GPUs never take that path."""
-    if device.type != "cpu":
-        return
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-
-
 def _release(device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -302,7 +291,6 @@ def generate_outputs(infos: list[JobInfo], prompts: list[str], max_new_tokens: i
             except ModelRefused as exc:
                 raise ComparisonError(getattr(exc, "code", "model_refused"), str(exc)) from exc
             model.eval()
-            plain_4bit_kernels_on_cpu(model, device)
             return model
 
         base = load_base()

@@ -153,7 +153,20 @@ def load_base_model(source: str, adapter: dict, device: torch.device, max_full_p
     model.config.use_cache = False
     for param in model.parameters():
         param.requires_grad_(False)
+    if quant is not None:
+        plain_4bit_kernels_on_cpu(model, device)
     return model
+
+
+def plain_4bit_kernels_on_cpu(model, device) -> None:
+    """bitsandbytes repacks 4-bit weights for its AVX512-BF16 CPU kernel on the first inference call, which
+    asserts that every layer's output size is a multiple of 32 (false for small models, e.g. an MLP width of
+    172). On a CPU, use its plain kernel instead; GPUs never take that path."""
+    if device.type != "cpu":
+        return
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def wrap_for_training(
