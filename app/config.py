@@ -53,6 +53,12 @@ class Settings(BaseSettings):
         description="largest base model (parameters) a full fine-tuning job may train: fp32 weights, gradients "
         "and AdamW's two moments take about 16 bytes per parameter",
     )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads per training child (torch.set_num_threads); on a CPU host running several workers "
+        "set cores / workers, since oversubscribed threads spin and slow every job; unset: torch's default",
+    )
     share_secret: str | None = Field(
         None,
         description="signs the read-only links of sweep pages; default: a random secret kept in data_dir "

@@ -486,8 +486,7 @@ def test_worker_outputs_equal_plain_generation_with_base_and_adapters(trained, t
     from transformers import AutoModelForCausalLM
 
     from worker.compare import run_comparison
-    from worker.modeling import plain_4bit_kernels_on_cpu
-    from worker.modeling import load_base_model
+    from worker.modeling import load_base_model, plain_4bit_kernels_on_cpu
 
     kinds = ["lora", "prompt_tuning", "full", "qlora"]  # the LoRA is unloaded before prompt tuning is applied
     cmp_id = new_comparison(trained, kinds)

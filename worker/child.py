@@ -241,6 +241,8 @@ def run(ctx: JobContext) -> None:
     from worker.training import Hooks, TrainConfig, load_trainable_weights, train
 
     settings = ctx.settings
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     with ctx.Session() as s:
         job = s.get(Job, ctx.job_id)
         train_file = s.get(File, job.training_file_id)

@@ -369,8 +369,13 @@ def compare(self, comparison_id: str) -> str:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s compare %(levelname)s %(message)s")
-    if get_settings().hf_offline:
+    settings = get_settings()
+    if settings.hf_offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     run_comparison(argv[0])
     return 0
 
