@@ -7,6 +7,7 @@ import secrets
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.deps import owned_file
 from app.errors import ApiError
 from app.job_state import add_event
 from app.models import File, Job, JobStatus, Tenant
@@ -47,6 +48,16 @@ def validate_job(settings: Settings, body: JobCreate, param_prefix: str = "") ->
             param=f"{param_prefix}adapter.num_virtual_tokens",
         )
     return source
+
+
+def training_files(
+    session: Session, tenant: Tenant, training_id: str, validation_id: str | None
+) -> tuple[File, File | None]:
+    """The tenant's training file and optional validation file, checked to be of matching kinds."""
+    training = owned_file(session, tenant, training_id, param="training_file")
+    validation = owned_file(session, tenant, validation_id, param="validation_file") if validation_id else None
+    check_pairing(training, validation)
+    return training, validation
 
 
 def build_job(

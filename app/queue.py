@@ -18,38 +18,31 @@ def producer() -> Celery:
     return make_celery(get_settings())
 
 
-def enqueue_job(job_id: str) -> bool:
-    """Send the job id to the training queue. A broker outage is not the client's error: the job stays
-    queued in the database and the reconciler sends it again, so this only logs and returns False."""
+def _send(task: str, object_id: str) -> bool:
     try:
         producer().send_task(
-            TRAIN_TASK,
-            args=[job_id],
+            task,
+            args=[object_id],
             queue=get_settings().queue_name,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
         return True
     except Exception:  # kombu raises several connection error types
-        log.exception("could not enqueue %s; the reconciler will retry", job_id)
+        log.exception("could not enqueue %s %s", task, object_id)
         return False
+
+
+def enqueue_job(job_id: str) -> bool:
+    """Send the job id to the training queue. A broker outage is not the client's error: the job stays
+    queued in the database and the reconciler sends it again, so this only logs and returns False."""
+    return _send(TRAIN_TASK, job_id)
 
 
 def enqueue_comparison(comparison_id: str) -> bool:
     """Send a comparison id to the same queue the training workers consume. False when the broker is away
     (nothing resends comparisons, so the caller marks the comparison failed)."""
-    try:
-        producer().send_task(
-            COMPARE_TASK,
-            args=[comparison_id],
-            queue=get_settings().queue_name,
-            retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-        )
-        return True
-    except Exception:  # kombu raises several connection error types
-        log.exception("could not enqueue comparison %s", comparison_id)
-        return False
+    return _send(COMPARE_TASK, comparison_id)
 
 
 def broker_reachable(timeout: float = 2.0) -> bool:

@@ -23,7 +23,7 @@ from app.models import (
     utcnow,
 )
 from app.schemas import JobCreate
-from app.sweep_schemas import GRID_KEYS, MAX_CANDIDATES, SweepCreate
+from app.sweep_schemas import GRID_KEYS, MAX_CANDIDATES, Leaderboard, SweepCreate
 
 log = logging.getLogger("ftaas.sweeps")
 
@@ -147,6 +147,19 @@ def select_job(session: Session, job: Job) -> Selection:
 
 def sweep_jobs(session: Session, sweep_id: str) -> list[Job]:
     return list(session.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.created_at, Job.id)))
+
+
+def sweep_board(session: Session, sweep: Sweep, metric: str | None = None) -> Leaderboard:
+    """The sweep's leaderboard by `metric` (default: its selection metric), with the file's selection."""
+    selection = session.get(Selection, sweep.training_file_id)
+    return build_leaderboard(
+        session,
+        sweep_jobs(session, sweep.id),
+        metric or sweep.selection_metric,
+        file_id=sweep.training_file_id,
+        sweep_id=sweep.id,
+        selected_job_id=selection.job_id if selection else None,
+    )
 
 
 def finalize_if_done(session: Session, sweep_id: str) -> bool:

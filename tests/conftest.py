@@ -162,27 +162,33 @@ def acme(db_session, auth):
     return db_session.scalar(select(Tenant).where(Tenant.name == "acme"))
 
 
-@pytest.fixture
-def train_file(db_session, acme):
-    """A prompt/completion training file row of acme's (its content is never read by these tests)."""
+def make_file_row(session, tenant, **over):
+    """A processed training file row (its content is never read by the tests that use it)."""
     from app.models import File, new_id
 
-    row = File(
-        id=new_id("file"),
-        tenant_id=acme.id,
-        filename="train.jsonl",
-        purpose="fine-tune",
-        bytes=100,
-        sha256="0" * 64,
-        format="jsonl",
-        shape="prompt_completion",
-        num_rows=600,
-        token_estimate=500,
-    )
-    row.storage_name = row.id
-    db_session.add(row)
-    db_session.commit()
+    values = {
+        "id": new_id("file"),
+        "tenant_id": tenant.id,
+        "filename": "train.jsonl",
+        "purpose": "fine-tune",
+        "bytes": 100,
+        "sha256": "0" * 64,
+        "format": "jsonl",
+        "shape": "prompt_completion",
+        "num_rows": 600,
+        "token_estimate": 500,
+        **over,
+    }
+    row = File(storage_name=values["id"], **values)
+    session.add(row)
+    session.commit()
     return row
+
+
+@pytest.fixture
+def train_file(db_session, acme):
+    """A prompt/completion training file row of acme's."""
+    return make_file_row(db_session, acme)
 
 
 @pytest.fixture(scope="session", autouse=True)

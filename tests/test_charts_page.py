@@ -16,6 +16,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from app.models import Checkpoint, JobEvent, Sweep, Tenant
+from tests.conftest import make_file_row
 from tests.test_leaderboard import N_ROWS, scored_job
 
 
@@ -141,28 +142,13 @@ def live_server(database):
 def test_sweep_page_in_headless_chromium(live_server, tmp_path):
     from app.auth import create_key
     from app.db import get_sessionmaker
-    from app.models import File, new_id
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Debian's chromium is needed (scripts/test.sh installs it)"
     with get_sessionmaker()() as s:
         create_key(s, "page-tenant")
         tenant = s.scalar(select(Tenant).where(Tenant.name == "page-tenant"))
-        f = File(
-            id=new_id("file"),
-            tenant_id=tenant.id,
-            filename="t.jsonl",
-            purpose="fine-tune",
-            bytes=1,
-            sha256="0" * 64,
-            format="jsonl",
-            shape="prompt_completion",
-            num_rows=600,
-            token_estimate=1,
-        )
-        f.storage_name = f.id
-        s.add(f)
-        s.commit()
+        f = make_file_row(s, tenant)
         sweep, jobs = make_sweep(s, tenant, f)
         from app.sweeps import finalize_if_done
 

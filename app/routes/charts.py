@@ -14,13 +14,13 @@ from sqlalchemy.orm import Session
 
 from app import charts
 from app.deps import OwnedJob, SessionDep, ViewableSweep
-from app.leaderboard import build_leaderboard, candidate_name
+from app.leaderboard import candidate_name
 from app.metric_names import METRIC_NAMES
-from app.models import Checkpoint, Job, JobEvent, Selection, Sweep
+from app.models import Checkpoint, Job, JobEvent
 from app.presenters import unix
 from app.share_links import make_token
 from app.sweep_schemas import RankMetric
-from app.sweeps import sweep_jobs
+from app.sweeps import sweep_board, sweep_jobs
 
 router = APIRouter(tags=["charts"])
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parents[1] / "templates"))  # autoescapes HTML
@@ -62,18 +62,6 @@ def job_loss_chart(job: OwnedJob, session: SessionDep) -> Response:
     return _png(charts.loss_curves_png({candidate_name(job): loss_series(session, job)}, f"{job.id} loss"))
 
 
-def _board(session: Session, sweep: Sweep, metric: str | None):
-    selection = session.get(Selection, sweep.training_file_id)
-    return build_leaderboard(
-        session,
-        sweep_jobs(session, sweep.id),
-        metric or sweep.selection_metric,
-        file_id=sweep.training_file_id,
-        sweep_id=sweep.id,
-        selected_job_id=selection.job_id if selection else None,
-    )
-
-
 @router.get(
     "/v1/sweeps/{sweep_id}/charts/metric.png",
     response_class=Response,
@@ -81,7 +69,7 @@ def _board(session: Session, sweep: Sweep, metric: str | None):
     summary="Each candidate's metric with its bootstrap interval, winner and ties marked (PNG)",
 )
 def sweep_metric_chart(sweep: ViewableSweep, session: SessionDep, metric: RankMetric | None = None) -> Response:
-    return _png(charts.metric_bars_png(_board(session, sweep, metric)))
+    return _png(charts.metric_bars_png(sweep_board(session, sweep, metric)))
 
 
 @router.get(
@@ -96,7 +84,7 @@ def sweep_cost_chart(
     metric: RankMetric | None = None,
     cost: CostName = "train_seconds",
 ) -> Response:
-    return _png(charts.cost_scatter_png(_board(session, sweep, metric), cost))
+    return _png(charts.cost_scatter_png(sweep_board(session, sweep, metric), cost))
 
 
 @router.get(
@@ -121,7 +109,7 @@ def sweep_page(
     session: SessionDep,
     metric: Annotated[RankMetric | None, Query()] = None,
 ) -> HTMLResponse:
-    board = _board(session, sweep, metric)
+    board = sweep_board(session, sweep, metric)
     token = make_token("sweep", sweep.id)
     jobs = sweep_jobs(session, sweep.id)
     response = templates.TemplateResponse(

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select, update
 
-from app.deps import CurrentTenant, OwnedJob, SessionDep, SettingsDep, owned_file
+from app.deps import CurrentTenant, OwnedJob, SessionDep, SettingsDep
 from app.errors import ApiError
-from app.job_builder import build_job, check_pairing
+from app.job_builder import build_job, training_files
 from app.job_state import add_event, after_job_ended
 from app.models import TERMINAL_STATUSES, Checkpoint, Job, JobEvent, JobStatus, utcnow
 from app.pagination import list_page, page_of
@@ -27,11 +27,7 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"])
     summary="Create a fine-tuning job (LoRA, QLoRA or prompt tuning), queued for a GPU worker",
 )
 def create_job(body: JobCreate, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep) -> JobPublic:
-    training = owned_file(session, tenant, body.training_file, param="training_file")
-    validation = (
-        owned_file(session, tenant, body.validation_file, param="validation_file") if body.validation_file else None
-    )
-    check_pairing(training, validation)
+    training, validation = training_files(session, tenant, body.training_file, body.validation_file)
     job = build_job(session, settings, tenant, body, training, validation)
     session.commit()  # commit, then enqueue: the worker must find the row
     enqueue_job(job.id)

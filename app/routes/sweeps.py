@@ -8,18 +8,17 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import update
 
-from app.deps import CurrentTenant, OwnedSweep, SessionDep, SettingsDep, owned_file
+from app.deps import CurrentTenant, OwnedSweep, SessionDep, SettingsDep
 from app.errors import ApiError
-from app.job_builder import build_job, check_pairing, validate_job
+from app.job_builder import build_job, training_files, validate_job
 from app.job_state import add_event
-from app.leaderboard import build_leaderboard
-from app.models import TERMINAL_STATUSES, Job, JobStatus, Selection, Sweep, SweepStatus, utcnow
+from app.models import TERMINAL_STATUSES, Job, JobStatus, Sweep, SweepStatus, utcnow
 from app.pagination import list_page, page_of
 from app.presenters import sweep_public
 from app.queue import enqueue_job
 from app.schemas import ErrorResponse
 from app.sweep_schemas import Leaderboard, RankMetric, SweepCreate, SweepList, SweepPublic
-from app.sweeps import expand_candidates, finalize_if_done, job_request, sweep_jobs
+from app.sweeps import expand_candidates, finalize_if_done, job_request, sweep_board, sweep_jobs
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 
@@ -33,11 +32,7 @@ router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 def create_sweep(
     body: SweepCreate, request: Request, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep
 ) -> SweepPublic:
-    training = owned_file(session, tenant, body.training_file, param="training_file")
-    validation = (
-        owned_file(session, tenant, body.validation_file, param="validation_file") if body.validation_file else None
-    )
-    check_pairing(training, validation)
+    training, validation = training_files(session, tenant, body.training_file, body.validation_file)
     candidates = expand_candidates(body)
     metric = body.selection_metric
     if metric == "auto":
@@ -143,12 +138,4 @@ def sweep_leaderboard(
     session: SessionDep,
     metric: Annotated[RankMetric | None, Query(description="default: the sweep's selection metric")] = None,
 ) -> Leaderboard:
-    selection = session.get(Selection, sweep.training_file_id)
-    return build_leaderboard(
-        session,
-        sweep_jobs(session, sweep.id),
-        metric or sweep.selection_metric,
-        file_id=sweep.training_file_id,
-        sweep_id=sweep.id,
-        selected_job_id=selection.job_id if selection else None,
-    )
+    return sweep_board(session, sweep, metric)
