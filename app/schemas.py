@@ -102,6 +102,11 @@ class TrainingSpec(Strict):
         0.1, gt=0, lt=0.5, description="held-out share of the training file when no validation_file is given"
     )
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
+    packing: bool = Field(
+        True,
+        description="lora/qlora/full: pack several examples into each max_seq_length row (no padding, examples "
+        "never attend to each other, same loss): faster when examples are shorter than max_seq_length",
+    )
 
 
 class EvaluationSpec(Strict):

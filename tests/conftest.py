@@ -179,7 +179,7 @@ def make_file_row(session, tenant, **over):
         "token_estimate": 500,
         **over,
     }
-    row = File(storage_name=values["id"], **values)
+    row = File(**{"storage_name": values["id"], **values})
     session.add(row)
     session.commit()
     return row

@@ -144,10 +144,15 @@ def test_upload_train_evaluate_download(service, tmp_path):
     text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
     assert text == sample["tuned_output"]  # the downloaded adapter reproduces the service's own output
 
-    # The leaderboard on the training file ranks the three jobs and the base model; selection sticks.
+    # The leaderboard on the training file ranks the three jobs and the base model, once per set of evaluation
+    # rows (the LoRA job was scored on the test file, the others on held-out training rows); selection sticks.
     board = c.get(f"/v1/files/{train['id']}/leaderboard", params={"metric": "rougeL"}).json()
     kinds = [row["kind"] for row in board["data"]]
-    assert kinds.count("fine-tuned") == 3 and kinds.count("base") == 1
+    assert kinds.count("fine-tuned") == 3 and kinds.count("base") == 2
+    rows = {row["job_id"]: row for row in board["data"] if row["job_id"]}
+    assert rows[lora_id]["rank"] == 1 and rows[lora_id]["vs_leader"]["tied"]  # the leader
+    other = rows[submitted["qlora"][0]]
+    assert other["vs_leader"] is None  # scored on other rows: never paired with the leader, never "tied"
     assert c.post(f"/v1/fine_tuning/jobs/{lora_id}/select").status_code == 200
     board = c.get(f"/v1/files/{train['id']}/leaderboard").json()
     assert board["selected_job_id"] == lora_id

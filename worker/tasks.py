@@ -12,14 +12,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from celery.signals import worker_ready
+from celery import bootsteps
+from celery.signals import worker_process_init
 
 from app.config import get_settings
-from app.db import get_sessionmaker
+from app.db import get_engine, get_sessionmaker
 from app.job_state import claim_job, finish_job, release_for_retry, renew_lease, take_orphaned_jobs
 from app.models import Job, JobStatus
 from app.sweeps import finalize_open_sweeps
@@ -144,16 +144,41 @@ def reconcile_once() -> int:
     return len(ids)
 
 
-def _reconcile_forever() -> None:
-    settings = get_settings()
-    while True:
-        time.sleep(settings.reconcile_every_s)
-        try:
-            reconcile_once()
-        except Exception:  # noqa: BLE001 - the broker or the database may be away for a while
-            log.warning("reconcile pass failed", exc_info=True)
+def _reconcile_safely() -> None:
+    try:
+        reconcile_once()
+    except Exception:  # noqa: BLE001 - the broker or the database may be away for a while
+        log.warning("reconcile pass failed", exc_info=True)
 
 
-@worker_ready.connect
-def _start_reconciler(**_kwargs) -> None:
-    threading.Thread(target=_reconcile_forever, name="ftaas-reconciler", daemon=True).start()
+class Reconciler(bootsteps.StartStopStep):
+    """Runs reconcile_once every reconcile_every_s on the worker's own timer, in its main thread.
+
+    Not a thread of its own: the prefork pool forks a new child for every task (max_tasks_per_child=1), and
+    a fork while another thread holds an import or logging lock leaves the child waiting on it for ever
+    (seen: a pool child stuck in importlib's module lock because the reconciler thread was importing
+    SQLAlchemy's Postgres dialect at that moment). Timers fire between forks, never during one."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker, **kwargs) -> None:
+        super().__init__(worker, **kwargs)
+        self.tref = None
+
+    def start(self, worker) -> None:
+        self.tref = worker.timer.call_repeatedly(get_settings().reconcile_every_s, _reconcile_safely)
+
+    def stop(self, worker) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+
+
+celery.steps["worker"].add(Reconciler)
+
+
+@worker_process_init.connect
+def _fresh_connections_after_fork(**_kwargs) -> None:
+    """A forked pool child must not reuse the parent's pooled database connections (SQLAlchemy's rule for
+    forks): drop the inherited pool without closing the parent's sockets."""
+    if get_engine.cache_info().currsize:
+        get_engine().dispose(close=False)

@@ -21,6 +21,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from worker.data import IGNORE, Example
 from worker.modeling import is_peft, peak_memory_bytes
+from worker.packing import collate_packed
 
 COMPLETE_MARKER = "COMPLETE"
 
@@ -44,6 +45,7 @@ class TrainConfig:
     checkpoint_every_s: float
     eval_every_steps: int | None = None  # evaluate every N optimizer steps; None = at each epoch end
     early_stopping_patience: int | None = None  # stop after N evaluations in a row without a better metric
+    pack_length: int | None = None  # pack each micro-batch into rows of this many tokens; None = pad instead
 
     @classmethod
     def from_spec(cls, spec: dict, seed: int, checkpoint_every_s: float) -> TrainConfig:
@@ -65,6 +67,10 @@ class TrainConfig:
             checkpoint_every_s=checkpoint_every_s,
             eval_every_steps=ev.get("eval_every_steps"),
             early_stopping_patience=ev.get("early_stopping_patience"),
+            # Prompt tuning prepends virtual tokens to each row, which packed examples cannot share.
+            pack_length=tr["max_seq_length"]
+            if tr.get("packing", False) and spec["adapter"]["type"] != "prompt_tuning"
+            else None,
         )
 
 
@@ -275,14 +281,19 @@ def train(
         for mb in group:
             if hooks.should_stop():
                 raise StopTraining
-            batch = collate(mb, pad_id, device)
+            if cfg.pack_length:
+                batch = collate_packed(mb, cfg.pack_length, pad_id, device)
+                real_tokens = int(batch.pop("num_tokens"))
+            else:
+                batch = collate(mb, pad_id, device)
+                real_tokens = int(batch["attention_mask"].sum())
             out = model(**batch)
             # Token-weighted across the accumulated micro-batches, so accumulation equals a big batch.
             mb_tokens = sum(e.num_loss_tokens for e in mb)
             loss = out.loss * (mb_tokens / max(1, n_tokens))
             loss.backward()
             step_loss += loss.item()
-            trained_tokens += int(batch["attention_mask"].sum())
+            trained_tokens += real_tokens
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()

@@ -1,0 +1,70 @@
+"""The reconciler inside a real Celery worker process: a running job whose lease expired (its worker died)
+is sent to the broker again, claimed as a new attempt and run, with no API involved. The reconciler runs
+on the worker's own timer (worker.tasks.Reconciler), not on a thread that could deadlock forked pool
+children; the worker here forks a pool child per task, so a hang would show as a job that never moves."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import timedelta
+
+from app.auth import create_key
+from app.db import get_sessionmaker
+from app.models import Job, JobStatus, utcnow
+from app.schemas import JobCreate, resolve_spec
+from tests.conftest import ARTIFACTS, MODEL_DIR, ROOT, TEST_ENV, make_file_row
+
+
+def test_an_orphaned_job_is_taken_over_by_a_worker_on_its_own(database):
+    Session = get_sessionmaker()
+    with Session() as s:
+        tenant, _ = create_key(s, f"reconcile-{uuid.uuid4().hex[:6]}")
+        f = make_file_row(s, tenant, storage_name="gone.jsonl")  # its bytes are missing: the job fails fast
+        body = JobCreate(model="stories260k", training_file=f.id)
+        job = Job(
+            tenant_id=tenant.id,
+            model="stories260k",
+            model_source=str(MODEL_DIR),
+            training_file_id=f.id,
+            seed=1,
+            spec=resolve_spec(body),
+            status=JobStatus.running,
+            attempt=1,
+            lease_expires_at=utcnow() - timedelta(seconds=5),  # its worker stopped renewing: it died
+        )
+        s.add(job)
+        s.commit()
+        job_id = job.id
+
+    queue = f"gpu-reconcile-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, **TEST_ENV, "FTAAS_QUEUE_NAME": queue, "FTAAS_RECONCILE_EVERY_S": "1"}
+    log = ARTIFACTS / f"{queue}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker", "--loglevel", "info"],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with Session() as s:
+                row = s.get(Job, job_id)
+                status, attempt, error = row.status, row.attempt, row.error
+            if status == JobStatus.failed or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    text = log.read_text()
+    assert status == JobStatus.failed, text[-3000:]
+    assert attempt == 2  # claimed again as the next attempt
+    assert error["code"] == "file_missing"  # it really ran: the child found the file gone
+    assert f"reconciler re-enqueued ['{job_id}']" in text
