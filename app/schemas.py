@@ -42,12 +42,13 @@ class Method(Strict):
 
 
 class AdapterSpec(Strict):
-    type: Literal["lora", "qlora", "prompt_tuning", "full"] = Field(
+    type: Literal["lora", "qlora", "prompt_tuning", "full", "auto"] = Field(
         "lora",
         description="lora: low-rank adapters on a bf16/fp32 base; qlora: the same on a 4-bit NF4 base "
         "(less memory, slower); prompt_tuning: learned virtual tokens only (fewest parameters); "
         "full: every weight trained, the reference the adapters are measured against (small models only: "
-        "the optimizer holds two fp32 copies of every weight)",
+        "the optimizer holds two fp32 copies of every weight); auto: the worker picks bf16 LoRA where the model "
+        "fits its GPU unquantized (fast), QLoRA where it does not",
     )
     r: int = Field(8, ge=1, le=512, description="LoRA rank: higher = more capacity and memory")
     alpha: float | None = Field(
@@ -90,8 +91,10 @@ class TrainingSpec(Strict):
     gradient_accumulation_steps: int = Field(
         1, ge=1, le=1024, description="micro-batches per optimizer step: larger effective batch, same memory"
     )
-    micro_batch_size: int | None = Field(
-        None, ge=1, le=1024, description="examples per forward pass; default = batch_size"
+    micro_batch_size: Annotated[int, Field(ge=1, le=1024)] | Auto | None = Field(
+        None,
+        description="examples per forward pass; default = batch_size; auto = the largest that fits the worker's "
+        "GPU, measured there (with batch_size auto too, one micro-batch per optimizer step)",
     )
     warmup_ratio: float = Field(0.03, ge=0, le=0.5, description="share of steps with a rising learning rate")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
@@ -166,14 +169,16 @@ class JobCreate(Strict):
 
 
 # Base learning rates per adapter type, scaled by learning_rate_multiplier ("auto" = 1).
-BASE_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "prompt_tuning": 3e-2, "full": 2e-5}
+BASE_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "prompt_tuning": 3e-2, "full": 2e-5, "auto": 2e-4}
 
 
 def resolve_spec(body: JobCreate) -> dict[str, Any]:
     """The complete training specification the worker runs, with every 'auto' made concrete."""
     hp = body.hyperparameters or body.method.supervised.hyperparameters
     n_epochs = 3 if hp.n_epochs == "auto" else hp.n_epochs
-    batch_size = 8 if hp.batch_size == "auto" else hp.batch_size
+    micro_auto = body.training.micro_batch_size == "auto"
+    # batch_size auto = 8, unless the micro-batch is left to the worker too: then one micro-batch per step.
+    batch_size = ("auto" if micro_auto else 8) if hp.batch_size == "auto" else hp.batch_size
     multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
     adapter = body.adapter.model_dump()
     if adapter["alpha"] is None:

@@ -171,6 +171,22 @@ def test_adapter_types_and_defaults_are_resolved(client, auth, db_session, train
     assert job["adapter"]["type"] == body.get("adapter", {}).get("type", "lora")
 
 
+def test_auto_adapter_and_micro_batch_are_left_to_the_worker(client, auth, db_session, training_file):
+    job = create_ok(client, auth, training_file, adapter={"type": "auto"}, training={"micro_batch_size": "auto"})
+    assert job["adapter"]["type"] == "auto"  # the worker picks LoRA or QLoRA for its GPU, and writes it back
+    assert job["training"]["micro_batch_size"] == "auto"
+    assert job["hyperparameters"]["batch_size"] == "auto"  # one measured micro-batch per optimizer step
+    assert job["training"]["learning_rate"] == pytest.approx(2e-4)
+    fixed = create_ok(
+        client,
+        auth,
+        training_file,
+        training={"micro_batch_size": "auto"},
+        method={"supervised": {"hyperparameters": {"batch_size": 32}}},
+    )
+    assert fixed["hyperparameters"]["batch_size"] == 32 and fixed["training"]["micro_batch_size"] == "auto"
+
+
 def test_unknown_model_is_400(client, auth, db_session, training_file):
     before = job_count(db_session)
     error = assert_error(

@@ -196,3 +196,22 @@ def test_child_refuses_full_finetune_of_a_large_model(database, monkeypatch):
     with pytest.raises(UserError) as err:
         run_job(body, sql_rows("train.jsonl", 10), None, "\nA: ")
     assert err.value.code == "model_too_large_for_full"
+
+
+def test_child_resolves_auto_adapter_and_micro_batch_and_records_why(database):
+    """On a machine without a GPU, adapter auto is LoRA and micro_batch_size auto is 8 (one micro-batch per
+    step, batch_size auto too); the choices are written into the job's spec and explained in events."""
+    body = {
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}},
+        "adapter": {"type": "auto"},
+        "training": {"micro_batch_size": "auto"},
+        "evaluation": {"max_rows": 4, "max_new_tokens": 8},
+    }
+    job_id = run_job(body, sql_rows("train.jsonl", 20), None, "\nA: ")
+    job, _, _, ckpts, events = stored(job_id)
+    assert job.status == "succeeded", (job.error, events)
+    assert job.spec["adapter"]["type"] == "lora"
+    assert job.spec["training"]["micro_batch_size"] == 8 and job.spec["hyperparameters"]["batch_size"] == 8
+    assert any(e.startswith("adapter auto: lora (no GPU") for e in events)
+    assert any(e.startswith("micro_batch_size auto: no GPU") for e in events)
+    assert ckpts[-1].step == 3  # 18 training rows (2 held out) in micro-batches of 8: 3 steps

@@ -222,16 +222,28 @@ def _package_checkpoints(ctx: JobContext, model, tokenizer, card_for) -> None:
             )
 
 
+def _with_micro(spec: dict, micro: int) -> dict:
+    """The spec with a concrete micro-batch; batch_size auto then means one micro-batch per optimizer step."""
+    hp = spec["hyperparameters"]
+    return {
+        **spec,
+        "training": {**spec["training"], "micro_batch_size": micro},
+        "hyperparameters": {**hp, "batch_size": micro if hp["batch_size"] == "auto" else hp["batch_size"]},
+    }
+
+
 def run(ctx: JobContext) -> None:
     import torch
 
     from worker.artifacts import model_card, package_adapter
+    from worker.auto_plan import choose_adapter_type, choose_micro_batch
     from worker.data import Formatter, split_rows
     from worker.evaluation import EvalResult, EvalSet, evaluate
     from worker.metrics import get_bertscorer, resolve_bertscore_model
     from worker.modeling import (
         ModelRefused,
         count_params,
+        count_params_of_config,
         load_base_model,
         load_tokenizer,
         peak_memory_bytes,
@@ -274,6 +286,11 @@ def run(ctx: JobContext) -> None:
     )
 
     ctx.progress({"phase": "loading_model"}, force=True)
+    if spec["adapter"]["type"] == "auto":
+        kind, why = choose_adapter_type(count_params_of_config(job.model_source), device)
+        spec = {**spec, "adapter": {**spec["adapter"], "type": kind}}
+        ctx.update(spec=spec)  # a resumed attempt reads the choice back instead of choosing again
+        ctx.event(f"adapter auto: {kind} ({why})")
     try:
         model = load_base_model(job.model_source, spec["adapter"], device, settings.full_finetune_max_params)
     except ModelRefused as exc:
@@ -309,6 +326,19 @@ def run(ctx: JobContext) -> None:
     )
     trainable, total = count_params(model)
     ctx.update(trainable_params=trainable, total_params=total)
+    if spec["training"]["micro_batch_size"] == "auto":
+        packing = TrainConfig.from_spec(_with_micro(spec, 1), job.seed, 0).pack_length is not None
+        micro, why = choose_micro_batch(
+            model,
+            [len(e.input_ids) for e in train_examples],
+            spec["training"]["max_seq_length"],
+            packing,
+            trainable,
+            device,
+        )
+        spec = _with_micro(spec, micro)
+        ctx.update(spec=spec)
+        ctx.event(f"micro_batch_size auto: {why}")
     ctx.event(f"{spec['adapter']['type']}: {trainable:,} trainable parameters of {total:,}")
 
     evaluations: dict[int, EvalResult] = {}  # this attempt's checkpoint evaluations, by step
