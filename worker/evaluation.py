@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from worker.data import IGNORE, Example, Formatter, GenerationRow
+from worker.modeling import mixed_precision
 from worker.training import collate
 
 PROMPT_CHARS = 2000  # a raw-text row is shown (and stored) by its first characters
@@ -94,7 +95,8 @@ def teacher_forced_stats(
     rows: list[dict[str, float]] = []
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start : start + batch_size], pad_id, device)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        with mixed_precision(device):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         # Prompt tuning prepends virtual tokens: keep the positions of the real ones.
         logits = logits[:, -batch["input_ids"].shape[1] :, :].float()
         shift_logits, shift_labels = logits[:, :-1], batch["labels"][:, 1:]
@@ -143,15 +145,16 @@ def generate(model, tokenizer, rows: list[GenerationRow], max_new_tokens: int, b
             ids = rows[i].prompt_ids
             input_ids[j, width - len(ids) :] = torch.tensor(ids)
             attention[j, width - len(ids) :] = 1
-        generated = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad_id,
-            eos_token_id=tokenizer.eos_token_id,
-            use_cache=True,
-        )
+        with mixed_precision(device):
+            generated = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+                eos_token_id=tokenizer.eos_token_id,
+                use_cache=True,
+            )
         new_tokens = generated[:, width:]
         for j, i in enumerate(idx):
             outputs[i] = tokenizer.decode(new_tokens[j], skip_special_tokens=True).strip()

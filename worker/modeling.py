@@ -9,6 +9,7 @@ only pickle weights (.bin/.pt) or asks for custom code is refused before anythin
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -41,6 +42,16 @@ def train_dtype(device: torch.device, adapter_type: str = "lora") -> torch.dtype
     if adapter_type != "full" and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def mixed_precision(device: torch.device):
+    """bf16 autocast on GPUs. peft keeps adapter weights in fp32 (good master weights for AdamW) and a full
+    fine-tune is fp32 too; without autocast their matmuls run in fp32, off the tensor cores (measured on an
+    H200: the fp32 LoRA path took 137 of 305 ms of a bf16 LoRA step). Under autocast they run in bf16 while
+    the weights and optimizer stay fp32. CPUs train in fp32 and need none of this."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def check_model_source(source: str) -> None:
@@ -185,7 +196,14 @@ def wrap_for_training(
     if gradient_checkpointing:
         # The frozen embeddings' output has no grad: checkpointed blocks would then get no gradient at all.
         model.enable_input_require_grads()
-    return get_peft_model(model, build_peft_config(adapter, tokenizer_source, eos_token_id))
+    peft_model = get_peft_model(model, build_peft_config(adapter, tokenizer_source, eos_token_id))
+    if next(model.parameters()).device.type == "cuda":
+        # Every forward on a GPU runs under mixed_precision(): leave the bf16 activations as they are instead
+        # of copying them to the adapters' fp32 before each LoRA matmul (autocast casts the small weights).
+        for module in peft_model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = False
+    return peft_model
 
 
 def count_params(model) -> tuple[int, int]:

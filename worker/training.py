@@ -20,7 +20,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from worker.data import IGNORE, Example
-from worker.modeling import is_peft, peak_memory_bytes
+from worker.modeling import is_peft, mixed_precision, peak_memory_bytes
 from worker.packing import collate_packed
 
 COMPLETE_MARKER = "COMPLETE"
@@ -287,7 +287,8 @@ def train(
             else:
                 batch = collate(mb, pad_id, device)
                 real_tokens = int(batch["attention_mask"].sum())
-            out = model(**batch)
+            with mixed_precision(device):
+                out = model(**batch)
             # Token-weighted across the accumulated micro-batches, so accumulation equals a big batch.
             mb_tokens = sum(e.num_loss_tokens for e in mb)
             loss = out.loss * (mb_tokens / max(1, n_tokens))
