@@ -53,6 +53,9 @@ class Settings(BaseSettings):
         description="largest base model (parameters) a full fine-tuning job may train: fp32 weights, gradients "
         "and AdamW's two moments take about 16 bytes per parameter",
     )
+    fused_kernels: bool = Field(
+        True, description="on GPUs, Liger Kernel's fused RMSNorm, SwiGLU, RoPE and linear+cross-entropy when installed"
+    )
     torch_threads: int | None = Field(
         None,
         ge=1,

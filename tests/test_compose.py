@@ -213,7 +213,7 @@ def test_dockerfiles():
     assert re.search(r"pip install \.(\s|$)", api)
     assert "[worker" not in api and "torch" not in api
     assert re.search(r"^ARG BASE_IMAGE=pytorch/pytorch:[\d.]+-cuda[\d.]+-cudnn\d+-runtime$", worker, re.M)
-    assert re.search(r"^ARG EXTRAS=worker$", worker, re.M)
+    assert re.search(r"^ARG EXTRAS=worker,gpu$", worker, re.M)  # the GPU image gets the fused kernels
     assert 'pip install -c /tmp/torch-constraint.txt ".[${EXTRAS}]"' in worker
     for text in (api, worker):
         users = re.findall(r"^USER (\S+)", text, re.M)

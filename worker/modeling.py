@@ -180,6 +180,12 @@ def plain_4bit_kernels_on_cpu(model, device) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def fused_kernels_enabled() -> bool:
+    from app.config import get_settings
+
+    return get_settings().fused_kernels
+
+
 def wrap_for_training(
     model, adapter: dict, tokenizer_source: str, gradient_checkpointing: bool, eos_token_id: int | None = None
 ):
@@ -187,6 +193,12 @@ def wrap_for_training(
     the plain model with every weight trainable."""
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    if on_gpu and fused_kernels_enabled():
+        from worker.fused_kernels import apply_fused_kernels
+
+        trains_eos_row = adapter["type"] in ("lora", "qlora") and adapter.get("train_eos_token", True)
+        apply_fused_kernels(model, fused_cross_entropy=not trains_eos_row)
     if adapter["type"] == "full":
         for param in model.parameters():
             param.requires_grad_(True)
@@ -197,7 +209,7 @@ def wrap_for_training(
         # The frozen embeddings' output has no grad: checkpointed blocks would then get no gradient at all.
         model.enable_input_require_grads()
     peft_model = get_peft_model(model, build_peft_config(adapter, tokenizer_source, eos_token_id))
-    if next(model.parameters()).device.type == "cuda":
+    if on_gpu:
         # Every forward on a GPU runs under mixed_precision(): leave the bf16 activations as they are instead
         # of copying them to the adapters' fp32 before each LoRA matmul (autocast casts the small weights).
         for module in peft_model.modules():

@@ -1,0 +1,31 @@
+"""Liger Kernel's fused Triton kernels for the GPU path (RMSNorm, SwiGLU, RoPE, and the fused linear +
+cross-entropy that never materialises the 128k-vocabulary logits of a whole batch).
+
+Why a library rather than our own kernels: Liger is maintained against transformers' model code, covers
+Llama, Mistral, Qwen, Gemma and more by model type, and is tested for exactness against the eager modules.
+It is optional: without it (CPU hosts, the `gpu` extra not installed) the eager modules run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("ftaas.kernels")
+
+
+def apply_fused_kernels(model, *, fused_cross_entropy: bool) -> str | None:
+    """Patch this model instance (before peft wraps it); returns what was applied, or None.
+
+    fused_cross_entropy=False keeps the model's own loss: Liger's fused loss reads lm_head.weight directly,
+    so a trained EOS row (peft trainable tokens on a tied head) would be left out of the loss.
+    """
+    try:
+        from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
+    except ImportError:
+        return None
+    _apply_liger_kernel_to_instance(
+        model=model, rope=True, rms_norm=True, swiglu=True, fused_linear_cross_entropy=fused_cross_entropy
+    )
+    applied = "liger: rope, rms_norm, swiglu" + (", fused linear cross-entropy" if fused_cross_entropy else "")
+    log.info("%s on %s", applied, getattr(model.config, "model_type", "?"))
+    return applied
