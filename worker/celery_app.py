@@ -21,13 +21,15 @@ def broker_options(settings: Settings) -> dict:
     if settings.broker_url.startswith("filesystem://"):
         # Embedded mode: kombu's filesystem transport, a folder both sides can reach, no server.
         folder = (settings.data_dir / "broker").resolve()
-        for sub in ("out", "processed"):
+        for sub in ("out", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(folder / "out"),
             "data_folder_out": str(folder / "out"),
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
+            # kombu's default is ./control, wherever the process happens to start
+            "control_folder": str(folder / "control"),
         }
     return {"visibility_timeout": settings.visibility_timeout_s}
 

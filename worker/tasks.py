@@ -166,6 +166,10 @@ class Reconciler(bootsteps.StartStopStep):
         self.tref = None
 
     def start(self, worker) -> None:
+        # A first pass now, in the main thread, before the pool forks: it does the one-time imports (the
+        # database dialect, the broker's client). With a polling transport (the embedded filesystem broker)
+        # Celery's timer is a thread, and from then on a pass imports nothing that a fork could catch.
+        _reconcile_safely()
         self.tref = worker.timer.call_repeatedly(get_settings().reconcile_every_s, _reconcile_safely)
 
     def stop(self, worker) -> None:
