@@ -54,7 +54,7 @@ def error_response(status: int, message: str, *, param=None, code=None, errors=N
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
-def _loc_to_param(loc: tuple[Any, ...]) -> str:
+def loc_to_param(loc: tuple[Any, ...]) -> str:
     # ("body", "adapter", "r") -> "adapter.r"; ("query", "limit") -> "limit"
     parts = (
         [str(p) for p in loc[1:]]
@@ -80,9 +80,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
-        param = _loc_to_param(tuple(first.get("loc", ())))
+        param = loc_to_param(tuple(first.get("loc", ())))
         details = [
-            {"param": _loc_to_param(tuple(e.get("loc", ()))), "message": e.get("msg", "")} for e in exc.errors()[:20]
+            {"param": loc_to_param(tuple(e.get("loc", ()))), "message": e.get("msg", "")} for e in exc.errors()[:20]
         ]
         return error_response(
             400, f"Invalid value for '{param}': {first.get('msg')}", param=param, code="invalid_value", errors=details

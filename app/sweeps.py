@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.errors import ApiError
+from app.errors import ApiError, loc_to_param
 from app.leaderboard import build_leaderboard
 from app.models import (
     TERMINAL_STATUSES,
@@ -118,18 +118,12 @@ def job_request(body: SweepCreate, index: int, name: str, candidate: dict, metri
         return JobCreate.model_validate(payload)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = [
-            str(p)
-            for p in err["loc"]
-            if not str(p).startswith(("literal[", "function-", "constrained-"))
-            and str(p) not in ("int", "float", "str", "list[str]")
-        ]
-        if loc[:3] == ["method", "supervised", "hyperparameters"]:
-            loc = ["hyperparameters", *loc[3:]]
+        # the job request's path, in the sweep's own words: hyperparameters sit directly on a candidate
+        field = loc_to_param(tuple(err["loc"])).removeprefix("method.supervised.")
         raise ApiError(
             400,
-            f"Candidate {index} ('{name}'): {'.'.join(loc)}: {err['msg']}",
-            param=f"candidates[{index}]." + ".".join(loc),
+            f"Candidate {index} ('{name}'): {field}: {err['msg']}",
+            param=f"candidates[{index}].{field}",
             code="invalid_value",
         ) from exc
 

@@ -25,7 +25,7 @@ from app.models import (
     utcnow,
 )
 from app.schemas import JobCreate, resolve_spec
-from tests.conftest import DATASETS, MODEL_DIR, REDIS_URL, TEST_ENV
+from tests.conftest import DATASETS, MODEL_DIR, REDIS_URL, TEST_ENV, make_file_row
 
 CMP = "/v1/comparisons"
 JOBS_DIR = Path(TEST_ENV["FTAAS_ARTIFACTS_DIR"]) / "jobs"
@@ -43,22 +43,7 @@ def assert_error(response, status: int, *, param: str | None, code: str | None =
 
 
 def make_file(session, tenant: Tenant, shape: str = "prompt_completion") -> File:
-    row = File(
-        id=new_id("file"),
-        tenant_id=tenant.id,
-        filename="train.jsonl",
-        purpose="fine-tune",
-        bytes=100,
-        sha256="0" * 64,
-        format="jsonl",
-        shape=shape,
-        num_rows=10,
-        token_estimate=50,
-    )
-    row.storage_name = row.id
-    session.add(row)
-    session.flush()
-    return row
+    return make_file_row(session, tenant, shape=shape, num_rows=10, token_estimate=50)
 
 
 def make_job(

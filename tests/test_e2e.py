@@ -12,23 +12,13 @@ import time
 
 import pytest
 
+from app.metric_names import METRIC_NAMES
 from tests.conftest import DATASETS, MODEL_DIR, REPORT
 from tests.e2e_service import client_for, running_service, upload, wait_for_jobs
 
 pytestmark = pytest.mark.e2e
 
-ALL_METRICS = {
-    "rouge1",
-    "rouge2",
-    "rougeL",
-    "rougeLsum",
-    "bertscore_precision",
-    "bertscore_recall",
-    "bertscore_f1",
-    "perplexity",
-    "token_accuracy",
-    "eval_loss",
-}
+ALL_METRICS = set(METRIC_NAMES)
 
 
 @pytest.fixture(scope="module")

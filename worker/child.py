@@ -250,7 +250,7 @@ def run(ctx: JobContext) -> None:
         pick_device,
         wrap_for_training,
     )
-    from worker.training import Hooks, TrainConfig, load_trainable_weights, train
+    from worker.training import Hooks, TrainConfig, load_trainable_weights, packs, train
 
     settings = ctx.settings
     if settings.torch_threads:
@@ -327,12 +327,11 @@ def run(ctx: JobContext) -> None:
     trainable, total = count_params(model)
     ctx.update(trainable_params=trainable, total_params=total)
     if spec["training"]["micro_batch_size"] == "auto":
-        packing = TrainConfig.from_spec(_with_micro(spec, 1), job.seed, 0).pack_length is not None
         micro, why = choose_micro_batch(
             model,
             [len(e.input_ids) for e in train_examples],
             spec["training"]["max_seq_length"],
-            packing,
+            packs(spec),
             trainable,
             device,
         )

@@ -30,6 +30,12 @@ class StopTraining(Exception):
     """should_stop() said so: the job was cancelled or is no longer ours."""
 
 
+def packs(spec: dict) -> bool:
+    """Whether a job's micro-batches are packed. Prompt tuning prepends virtual tokens to each row, which
+    packed examples cannot share."""
+    return bool(spec["training"].get("packing", False)) and spec["adapter"]["type"] != "prompt_tuning"
+
+
 @dataclass
 class TrainConfig:
     n_epochs: int
@@ -68,9 +74,7 @@ class TrainConfig:
             eval_every_steps=ev.get("eval_every_steps"),
             early_stopping_patience=ev.get("early_stopping_patience"),
             # Prompt tuning prepends virtual tokens to each row, which packed examples cannot share.
-            pack_length=tr["max_seq_length"]
-            if tr.get("packing", False) and spec["adapter"]["type"] != "prompt_tuning"
-            else None,
+            pack_length=tr["max_seq_length"] if packs(spec) else None,
         )
 
 
