@@ -11,14 +11,15 @@ Configurations (`--configs`, comma-separated):
      embedding and output head to fp32), LoRA r=8 on q/k/v/o, batch 4 padded to 512 tokens, gradient
      checkpointing, transformers.Trainer with bf16.
   2  the service's QLoRA path: worker.modeling.load_base_model + wrap_for_training and worker.training.train
-     with the spec app.schemas.resolve_spec makes (its defaults: r=8, all-linear, dropout 0.05, EOS row
+     with the spec app.schemas.resolve_spec makes (its defaults: r=8, all-linear, dropout 0, EOS row
      trained), batch and micro-batch --batch, no gradient checkpointing, packing on where TrainingSpec
      has a `packing` field.
   3  the same with the service's bf16 LoRA path.
   4  prompt tuning through the same path (20 virtual tokens; never packed).
 A configuration may carry modifiers after '+', for ablations: `3+noeos` (EOS row not trained), `3+qkvo`
 (targets q/k/v/o only), `2+mb64` (batch and micro-batch 64), `3+ckpt` (gradient checkpointing),
-`3+nopack`, `3+nodrop` (LoRA dropout 0), `3+r16`.
+`3+nopack`, `3+nodrop` (LoRA dropout 0), `3+drop05` (LoRA dropout 0.05), `3+r16`, `3+auto`
+(micro_batch_size and batch_size `auto`: the worker measures the GPU and picks the micro-batch).
 
 Each configuration runs --warmup steps, then --steps timed steps (each step's end is timestamped after a
 device synchronisation: the service path through hooks.on_progress, Trainer through a callback). Useful
@@ -53,6 +54,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Before torch is imported, as the service's training child does (worker/child.py): packed batches change
+# shape every step, and expandable segments keep the caching allocator from fragmenting.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
@@ -60,6 +64,7 @@ import torch  # noqa: E402
 from worker.data import IGNORE, Example, GenerationRow  # noqa: E402
 
 GIB = 2**30
+AUTO_MOST = 512  # examples per step to make room for with an `auto` micro-batch (the worker caps it lower)
 LOSS_WINDOW = 5
 
 
@@ -143,12 +148,44 @@ KERNEL_GROUPS = [  # (group, regex over kernel names), first match wins
 ]
 
 
+class StallSampler:
+    """Where the host is during a step slower than `after_s`: faulthandler dumps every thread's Python stack
+    (from a C thread, so even while the main thread holds the GIL; py-spy cannot attach on the GPU machine),
+    again every `after_s` while the step lasts. Counts the main thread's innermost frames over all dumps."""
+
+    def __init__(self, after_s: float) -> None:
+        self.after_s = after_s
+        self._file = tempfile.TemporaryFile(mode="w+")
+
+    def step_begins(self) -> None:
+        import faulthandler
+
+        faulthandler.cancel_dump_traceback_later()
+        faulthandler.dump_traceback_later(self.after_s, repeat=True, file=self._file)
+
+    def stop(self, top: int = 12) -> list[tuple[int, str]]:
+        import collections
+        import faulthandler
+
+        faulthandler.cancel_dump_traceback_later()
+        self._file.seek(0)
+        counts: collections.Counter = collections.Counter()
+        # A dump is "Thread 0x... (most recent call first):" blocks; the main thread's block says so.
+        for block in self._file.read().split("Thread 0x"):
+            lines = [ln.strip() for ln in block.splitlines()[1:] if ln.strip().startswith("File ")]
+            if "(most recent call first)" in block and lines and "threading.py" not in lines[0]:
+                counts[" <- ".join(ln.replace("File ", "").replace('"', "") for ln in lines[:4])] += 1
+        self._file.close()
+        return [(n, where) for where, n in counts.most_common(top)]
+
+
 class StepMeter:
     """Timestamps each optimizer step (after a device sync), counts useful and processed tokens per step,
     records losses; takes peak memory at the end of the timed window and profiles the steps after it."""
 
-    def __init__(self, device, warmup: int, steps: int, profile_steps: int = 0) -> None:
+    def __init__(self, device, warmup: int, steps: int, profile_steps: int = 0, stall_s: float = 0.0) -> None:
         self.device, self.warmup, self.steps, self.profile_steps = device, warmup, steps, profile_steps
+        self.stalls = StallSampler(stall_s) if stall_s > 0 else None
         self.t_start = None
         self.times: list[float] = []
         self.useful: list[int] = []
@@ -169,8 +206,10 @@ class StepMeter:
     def done(self) -> bool:
         return len(self.times) >= self.target
 
-    def pre_forward(self, module, args, kwargs):  # forward pre-hook on the top model (with_kwargs=True)
+    def pre_forward(self, module, args, kwargs):  # forward pre-hook on the decoder (with_kwargs=True)
         ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None and kwargs.get("inputs_embeds") is not None:  # prompt tuning: virtual tokens included
+            ids = kwargs["inputs_embeds"][..., 0]
         if ids is not None:
             self._proc += ids.numel()
         mask = kwargs.get("attention_mask")
@@ -182,10 +221,14 @@ class StepMeter:
             torch.cuda.reset_peak_memory_stats(self.device)
         sync(self.device)
         self.t_start = time.perf_counter()
+        if self.stalls:
+            self.stalls.step_begins()
 
     def step_end(self, useful: int | None = None, loss: float | None = None) -> None:
         sync(self.device)
         self.times.append(time.perf_counter())
+        if self.stalls:
+            self.stalls.step_begins()
         self.useful.append(self._mask_tokens if useful is None else useful)
         self.processed.append(self._proc)
         self._proc = self._mask_tokens = 0
@@ -222,6 +265,7 @@ class StepMeter:
             "step_s_median": statistics.median(step_s),
             "step_s_max": max(step_s),
             "step_seconds": [round(x, 4) for x in step_s],  # each timed step: outliers show here
+            "warmup_step_seconds": [round(b - a, 4) for a, b in zip([self.t_start, *self.times], self.times[:w])],
             "step_useful_tokens": self.useful[w : w + s],
             "useful_tokens": useful,
             "useful_tokens_per_step": useful / s,
@@ -301,6 +345,10 @@ def parse_config(name: str, args) -> dict:
             c["packing"] = "off"
         elif m == "nodrop":
             c["dropout"] = 0.0
+        elif m == "drop05":
+            c["dropout"] = 0.05
+        elif m == "auto":
+            c["batch"] = "auto"  # the worker measures the GPU and picks the micro-batch (batch = micro-batch)
         elif re.fullmatch(r"mb\d+", m):
             c["batch"] = int(m[2:])
         elif re.fullmatch(r"r\d+", m):
@@ -354,6 +402,8 @@ def describe(c: dict, spec: dict | None, packed: bool) -> str:
     bits.append("packed" if packed else "padded to longest")
     if tr["gradient_checkpointing"]:
         bits.append("grad ckpt")
+    if c["batch"] == "auto":
+        bits.append("micro-batch auto")
     return ", ".join(bits)
 
 
@@ -437,7 +487,8 @@ def run_recipe(c: dict, args, tok, examples: list[Example], device, meter: StepM
         data = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
         trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=collate, callbacks=[Meter()])
         trainer.remove_callback(PrinterCallback)  # no log line per step
-        handle = model.register_forward_pre_hook(meter.pre_forward, with_kwargs=True)
+        decoder = (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
+        handle = decoder.register_forward_pre_hook(meter.pre_forward, with_kwargs=True)
         try:
             trainer.train()
         finally:
@@ -456,6 +507,14 @@ def run_service(c: dict, args, tok, examples: list[Example], device, meter: Step
     model = load_base_model(args.model, ad, device)
     model = wrap_for_training(model, ad, args.model, spec["training"]["gradient_checkpointing"], tok.eos_token_id)
     trainable, total = count_params(model)
+    auto_why = None
+    if spec["training"]["micro_batch_size"] == "auto":  # as the training child resolves it
+        from worker.auto_plan import choose_micro_batch, with_micro_batch
+
+        lengths = [len(e.input_ids) for e in examples]
+        micro, auto_why = choose_micro_batch(model, lengths, args.max_len, packed, trainable, device)
+        spec = with_micro_batch(spec, micro)
+        print(f"{c['name']}: micro_batch_size auto: {auto_why}", flush=True)
     cfg = TrainConfig.from_spec(spec, args.seed, checkpoint_every_s=1e9)
     packed = packed and bool(getattr(cfg, "pack_length", None) or getattr(cfg, "packing", False))
     last = {"tokens": 0}
@@ -473,7 +532,9 @@ def run_service(c: dict, args, tok, examples: list[Example], device, meter: Step
         on_evaluate=lambda step, epoch: {},
         should_stop=meter.done,
     )
-    handle = model.register_forward_pre_hook(meter.pre_forward, with_kwargs=True)
+    # On the decoder: the service's loss may run the decoder and head itself, never the top model's forward.
+    decoder = (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
+    handle = decoder.register_forward_pre_hook(meter.pre_forward, with_kwargs=True)
     with tempfile.TemporaryDirectory() as ckpt:
         meter.start()
         try:
@@ -488,6 +549,7 @@ def run_service(c: dict, args, tok, examples: list[Example], device, meter: Step
         "total_params": total,
         "description": describe(c, spec, packed),
         "micro_batch_size": cfg.micro_batch_size,
+        "auto_why": auto_why,
         "grad_accum": cfg.grad_accum,
         "learning_rate": cfg.learning_rate,
         "packing": packed,
@@ -497,7 +559,7 @@ def run_service(c: dict, args, tok, examples: list[Example], device, meter: Step
 def run_config(name: str, args, tok, examples, device, n_base: int) -> dict:
     c = parse_config(name, args)
     profile = args.profile_steps if name in args.profile else 0
-    meter = StepMeter(device, args.warmup, args.steps, profile)
+    meter = StepMeter(device, args.warmup, args.steps, profile, args.stall_trace if name in args.stall_configs else 0)
     t0 = time.monotonic()
     free_memory(device)
     try:
@@ -507,6 +569,11 @@ def run_config(name: str, args, tok, examples, device, n_base: int) -> dict:
         info = (run_recipe if c["base"] == "1" else run_service)(c, args, tok, examples, device, meter)
         info.update(meter.summary())
         info["profile"] = meter.profile_summary()
+        if meter.stalls:
+            info["stall_samples"] = meter.stalls.stop()
+            print(f"{name}: Python stacks dumped every {args.stall_trace}s of a slow step:", flush=True)
+            for n, where in info["stall_samples"]:
+                print(f"  {n:5d}  {where}", flush=True)
         if meter.table and args.out:
             with open(args.out.with_suffix(".profiles.txt"), "a") as fh:
                 fh.write(f"==== config {name}: {meter.profile_steps} steps\n{meter.table}\n\n")
@@ -515,7 +582,7 @@ def run_config(name: str, args, tok, examples, device, n_base: int) -> dict:
         info = {"error": f"{type(exc).__name__}: {str(exc)[:300]}", **meter.summary()}
         if device.type == "cuda":
             info["peak_bytes"] = torch.cuda.max_memory_allocated(device)
-    info.update(name=name, batch=c["batch"], wall_s=time.monotonic() - t0)
+    info.update(name=name, batch=info.get("micro_batch_size", c["batch"]), wall_s=time.monotonic() - t0)
     if info.get("tokens_per_s"):
         info["mfu"] = info["tokens_per_s"] * 4 * n_base / (args.peak_tflops * 1e12)
     free_memory(device)
@@ -710,6 +777,9 @@ def main() -> int:
     ap.add_argument("--peak-tflops", type=float, default=790.0)
     ap.add_argument("--profile", default="", help="configurations to profile after their timed steps, e.g. 2,3")
     ap.add_argument("--profile-steps", type=int, default=3)
+    ap.add_argument("--cudnn-attention", action="store_true", help="keep SDPA's cuDNN backend (the service drops it)")
+    ap.add_argument("--stall-trace", type=float, default=0.0, help="sample the host stack in steps slower than this")
+    ap.add_argument("--stall-configs", default="", help="configurations to sample (with --stall-trace)")
     ap.add_argument("--eval", action="store_true", help="also measure evaluation speed")
     ap.add_argument("--eval-rows", type=int, default=500)
     ap.add_argument("--eval-batch", default="16,128", help="batched generation sizes (16 = the service default)")
@@ -720,6 +790,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="write the results as JSON here (and the tables beside it, .md)")
     args = ap.parse_args()
     args.profile = {p for p in args.profile.split(",") if p}
+    args.stall_configs = {p for p in args.stall_configs.split(",") if p}
     args.eval_batch = [int(b) for b in args.eval_batch.split(",")]
     args.warmup = max(1, args.warmup)
     if args.targets != "all-linear":
@@ -728,6 +799,10 @@ def main() -> int:
     from worker.modeling import count_params_of_config, load_tokenizer, pick_device
 
     device = pick_device()
+    if not args.cudnn_attention:
+        from worker.modeling import attention_without_per_shape_plans
+
+        attention_without_per_shape_plans()  # as the service's training child does
     device_name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     import peft
     import transformers
@@ -745,7 +820,8 @@ def main() -> int:
     tok = load_tokenizer(args.model)
     n_base = count_params_of_config(args.model)
     configs = [c for c in args.configs.split(",") if c]
-    most = max(parse_config(c, args)["batch"] for c in configs) * (args.warmup + args.steps + args.profile_steps)
+    batches = [parse_config(c, args)["batch"] for c in configs]
+    most = max(AUTO_MOST if b == "auto" else b for b in batches) * (args.warmup + args.steps + args.profile_steps)
     t = time.monotonic()
     examples = [to_example(tok, p, c) for p, c in synth_pairs(most, tok, args.seed, args.min_len, args.max_len)]
     lens = [len(e.input_ids) for e in examples]

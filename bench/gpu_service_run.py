@@ -124,7 +124,8 @@ def upload(client: httpx.Client, path: Path) -> dict:
     return f
 
 
-def job_body(args, model: str, kind: str, train_id: str, val_id: str, micro: int) -> dict:
+def job_body(args, model: str, kind: str, train_id: str, val_id: str, micro: str) -> dict:
+    auto = micro == "auto"  # the worker measures its GPU; one micro-batch per optimizer step
     body = {
         "model": model,
         "training_file": train_id,
@@ -133,10 +134,10 @@ def job_body(args, model: str, kind: str, train_id: str, val_id: str, micro: int
         "seed": 7,
         "method": {
             "type": "supervised",
-            "supervised": {"hyperparameters": {"n_epochs": args.epochs, "batch_size": args.batch}},
+            "supervised": {"hyperparameters": {"n_epochs": args.epochs, "batch_size": "auto" if auto else args.batch}},
         },
         "adapter": {"type": kind},
-        "training": {"micro_batch_size": micro, **json.loads(args.training_json)},
+        "training": {"micro_batch_size": micro if auto else int(micro), **json.loads(args.training_json)},
         "evaluation": {
             "max_rows": args.val_rows,
             "max_new_tokens": args.new_tokens,
@@ -298,8 +299,8 @@ def main() -> int:
     ap.add_argument("--max-len", type=int, default=512)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch", type=int, default=32, help="batch_size (examples per optimizer step)")
-    ap.add_argument("--micro", type=int, default=32, help="micro_batch_size of the 1B jobs")
-    ap.add_argument("--big-micro", type=int, default=16, help="micro_batch_size of the 8B job")
+    ap.add_argument("--micro", default="32", help="micro_batch_size of the 1B jobs (a number or auto)")
+    ap.add_argument("--big-micro", default="16", help="micro_batch_size of the 8B job (a number or auto)")
     ap.add_argument("--training-json", default="{}", help='extra "training" fields for every job, JSON')
     ap.add_argument("--evaluation-json", default="{}", help='extra "evaluation" fields for every job, JSON')
     ap.add_argument("--port", type=int, default=8765)

@@ -86,6 +86,18 @@ def teacher_forced_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
     return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": correct / tokens}
 
 
+GPU_GENERATION_BATCH = 128  # measured on an H200, 1B shape: 1,460 generated tokens/s against 298 at 16
+CPU_GENERATION_BATCH = 16
+TEACHER_FORCED_BATCH = 16  # its logits are [rows, length, vocabulary] in fp32: 4 GiB at 16 x 512 x 128k
+
+
+def generation_batch_size(value: int | str, device) -> int:
+    """evaluation.batch_size as a number of rows: `auto` is sized by the device."""
+    if value != "auto":
+        return int(value)
+    return GPU_GENERATION_BATCH if torch.device(device).type == "cuda" else CPU_GENERATION_BATCH
+
+
 @torch.no_grad()
 def teacher_forced_stats(
     model, examples: list[Example], batch_size: int, pad_id: int, device
@@ -198,9 +210,8 @@ def evaluate(
     try:
         if loss_examples:  # always: eval_loss picks checkpoints, and one forward pass is cheap next to generation
             t = time.monotonic()
-            stats, res.tf_rows = teacher_forced_stats(
-                model, loss_examples, spec["batch_size"], tokenizer.pad_token_id, device
-            )
+            tf_batch = min(TEACHER_FORCED_BATCH, generation_batch_size(spec["batch_size"], device))
+            stats, res.tf_rows = teacher_forced_stats(model, loss_examples, tf_batch, tokenizer.pad_token_id, device)
             res.metrics.update({k: v for k, v in stats.items() if k in wanted or k == "eval_loss"})
             res.timings["teacher_forced_s"] = time.monotonic() - t
         gen_metrics = wanted & {"rouge", "bertscore"}
@@ -209,7 +220,8 @@ def evaluate(
                 res.skipped[m] = "raw-text dataset: there is no reference completion to generate against"
         elif gen_metrics:
             t = time.monotonic()
-            res.outputs = generate(model, tokenizer, gen_rows, spec["max_new_tokens"], spec["batch_size"], device)
+            gen_batch = generation_batch_size(spec["batch_size"], device)
+            res.outputs = generate(model, tokenizer, gen_rows, spec["max_new_tokens"], gen_batch, device)
             elapsed = time.monotonic() - t
             res.timings["generation_s"] = elapsed
             refs = [r.reference for r in gen_rows]

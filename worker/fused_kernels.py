@@ -17,14 +17,19 @@ def apply_fused_kernels(model, *, fused_cross_entropy: bool) -> str | None:
     """Patch this model instance (before peft wraps it); returns what was applied, or None.
 
     fused_cross_entropy=False keeps the model's own loss: Liger's fused loss reads lm_head.weight directly,
-    so a trained EOS row (peft trainable tokens on a tied head) would be left out of the loss.
+    so a trained EOS row (peft trainable tokens on a tied head) would be left out of the loss. (Training
+    mostly takes worker.loss's path instead, which calls the fused loss itself with the right weight.)
     """
     try:
         from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
     except ImportError:
         return None
     _apply_liger_kernel_to_instance(
-        model=model, rope=True, rms_norm=True, swiglu=True, fused_linear_cross_entropy=fused_cross_entropy
+        model=model,
+        rope=True,
+        rms_norm=True,
+        swiglu=True,
+        fused_linear_cross_entropy=fused_cross_entropy,
     )
     applied = "liger: rope, rms_norm, swiglu" + (", fused linear cross-entropy" if fused_cross_entropy else "")
     log.info("%s on %s", applied, getattr(model.config, "model_type", "?"))

@@ -20,6 +20,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from worker.data import IGNORE, Example
+from worker.loss import loss_fn_for
 from worker.modeling import is_peft, mixed_precision, peak_memory_bytes
 from worker.packing import collate_packed
 
@@ -168,7 +169,8 @@ def save_checkpoint(
     step = state["step"]
     final = ckpt_root / f"step-{step}"
     tmp = ckpt_root / f".tmp-step-{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in ckpt_root.glob(".tmp-step-*"):  # half-written by an attempt that was killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_trainable_weights(model, tmp)
     torch.save(
@@ -202,8 +204,9 @@ def save_checkpoint(
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and RNG; returns the saved state (step, trained_tokens, best...)."""
     load_trainable_weights(path, model)
-    # Our own file, written above: weights_only=False is needed for the optimizer's plain Python state.
-    saved = torch.load(path / TRAINER_STATE, weights_only=False)
+    # Our own file, but read as data only: tensors, numbers, strings and containers (the optimizer's and
+    # scheduler's state are just that), so a tampered checkpoint cannot run code when unpickled.
+    saved = torch.load(path / TRAINER_STATE, weights_only=True)
     optimizer.load_state_dict(saved.pop("optimizer"))
     scheduler.load_state_dict(saved.pop("scheduler"))
     torch.set_rng_state(saved.pop("rng_cpu"))
@@ -244,6 +247,7 @@ def train(
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.n_epochs
     params = [p for p in model.parameters() if p.requires_grad]
+    loss_fn = loss_fn_for(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
         cfg.lr_scheduler,
@@ -292,10 +296,10 @@ def train(
                 batch = collate(mb, pad_id, device)
                 real_tokens = int(batch["attention_mask"].sum())
             with mixed_precision(device):
-                out = model(**batch)
+                mb_loss = loss_fn(model, batch)
             # Token-weighted across the accumulated micro-batches, so accumulation equals a big batch.
             mb_tokens = sum(e.num_loss_tokens for e in mb)
-            loss = out.loss * (mb_tokens / max(1, n_tokens))
+            loss = mb_loss * (mb_tokens / max(1, n_tokens))
             loss.backward()
             step_loss += loss.item()
             trained_tokens += real_tokens

@@ -1,0 +1,131 @@
+"""Correctness of the GPU-only training paths, on the GPU (CI has none; tests/ checks the rest on CPU).
+
+    python bench/gpu_checks.py --model /tmp/models/llama-3.2-1b-random
+
+For LoRA and QLoRA (r=8, all-linear, trained EOS row), on the same seeded examples of 64-512 tokens:
+1. packed rows through variable-length flash attention (worker/varlen_attention.py) against the same
+   examples padded, through SDPA with a padding mask: the loss and every trained weight's gradient;
+2. the fused LoRA linear (worker/fast_lora.py) against peft's own forward, on the padded batch;
+3. no example attends to another in a packed row: changing one example leaves the next one's loss as is.
+Prints each difference and exits non-zero when one is beyond bf16 rounding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from bench.bench_train import synth_pairs, to_example  # noqa: E402
+from worker.data import Example  # noqa: E402
+from worker.loss import completion_loss  # noqa: E402
+from worker.modeling import (  # noqa: E402
+    attention_without_per_shape_plans,
+    load_base_model,
+    load_tokenizer,
+    mixed_precision,
+    wrap_for_training,
+)
+from worker.packing import collate_packed  # noqa: E402
+from worker.training import collate  # noqa: E402
+
+LOSS_TOL = 2e-3  # relative, bf16 activations summed in different orders
+GRAD_TOL = 0.05  # of each gradient's largest entry
+
+
+def loss_and_grads(model, batch) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    with mixed_precision(batch["input_ids"].device):
+        loss = completion_loss(model, batch)
+    loss.backward()
+    return loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def worst(a: dict, b: dict) -> tuple[float, str]:
+    return max(((a[n] - b[n]).abs().max().item() / max(b[n].abs().max().item(), 1e-12), n) for n in b)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--examples", type=int, default=24)
+    args = ap.parse_args()
+    device = torch.device("cuda")
+    attention_without_per_shape_plans()
+    tok = load_tokenizer(args.model)
+    examples = [to_example(tok, p, c) for p, c in synth_pairs(args.examples, tok, 0, 64, 512)]
+    packed = collate_packed(examples, 512, tok.pad_token_id, device)
+    packed.pop("num_tokens")
+    padded = collate(examples, tok.pad_token_id, device)
+    failures = 0
+
+    def report(what: str, diff: float, tol: float) -> None:
+        nonlocal failures
+        ok = diff <= tol
+        failures += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {what}: {diff:.2e} (tolerance {tol:g})", flush=True)
+
+    for kind in ("lora", "qlora"):
+        ad = {"type": kind, "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
+        ad.update(compute_dtype="bfloat16", train_eos_token=True)
+        torch.manual_seed(0)
+        model = wrap_for_training(load_base_model(args.model, ad, device), ad, args.model, False, tok.eos_token_id)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 0.01)
+        model.train()
+        rows = packed["input_ids"].shape[0]
+        l_packed, g_packed = loss_and_grads(model, packed)
+        l_padded, g_padded = loss_and_grads(model, padded)
+        print(f"{kind}: {len(examples)} examples, {rows} packed rows; loss packed {l_packed:.5f} padded {l_padded:.5f}")
+        report(f"{kind} packed (varlen) vs padded (SDPA) loss", abs(l_packed - l_padded) / abs(l_padded), LOSS_TOL)
+        diff, name = worst(g_packed, g_padded)
+        report(f"{kind} packed vs padded gradients (worst: {name})", diff, GRAD_TOL)
+
+        fused = [m for m in model.modules() if hasattr(m, "_ftaas_peft_forward")]
+        for m in fused:  # peft's own forward, for the comparison
+            m.forward = m._ftaas_peft_forward
+        l_peft, g_peft = loss_and_grads(model, padded)
+        print(f"{kind}: {len(fused)} fused LoRA layers; loss fused {l_padded:.5f}, peft {l_peft:.5f}")
+        report(f"{kind} fused LoRA vs peft loss", abs(l_padded - l_peft) / abs(l_peft), LOSS_TOL)
+        diff, name = worst(g_padded, g_peft)
+        report(f"{kind} fused LoRA vs peft gradients (worst: {name})", diff, GRAD_TOL)
+        del model
+        torch.cuda.empty_cache()
+
+    # 3. isolation: in one packed row, scramble example a; example b's loss must not move.
+    ad = {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
+    ad.update(compute_dtype="bfloat16", train_eos_token=True)
+    model = wrap_for_training(load_base_model(args.model, ad, device), ad, args.model, False, tok.eos_token_id)
+    a, b = sorted(examples, key=lambda e: len(e.input_ids))[:2]
+    other = Example([a.input_ids[0]] + [(t * 7 + 3) % 30000 + 3 for t in a.input_ids[1:]], a.labels)
+    only_b = Example(b.input_ids, b.labels)
+
+    def loss_of_b(first: Example) -> float:
+        masked_first = Example(first.input_ids, [-100] * len(first.labels))  # only b's tokens in the loss
+        batch = collate_packed([masked_first, only_b], 2 * 512, tok.pad_token_id, device)
+        assert batch["input_ids"].shape[0] == 1, "both examples in one row"
+        batch.pop("num_tokens")
+        with torch.no_grad(), mixed_precision(device):
+            return completion_loss(model, batch).item()
+
+    alone = collate_packed([only_b], 1024, tok.pad_token_id, device)
+    alone.pop("num_tokens")
+    with torch.no_grad(), mixed_precision(device):
+        l_alone = completion_loss(model, alone).item()
+    l_a, l_other = loss_of_b(a), loss_of_b(other)
+    print(f"isolation: b alone {l_alone:.6f}, after a {l_a:.6f}, after scrambled a {l_other:.6f}")
+    report("b's loss after a vs after scrambled a", abs(l_a - l_other), 1e-6)
+    report("b's loss after a vs alone", abs(l_a - l_alone) / abs(l_alone), LOSS_TOL)
+    print("all checks passed" if not failures else f"{failures} checks FAILED", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The training loss of a causal LM, computed on the completion tokens only.
+
+A model's own forward runs the output head (128k-vocabulary on Llama 3: a quarter of the 1B model's FLOPs)
+on every position and then masks most of them out of the loss; with prompt/completion data about half the
+positions are prompt. Here the decoder runs as usual, the hidden states of the positions that have a label
+are gathered, and only they go through the head and the cross-entropy: the same loss, the head's work in
+proportion to the trained tokens.
+
+On a GPU with Liger Kernel the head and the cross-entropy are one fused, chunked kernel
+(LigerFusedLinearCrossEntropyLoss), so the [tokens, vocabulary] logits never exist in memory. Unlike Liger's
+patched model forward, which reads lm_head.weight, this reads the head's *effective* weight: with a trained
+EOS row (peft trainable tokens on a tied head) that is the base matrix with the trained row in place, so the
+row gets its gradient through the fused loss too.
+
+Anything this does not know how to split (a LoRA on the head itself, a head bias, logit soft-capping or
+scaling, prompt tuning's virtual tokens) takes the model's own forward instead: `loss_fn_for` says which.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from worker.data import IGNORE
+from worker.varlen_attention import NAME as VARLEN
+from worker.varlen_attention import attention_implementation, boundaries
+from worker.varlen_attention import available as varlen_available
+from worker.varlen_attention import register as register_varlen
+
+log = logging.getLogger("ftaas.loss")
+
+# Causal LMs whose forward is exactly `lm_head(decoder(...).last_hidden_state)` then the shifted
+# cross-entropy: no logit soft-capping, scaling or bias (those would have to be repeated here).
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "olmo2", "granite"})
+
+LossFn = Callable[[torch.nn.Module, dict], torch.Tensor]
+
+
+def model_loss(model, batch: dict) -> torch.Tensor:
+    """The model's own forward and loss (mean over the labelled tokens)."""
+    return model(**batch).loss
+
+
+def _parts(model):
+    """(decoder, head) of a causal LM, through peft's wrappers; None where the split is not known to be exact."""
+    from worker.modeling import is_peft
+
+    if is_peft(model):
+        if model.peft_config[model.active_adapter].is_prompt_learning:
+            return None  # the virtual tokens are prepended inside peft's forward
+        model = model.get_base_model()
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    if decoder is None or head is None or head_weight(head) is None:
+        return None
+    return decoder, head
+
+
+def head_weight(head) -> torch.Tensor | None:
+    """The output head's effective [vocabulary, hidden] weight, or None for a head this cannot read."""
+    token_adapter = getattr(head, "token_adapter", None)  # peft's TrainableTokensWrapper (trained EOS row)
+    if token_adapter is not None:
+        base = token_adapter.base_layer
+        if type(base) is not torch.nn.Linear or base.bias is not None or token_adapter.merged:
+            return None
+        if token_adapter.disable_adapters or not token_adapter.active_adapters:
+            return base.weight
+        # The base matrix with the trained rows copied in: autograd carries their gradient back to the rows.
+        return token_adapter.get_merged_weights(token_adapter.active_adapters)
+    if type(head) is torch.nn.Linear and head.bias is None:
+        return head.weight
+    return None  # a LoRA or 4-bit layer on the head itself
+
+
+# Liger's default chunk bounds the transient logits to tokens x hidden elements: about 128 tokens per chunk
+# with Llama 3's vocabulary, and where the head has a gradient (a trained EOS row) every chunk then adds a
+# K=128 product into the whole [vocabulary, hidden] gradient, reading and writing it ~40 times a step (29 ms
+# of 176 on an H200). 16x the budget means chunks of ~2,048 tokens and about 1 GB of transient logits.
+CHUNK_MEM_CONST = 16
+
+
+def _fused_ce():
+    try:
+        from liger_kernel.ops import LigerFusedLinearCrossEntropyFunction
+    except ImportError:
+        return None
+    return LigerFusedLinearCrossEntropyFunction
+
+
+def _packed_on_gpu(batch: dict) -> bool:
+    """A packed batch (position ids, no attention mask) on a GPU that has varlen attention, and the setting."""
+    if "attention_mask" in batch or "position_ids" not in batch:
+        return False
+    from worker.modeling import fused_kernels_enabled
+
+    if not (varlen_available(batch["input_ids"].device) and fused_kernels_enabled()):
+        return False
+    register_varlen()
+    return True
+
+
+def completion_loss(model, batch: dict) -> torch.Tensor:
+    """Mean cross-entropy over the labelled next tokens, the head run on those positions only."""
+    decoder, head = _parts(model)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    # Not under gradient checkpointing: its recomputation in backward runs outside this forward's switch of
+    # attention implementation, so it would recompute a different graph.
+    if _packed_on_gpu(batch) and not getattr(decoder, "gradient_checkpointing", False):
+        # Packed rows as variable-length sequences: no block-diagonal mask (worker/varlen_attention.py).
+        with attention_implementation(decoder.config, VARLEN):
+            hidden = decoder(**inputs, use_cache=False, **boundaries(batch["position_ids"])).last_hidden_state
+    else:
+        hidden = decoder(**inputs, use_cache=False).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE
+    h = hidden[:, :-1][keep]  # [trained tokens, hidden]
+    target = labels[keep]
+    if target.numel() == 0:  # nothing to learn in this micro-batch: a zero that still reaches the graph
+        return hidden.sum() * 0.0
+    weight = head_weight(head)
+    fused = _fused_ce() if h.is_cuda else None
+    if fused is not None:
+        # The head's gradient (a trained EOS row) accumulates in the weight's dtype over the few ~2k-token
+        # chunks: an fp32 [vocabulary, hidden] buffer would add 1 GiB for one row's gradient.
+        accum = None
+        # Positional: (input, weight, target, bias, ce_weight, ignore_index, lse_square_scale, label_smoothing,
+        # reduction, softcap, return_z_loss, accum_dtype, use_token_scaling, return_token_accuracy,
+        # return_predicted_tokens, ce_impl, ce_mode, chunk_mem_const).
+        loss, *_ = fused.apply(
+            h.to(weight.dtype),
+            weight,
+            target,
+            None,
+            None,
+            IGNORE,
+            0.0,
+            0.0,
+            "mean",
+            None,
+            False,
+            accum,
+            False,
+            False,
+            False,
+            None,
+            None,
+            CHUNK_MEM_CONST,
+        )
+        return loss
+    logits = F.linear(h, weight.to(h.dtype))
+    return F.cross_entropy(logits.float(), target)
+
+
+def loss_fn_for(model) -> LossFn:
+    """completion_loss where the model splits exactly into decoder and head, else the model's own loss."""
+    if _parts(model) is None:
+        log.info("loss: the model's own forward")
+        return model_loss
+    log.info("loss: decoder, then the head on the labelled positions only")
+    return completion_loss
