@@ -45,6 +45,14 @@ class Settings(BaseSettings):
         600.0, description="a job queued this long without starting is sent to the broker again"
     )
     max_attempts: int = Field(3, description="attempts of a job before it ends failed")
+    rate_limit_per_minute: int = Field(
+        1200, ge=0, description="requests per tenant per minute before 429 with Retry-After (0: no limit)"
+    )
+    max_active_jobs_per_tenant: int = Field(
+        32,
+        ge=0,
+        description="queued or running jobs a tenant may have at once, sweep candidates included (0: no limit)",
+    )
     progress_every_s: float = Field(2.0, description="minimum seconds between progress writes")
     checkpoint_every_s: float = Field(60.0, description="seconds between checkpoints (and each epoch end)")
     hf_offline: bool = Field(False, description="never reach a model hub (sets HF_HUB_OFFLINE in children)")
@@ -54,7 +62,10 @@ class Settings(BaseSettings):
         "and AdamW's two moments take about 16 bytes per parameter",
     )
     fused_kernels: bool = Field(
-        True, description="on GPUs, Liger Kernel's fused RMSNorm, SwiGLU, RoPE and linear+cross-entropy when installed"
+        True,
+        description="on GPUs, Liger Kernel's fused RMSNorm, SwiGLU, RoPE and linear+cross-entropy when installed, "
+        "ftaas' fused LoRA linear layers (worker/fast_lora.py) and variable-length attention over packed rows "
+        "(worker/varlen_attention.py)",
     )
     torch_threads: int | None = Field(
         None,

@@ -17,6 +17,7 @@ from app.config import Settings, get_settings
 from app.db import session_scope
 from app.errors import ApiError, not_found
 from app.models import Comparison, File, Job, Sweep, Tenant
+from app.rate_limit import retry_after
 from app.share_links import check_token
 
 SessionDep = Annotated[Session, Depends(session_scope)]
@@ -40,6 +41,14 @@ def get_current_tenant(
     if tenant is None:
         raise ApiError(
             401, "Invalid or revoked API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+        )
+    wait = retry_after(tenant.id)
+    if wait is not None:
+        raise ApiError(
+            429,
+            f"Rate limit of {get_settings().rate_limit_per_minute} requests per minute reached; retry in {wait} s",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(wait)},
         )
     return tenant
 

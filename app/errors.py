@@ -7,7 +7,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+DB_RETRY_AFTER_S = 5
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -96,4 +99,16 @@ def install_error_handlers(app: FastAPI) -> None:
             param=getattr(exc, "param", None),
             code=getattr(exc, "code", None),
             headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_away(_request: Request, _exc: Exception) -> JSONResponse:
+        # The database is unreachable or went away mid-request (the pool's pre-ping reconnects once it is
+        # back): a 503 the client can retry, not a 500. Nothing was committed by this request.
+        return error_response(
+            503,
+            "The service's database is unavailable; retry shortly",
+            code="database_unavailable",
+            headers={"Retry-After": str(DB_RETRY_AFTER_S)},
         )

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import secrets
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.deps import owned_file
 from app.errors import ApiError
 from app.job_state import add_event
-from app.models import File, Job, JobStatus, Tenant
+from app.models import TERMINAL_STATUSES, File, Job, JobStatus, Tenant
 from app.schemas import JobCreate, resolve_spec
 
 
@@ -90,3 +91,27 @@ def build_job(
     session.flush()
     add_event(session, job.id, f"Created fine-tuning job {job.id}: {body.adapter.type} on {body.model}")
     return job
+
+
+def check_active_job_room(session: Session, settings: Settings, tenant: Tenant, new_jobs: int) -> None:
+    """429 when `new_jobs` more would take the tenant past its limit of queued and running jobs.
+
+    The tenant's row is locked first (SELECT ... FOR UPDATE, released at commit), so two requests at once
+    cannot both see room for the last place."""
+    limit = settings.max_active_jobs_per_tenant
+    if not limit:
+        return
+    session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update())
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant.id, Job.status.not_in([s.value for s in TERMINAL_STATUSES]))
+    )
+    if active + new_jobs > limit:
+        raise ApiError(
+            429,
+            f"At most {limit} jobs may be queued or running at once; {active} are, and this asks for {new_jobs} "
+            "more. Wait for some to finish or cancel them",
+            code="too_many_active_jobs",
+            headers={"Retry-After": "60"},
+        )

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from app.config import get_settings
 from app.errors import install_error_handlers
+from app.input_guard import NulGuardMiddleware
 from app.routes import charts, comparisons, files, health, jobs, leaderboard, models, results, sweeps
 from app.upload_limit import UploadLimitMiddleware
 
@@ -22,6 +23,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="ftaas", version="0.1.0", description=DESCRIPTION)
     install_error_handlers(app)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(NulGuardMiddleware)
     for module in (health, files, leaderboard, jobs, results, sweeps, charts, comparisons, models):
         app.include_router(module.router)
     return app

@@ -54,7 +54,13 @@ class AdapterSpec(Strict):
     alpha: float | None = Field(
         None, gt=0, le=4096, description="LoRA scaling numerator (update scaled by alpha/r); default 2*r"
     )
-    dropout: float = Field(0.05, ge=0, le=0.9, description="dropout on the LoRA input: regularises small data")
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        le=0.9,
+        description="dropout on the LoRA input: regularises small data (e.g. 0.05), at a cost in speed "
+        "(0.05 made a bf16 LoRA step about 17% slower on an H200); 0 is peft's own default",
+    )
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear",
         description="module names that get adapters, e.g. [q_proj, k_proj, v_proj, o_proj]; "
@@ -118,7 +124,11 @@ class EvaluationSpec(Strict):
     )
     max_rows: int = Field(100, ge=1, le=100000, description="evaluation rows generated and scored")
     max_new_tokens: int = Field(128, ge=1, le=4096, description="generation length cap per row")
-    batch_size: int = Field(16, ge=1, le=1024, description="rows generated per batch")
+    batch_size: Annotated[int, Field(ge=1, le=1024)] | Auto = Field(
+        "auto",
+        description="rows generated per batch; auto: 128 on a GPU (on an H200 about 5x the generated tokens/s "
+        "of 16), 16 on a CPU. Teacher-forced scoring takes at most 16 rows at a time (full-vocabulary logits)",
+    )
     num_samples: int = Field(10, ge=0, le=1000, description="rows shown side by side in the evaluation")
     eval_every_steps: int | None = Field(
         None,

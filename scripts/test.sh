@@ -2,7 +2,7 @@
 # The whole test suite against the running Postgres (127.0.0.1:5432) and Redis (127.0.0.1:6379).
 # Installs what the tests need first: the project with its test extras, a Compose CLI to validate
 # docker-compose.yml (Debian's docker-compose; the v2 plugin is used instead where it is installed), and
-# Debian's Chromium for the headless page test.
+# Debian's Chromium for the headless page test, and pg_dump.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh test
@@ -17,6 +17,13 @@ if ! command -v chromium >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
       || echo "warning: could not install chromium; tests/test_sweep_page.py will fail" >&2
+  fi
+fi
+# pg_dump for the test that dumps the database and looks for API keys (tests/test_keys_and_limits.py).
+if ! command -v pg_dump >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client) >/dev/null 2>&1 \
+      || echo "warning: could not install postgresql-client; tests/test_keys_and_limits.py will fail" >&2
   fi
 fi
 exec .venv/bin/python -m pytest "$@"

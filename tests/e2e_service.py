@@ -87,7 +87,7 @@ def running_service(workers: int = 1, extra_env: dict[str, str] | None = None):
             capture_output=True,
             text=True,
         ).stdout.strip()
-        yield {"base": base, "key": key, "logs": logs, "env": env}
+        yield {"base": base, "key": key, "logs": logs, "env": env, "api_pid": procs[0].pid}
     finally:
         for proc in procs:
             proc.terminate()

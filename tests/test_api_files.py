@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -405,3 +406,62 @@ def test_other_tenant_cannot_see_read_or_delete_a_file(client, auth, other_auth)
     assert client.get(f"/v1/files/{file_id}", headers=auth).status_code == 200
     assert (UPLOADS_DIR / file_id).is_file()
     assert [f["id"] for f in client.get("/v1/files", headers=auth).json()["data"]] == [file_id]
+
+
+def exact_chunked_multipart(payload: int):
+    """A chunked multipart body whose file part is exactly `payload` bytes."""
+    yield (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="exact.jsonl"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    left = payload
+    while left:
+        n = min(left, 1 << 20)
+        yield b"x" * n
+        left -= n
+    yield f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def test_one_byte_over_the_cap_without_content_length_is_413(client, auth, db_session):
+    headers = {**auth, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    with stores_nothing(db_session):
+        r = client.post("/v1/files", headers=headers, content=exact_chunked_multipart(CAP + 1))
+    assert "content-length" not in r.request.headers
+    assert_error(r, 413, param="file", code="file_too_large")
+
+
+def test_a_csv_with_ten_thousand_columns_is_refused_at_its_header(client, auth, db_session):
+    header = ["prompt", "completion"] + [f"c{i}" for i in range(9_998)]
+    content = (",".join(header) + "\n" + ",".join(["q", "a"] + [""] * 9_998) + "\n").encode()
+    t = time.perf_counter()
+    with stores_nothing(db_session):
+        r = upload(client, auth, "wide.csv", content)
+    error = assert_error(r, 422, param="file", code="invalid_file")
+    assert "10,000 columns; at most 256" in json.dumps(error)
+    assert time.perf_counter() - t < 5  # the duplicate-name check was quadratic in the width
+
+
+def test_a_parquet_file_with_an_extension_type_is_refused(client, auth, db_session, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    class Sneaky(pa.ExtensionType):
+        def __init__(self):
+            super().__init__(pa.string(), "ftaas.test.sneaky")
+
+        def __arrow_ext_serialize__(self):
+            return b"payload-the-reader-must-not-act-on"
+
+        @classmethod
+        def __arrow_ext_deserialize__(cls, storage_type, serialized):
+            raise AssertionError("the extension type was deserialized")
+
+    storage = pa.array(["q1", "q2"])
+    table = pa.table({"prompt": pa.ExtensionArray.from_storage(Sneaky(), storage), "completion": ["a1", "a2"]})
+    path = tmp_path / "sneaky.parquet"
+    pq.write_table(table, path)
+    with stores_nothing(db_session):
+        r = upload(client, auth, "sneaky.parquet", path.read_bytes())
+    error = assert_error(r, 422, param="file", code="invalid_file")
+    assert "extension types are not accepted" in json.dumps(error)

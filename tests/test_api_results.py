@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,38 @@ def test_adapter_download_with_checksum_and_ranges(client, auth, db_session, acm
 
     beyond = client.get(url, headers={**auth, "Range": f"bytes={len(archive)}-"})
     assert beyond.status_code == 416
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        ",".join(f"{i}-{i}" for i in range(5000)),  # thousands of one-byte ranges
+        ",".join("0-" for _ in range(5000)),  # thousands of overlapping ones, each the whole file
+        ",".join(f"{i}-{i + 50}" for i in range(0, 20000, 3)),  # overlapping neighbours, past the end
+    ],
+    ids=["5000-single-bytes", "5000-overlapping", "6667-neighbours"],
+)
+def test_a_hostile_range_header_answers_in_normal_time(client, auth, db_session, acme, train_file, archive, hostile):
+    # Starlette before 0.49.1 merged ranges in quadratic time (CVE-2025-62727); since 1.5.1 it honours at most
+    # 100. Either way the answer must come as fast as an ordinary download and hold the file's own bytes.
+    job = make_job(db_session, acme, train_file)
+    store_adapter(db_session, job, archive)
+    url = f"{JOBS}/{job.id}/adapter"
+    t = time.perf_counter()
+    plain = client.get(url, headers=auth)
+    plain_s = time.perf_counter() - t
+    t = time.perf_counter()
+    r = client.get(url, headers={**auth, "Range": f"bytes={hostile}"})
+    hostile_s = time.perf_counter() - t
+    print(
+        f"\n[range] {len(hostile):,}-byte Range header: {r.status_code} in {hostile_s * 1000:.1f} ms "
+        f"(plain download {plain_s * 1000:.1f} ms)"
+    )
+    assert r.status_code in (200, 206, 416)
+    assert hostile_s < 1.0  # a quadratic merge of thousands of ranges takes far longer; ordinary is ~10 ms
+    if r.status_code == 200:
+        assert r.content == plain.content == archive
+    assert len(r.content) <= 2 * len(archive) + 100 * 200  # never thousands of copies of the file
 
 
 def test_a_chosen_evaluated_checkpoint_downloads_by_step(client, auth, db_session, acme, train_file, archive):

@@ -638,3 +638,15 @@ def test_alpaca_demo():
     }
     with_input = next(i for i, r in enumerate(raw) if r["input"])
     assert "### Input:\n" + raw[with_input]["input"] in records[with_input]["prompt"]
+
+
+def test_a_json_array_over_its_size_cap_is_refused_unread(tmp_path, monkeypatch):
+    from app.datasets import readers
+
+    monkeypatch.setattr(readers, "MAX_JSON_ARRAY_BYTES", 1000)
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps([{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(100)]))
+    with pytest.raises(DatasetValidationError) as exc:
+        validate_file(path, "big.json")
+    message = str(exc.value.errors[0])
+    assert "1,000-byte limit" in message and ".jsonl" in message

@@ -8,6 +8,7 @@ import json
 import math
 import tarfile
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -51,13 +52,18 @@ def _no_timed_checkpoints(monkeypatch):
     monkeypatch.setattr(get_settings(), "checkpoint_every_s", 3600.0)
 
 
-def run_job(body: dict, train_rows: list[dict], val_rows: list[dict] | None, separator: str | None) -> str:
-    """A running job (attempt 1) on fresh files, run by the child's run() in this process."""
+def running_job_row(
+    body: dict,
+    train_rows: list[dict],
+    val_rows: list[dict] | None,
+    separator: str | None,
+    model_source: Path = MODEL_DIR,
+) -> str:
+    """A job row claimed by attempt 1 (status running) on fresh files; returns its id."""
     from app.config import get_settings
     from app.db import get_sessionmaker
     from app.models import Job, JobStatus, Tenant
     from app.schemas import JobCreate, resolve_spec
-    from worker.child import JobContext, run
 
     settings = get_settings()
     with get_sessionmaker()() as s:
@@ -70,7 +76,7 @@ def run_job(body: dict, train_rows: list[dict], val_rows: list[dict] | None, sep
         job = Job(
             tenant_id=tenant.id,
             model="stories260k",
-            model_source=str(MODEL_DIR),
+            model_source=str(model_source),
             training_file_id=train.id,
             validation_file_id=val.id if val else None,
             seed=7,
@@ -80,8 +86,26 @@ def run_job(body: dict, train_rows: list[dict], val_rows: list[dict] | None, sep
         )
         s.add(job)
         s.commit()
-        job_id = job.id
-    run(JobContext(job_id, 1))
+        return job.id
+
+
+def run_job(
+    body: dict,
+    train_rows: list[dict],
+    val_rows: list[dict] | None,
+    separator: str | None,
+    model_source: Path = MODEL_DIR,
+    via_main: bool = False,
+) -> str:
+    """A running job (attempt 1) on fresh files, run by the child's run() in this process (or by its main(),
+    which also ends the job as the child process would)."""
+    from worker.child import JobContext, main, run
+
+    job_id = running_job_row(body, train_rows, val_rows, separator, model_source)
+    if via_main:
+        main([job_id, "1"])
+    else:
+        run(JobContext(job_id, 1))
     return job_id
 
 

@@ -222,26 +222,17 @@ def _package_checkpoints(ctx: JobContext, model, tokenizer, card_for) -> None:
             )
 
 
-def _with_micro(spec: dict, micro: int) -> dict:
-    """The spec with a concrete micro-batch; batch_size auto then means one micro-batch per optimizer step."""
-    hp = spec["hyperparameters"]
-    return {
-        **spec,
-        "training": {**spec["training"], "micro_batch_size": micro},
-        "hyperparameters": {**hp, "batch_size": micro if hp["batch_size"] == "auto" else hp["batch_size"]},
-    }
-
-
 def run(ctx: JobContext) -> None:
     import torch
 
     from worker.artifacts import model_card, package_adapter
-    from worker.auto_plan import choose_adapter_type, choose_micro_batch
+    from worker.auto_plan import choose_adapter_type, choose_micro_batch, with_micro_batch
     from worker.data import Formatter, split_rows
     from worker.evaluation import EvalResult, EvalSet, evaluate
     from worker.metrics import get_bertscorer, resolve_bertscore_model
     from worker.modeling import (
         ModelRefused,
+        attention_without_per_shape_plans,
         count_params,
         count_params_of_config,
         load_base_model,
@@ -255,6 +246,7 @@ def run(ctx: JobContext) -> None:
     settings = ctx.settings
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    attention_without_per_shape_plans()
     with ctx.Session() as s:
         job = s.get(Job, ctx.job_id)
         train_file = s.get(File, job.training_file_id)
@@ -273,7 +265,10 @@ def run(ctx: JobContext) -> None:
         raise UserError("too_few_rows", f"training file {train_file.id} needs at least 2 rows (one is held out)")
 
     device = pick_device()
-    tokenizer = load_tokenizer(job.model_source)
+    try:
+        tokenizer = load_tokenizer(job.model_source)  # checks the model directory before reading anything
+    except ModelRefused as exc:
+        raise UserError(exc.code, str(exc)) from exc
     fmt = Formatter(tokenizer, spec["training"]["max_seq_length"])
     train_examples = [fmt.example(r) for r in train_rows]
     train_examples = [e for e in train_examples if e.num_loss_tokens > 0]
@@ -335,7 +330,7 @@ def run(ctx: JobContext) -> None:
             trainable,
             device,
         )
-        spec = _with_micro(spec, micro)
+        spec = with_micro_batch(spec, micro)
         ctx.update(spec=spec)
         ctx.event(f"micro_batch_size auto: {why}")
     ctx.event(f"{spec['adapter']['type']}: {trainable:,} trainable parameters of {total:,}")
@@ -450,8 +445,8 @@ def main(argv: list[str]) -> int:
     settings = get_settings()
     if settings.hf_offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    # Packed micro-batches change shape every step; expandable segments stop the CUDA caching allocator from
-    # fragmenting and synchronising on frees (seen as 2x slower QLoRA steps now and then).
+    # Packed micro-batches change shape every step; expandable segments keep the CUDA caching allocator from
+    # fragmenting (and from synchronising on frees to make room).
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     ctx = JobContext(job_id, attempt)
     try:

@@ -60,7 +60,7 @@ class JobInfo:
     adapter: dict  # the job's spec["adapter"]
     shape: str  # the training file's shape: chat, prompt_completion, instruction, text
     max_seq_length: int
-    batch_size: int
+    batch_size: int | str  # the job's evaluation.batch_size: rows or "auto" (worker.evaluation sizes it)
     fine_tuned_model: str | None
     folder: Path
 
@@ -260,8 +260,11 @@ def generate_outputs(infos: list[JobInfo], prompts: list[str], max_new_tokens: i
     from peft import PeftModel
 
     from worker.data import Formatter
-    from worker.evaluation import generate
-    from worker.modeling import ModelRefused, load_base_model, load_tokenizer, pick_device
+    from worker.evaluation import generate, generation_batch_size
+    from worker.modeling import ModelRefused, check_adapter_source, load_base_model, load_tokenizer, pick_device
+
+    def gen_batch(info: JobInfo) -> int:
+        return generation_batch_size(info.batch_size, device)
 
     for info in infos:
         if not (info.folder / ("config.json" if info.adapter_type == FULL else "adapter_config.json")).is_file():
@@ -295,21 +298,22 @@ def generate_outputs(infos: list[JobInfo], prompts: list[str], max_new_tokens: i
 
         base = load_base()
         # The base sees the prompts as the group's first job formats them.
-        texts = generate(base, tokenizer, rows_for(first), max_new_tokens, first.batch_size, device)
+        texts = generate(base, tokenizer, rows_for(first), max_new_tokens, gen_batch(first), device)
         base_outputs.append({"model": first.model, "quantized": first.base_key[1] is not None, "outputs": texts})
         for info in group:
             rows = rows_for(info)
             if info.adapter_type == FULL:
                 model = _load_full_model(info.folder, device)
-                job_outputs[info.job_id] = generate(model, tokenizer, rows, max_new_tokens, info.batch_size, device)
+                job_outputs[info.job_id] = generate(model, tokenizer, rows, max_new_tokens, gen_batch(info), device)
                 del model
                 _release(device)
                 continue
             if base is None:
                 base = load_base()
+            check_adapter_source(info.folder)
             tuned = PeftModel.from_pretrained(base, str(info.folder))
             tuned.eval()
-            job_outputs[info.job_id] = generate(tuned, tokenizer, rows, max_new_tokens, info.batch_size, device)
+            job_outputs[info.job_id] = generate(tuned, tokenizer, rows, max_new_tokens, gen_batch(info), device)
             base = _remove_adapter(tuned)
             del tuned
             if base is None:
@@ -376,6 +380,9 @@ def main(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
+    from worker.modeling import attention_without_per_shape_plans
+
+    attention_without_per_shape_plans()
     run_comparison(argv[0])
     return 0
 

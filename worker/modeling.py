@@ -54,24 +54,62 @@ def mixed_precision(device: torch.device):
     return contextlib.nullcontext()
 
 
-def check_model_source(source: str) -> None:
-    """Refuse local model directories without safetensors weights or with custom code."""
+def _asks_for_remote_code(path: Path) -> str | None:
+    """The name of a config file in `path` that maps a class to custom code (auto_map), or None."""
+    for name in ("config.json", "tokenizer_config.json", "adapter_config.json", "processor_config.json"):
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            data = json.loads(file.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ModelRefused(f"{path.name}/{name} is not valid JSON: {exc}") from exc
+        if isinstance(data, dict) and data.get("auto_map"):
+            return name
+    return None
+
+
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_model_source(source: str, need_weights: bool = True) -> None:
+    """Refuse local model directories without safetensors weights or with custom code, before anything in
+    them is read by transformers (the tokenizer and the config included): pickle weights are never
+    unpickled, remote code never imported.
+
+    need_weights=False (reading only a tokenizer): a directory with no weights at all passes; one whose
+    only weights are pickles is still refused, so a pickle-only model fails at its first read.
+    """
     path = Path(source)
     if not path.is_dir():
         return  # a hub id: from_pretrained(use_safetensors=True, trust_remote_code=False) enforces the same
     if not any(path.glob("*.safetensors")):
-        raise ModelRefused(f"model directory {path.name} has no .safetensors weights (pickle weights are refused)")
-    config = path / "config.json"
-    if config.is_file():
-        data = json.loads(config.read_text())
-        if data.get("auto_map"):
-            raise ModelRefused(f"model {path.name} asks for remote code (auto_map); refused")
+        has_pickles = any(any(path.glob(pattern)) for pattern in PICKLE_WEIGHTS)
+        if need_weights or has_pickles:
+            raise ModelRefused(
+                f"model directory {path.name} has no .safetensors weights (pickle weights are refused)"
+            )
+    asking = _asks_for_remote_code(path)
+    if asking:
+        raise ModelRefused(f"model {path.name} asks for remote code (auto_map in {asking}); refused")
+
+
+def check_adapter_source(folder: Path) -> None:
+    """The same for a stored adapter directory: adapter_model.safetensors, no custom code."""
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise ModelRefused(
+            f"adapter directory {folder.name} has no adapter_model.safetensors (pickle weights are refused)"
+        )
+    asking = _asks_for_remote_code(folder)
+    if asking:
+        raise ModelRefused(f"adapter {folder.name} asks for remote code (auto_map in {asking}); refused")
 
 
 def count_params_of_config(source: str) -> int:
     """Parameters of a model, from its config alone: built on the meta device, so no weight is read."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    check_model_source(source)
     config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
@@ -136,6 +174,7 @@ def build_peft_config(adapter: dict, tokenizer_name: str | None = None, eos_toke
 def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
+    check_model_source(source, need_weights=False)  # the tokenizer is the first thing read from a model directory
     tok = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token or tok.unk_token
@@ -180,6 +219,17 @@ def plain_4bit_kernels_on_cpu(model, device) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def attention_without_per_shape_plans() -> None:
+    """Keep scaled-dot-product attention off its cuDNN backend, in this process.
+
+    cuDNN builds an execution plan the first time it sees each (batch, length) shape, about 2 s forward and
+    backward on an H200; packed and padded batches change shape nearly every step, so the first epoch of every
+    job (each job is a fresh process) paid seconds on most steps. PyTorch's own flash and memory-efficient
+    kernels need no plan; warm, they were 5% slower on the 1B LoRA step (bench/RESULTS-2026-11-23.md)."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def fused_kernels_enabled() -> bool:
     from app.config import get_settings
 
@@ -187,7 +237,11 @@ def fused_kernels_enabled() -> bool:
 
 
 def wrap_for_training(
-    model, adapter: dict, tokenizer_source: str, gradient_checkpointing: bool, eos_token_id: int | None = None
+    model,
+    adapter: dict,
+    tokenizer_source: str,
+    gradient_checkpointing: bool,
+    eos_token_id: int | None = None,
 ):
     """The model the training loop optimizes: a peft model around the frozen base, or for full fine-tuning
     the plain model with every weight trainable."""
@@ -215,6 +269,10 @@ def wrap_for_training(
         for module in peft_model.modules():
             if hasattr(module, "cast_input_dtype_enabled"):
                 module.cast_input_dtype_enabled = False
+        if fused_kernels_enabled():
+            from worker.fast_lora import fuse_lora_layers
+
+            fuse_lora_layers(peft_model)  # base matmul and adapter in one autograd function: fewer passes
     return peft_model
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from celery import bootsteps
 from celery.signals import worker_process_init
+from sqlalchemy import select
 
 from app.config import get_settings
 from app.db import get_engine, get_sessionmaker
@@ -28,7 +29,7 @@ from worker.celery_app import TRAIN_TASK, make_celery
 log = logging.getLogger("ftaas.worker")
 celery = make_celery()
 
-CANCEL_GRACE_S = 10.0  # how long a child may take to notice a cancel before it is killed
+CANCEL_GRACE_S = 10.0  # how long a child of a job claimed by another attempt may take to stop by itself
 
 
 def worker_name() -> str:
@@ -56,19 +57,33 @@ def last_lines(path: Path, n: int = 40) -> str:
         return ""
 
 
+CANCEL_POLL_S = 1.0  # how often the supervisor looks for a cancel between heartbeats
+
+
 def supervise(job_id: str, attempt: int, child: subprocess.Popen) -> int:
-    """Renew the lease while the child runs; kill it if the job is no longer ours and it does not stop."""
+    """Renew the lease while the child runs. A cancelled job's child is killed at once: its writes are fenced
+    already, there is nothing to save, and the user wants the GPU back; a job claimed by another attempt gets
+    CANCEL_GRACE_S to stop by itself first."""
     settings, Session = get_settings(), get_sessionmaker()
-    lost_since = None
+    lost_since, last_beat = None, time.monotonic()
     while child.poll() is None:
         try:  # wakes as soon as the child exits
-            child.wait(timeout=min(settings.heartbeat_s, 1.0) if lost_since else settings.heartbeat_s)
+            child.wait(timeout=min(settings.heartbeat_s, CANCEL_POLL_S))
             break
         except subprocess.TimeoutExpired:
             pass
         try:
             with Session() as s:
+                status = s.scalar(select(Job.status).where(Job.id == job_id))
+                if status == JobStatus.cancelled:
+                    log.info("job %s was cancelled: stopping its training child", job_id)
+                    child.kill()
+                    child.wait()
+                    break
+                if time.monotonic() - last_beat < settings.heartbeat_s and lost_since is None:
+                    continue
                 ours = renew_lease(s, job_id, attempt, settings.lease_s)
+                last_beat = time.monotonic()
         except Exception:  # the database is away: keep training, try again next beat
             log.warning("heartbeat for %s failed", job_id, exc_info=True)
             continue
@@ -77,7 +92,7 @@ def supervise(job_id: str, attempt: int, child: subprocess.Popen) -> int:
         elif lost_since is None:
             lost_since = time.monotonic()
         elif time.monotonic() - lost_since > CANCEL_GRACE_S and child.poll() is None:
-            log.warning("job %s: child did not stop after cancel; killing it", job_id)
+            log.warning("job %s: no longer this attempt's and its child did not stop; killing it", job_id)
             child.kill()
     return child.returncode
 

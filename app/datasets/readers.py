@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import itertools
 import json
@@ -25,6 +26,11 @@ _BOM = b"\xef\xbb\xbf"
 _SNIFF_BYTES = 64 * 1024
 _CSV_FIELD_LIMIT = 64 * 1024 * 1024  # the csv default (128 KiB) would reject long documents spuriously
 _PARQUET_BATCH_ROWS = 256  # small batches bound memory when rows hold long documents
+# A fine-tuning record needs a handful of fields (prompt/completion, messages, instruction/input/output,
+# text): a file with thousands of columns is a mistake or an attack, refused before its rows are read.
+MAX_COLUMNS = 256
+# A .json array has to be parsed whole (several times its size in memory); larger data goes as .jsonl.
+MAX_JSON_ARRAY_BYTES = 64 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -154,8 +160,18 @@ def _parse_object(lineno: int, text: str):
 
 
 def _read_json(path) -> Iterator:
-    # A JSON array cannot be parsed incrementally with the stdlib; loading it whole is accepted.
+    # A JSON array cannot be parsed incrementally with the stdlib: it is loaded whole, so its size is capped.
     with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        if size > MAX_JSON_ARRAY_BYTES:
+            yield RowError(
+                None,
+                None,
+                f"a .json array of {size:,} bytes is over the {MAX_JSON_ARRAY_BYTES:,}-byte limit for arrays "
+                "(they are parsed whole); upload the records as .jsonl, one object per line",
+            )
+            return
+        f.seek(0)
         data = f.read().removeprefix(_BOM)
     try:
         text = data.decode("utf-8")
@@ -224,7 +240,11 @@ def _csv_rows(reader) -> Iterator:
     if header is None:
         yield RowError(None, None, "file is empty")
         return
-    duplicated = sorted({c for c in header if header.count(c) > 1})
+    if len(header) > MAX_COLUMNS:
+        yield RowError(reader.line_num, None, f"the header has {len(header):,} columns; at most {MAX_COLUMNS}")
+        return
+    counts = collections.Counter(header)  # linear: header.count() per column was quadratic in the width
+    duplicated = sorted(c for c, n in counts.items() if n > 1)
     if duplicated:
         yield RowError(reader.line_num, duplicated[0], "duplicate column name in the header")
         return
@@ -250,6 +270,10 @@ def _read_parquet(path) -> Iterator:
         except Exception as exc:  # noqa: BLE001
             yield RowError(None, None, f"not a readable Parquet file: {exc}")
             return
+        refusal = _parquet_refusal(parquet)
+        if refusal:
+            yield RowError(None, refusal[0], refusal[1])
+            return
         line = 0
         try:
             for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
@@ -258,3 +282,22 @@ def _read_parquet(path) -> Iterator:
                     yield line, row
         except Exception as exc:  # noqa: BLE001
             yield RowError(line + 1, None, f"cannot read Parquet data: {exc}")
+
+
+def _parquet_refusal(parquet) -> tuple[str | None, str] | None:
+    """(column, reason) when the file's schema is refused before any row is read: too many columns, or an
+    Arrow extension type (custom types rebuilt by code on read; old pyarrow even unpickled some). Checked on
+    the raw metadata, so pyarrow never interprets the extension itself."""
+    n = parquet.metadata.num_columns
+    if n > MAX_COLUMNS:
+        return None, f"the file has {n:,} columns; at most {MAX_COLUMNS}"
+    import base64
+
+    raw = (parquet.metadata.metadata or {}).get(b"ARROW:schema", b"")
+    try:
+        schema_bytes = base64.b64decode(raw, validate=False) if raw else b""
+    except ValueError:
+        schema_bytes = raw
+    if b"ARROW:extension:name" in schema_bytes or b"ARROW:extension:name" in raw:
+        return None, "Arrow extension types are not accepted; store the columns as plain strings"
+    return None

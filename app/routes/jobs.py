@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 
 from app.deps import CurrentTenant, OwnedJob, SessionDep, SettingsDep
 from app.errors import ApiError
-from app.job_builder import build_job, training_files
+from app.job_builder import build_job, check_active_job_room, training_files
 from app.job_state import add_event, after_job_ended
 from app.models import TERMINAL_STATUSES, Checkpoint, Job, JobEvent, JobStatus, utcnow
 from app.pagination import list_page, page_of
@@ -23,11 +23,12 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"])
 @router.post(
     "",
     response_model=JobPublic,
-    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
     summary="Create a fine-tuning job (LoRA, QLoRA or prompt tuning), queued for a GPU worker",
 )
 def create_job(body: JobCreate, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep) -> JobPublic:
     training, validation = training_files(session, tenant, body.training_file, body.validation_file)
+    check_active_job_room(session, settings, tenant, 1)
     job = build_job(session, settings, tenant, body, training, validation)
     session.commit()  # commit, then enqueue: the worker must find the row
     enqueue_job(job.id)

@@ -10,7 +10,7 @@ from sqlalchemy import update
 
 from app.deps import CurrentTenant, OwnedSweep, SessionDep, SettingsDep
 from app.errors import ApiError
-from app.job_builder import build_job, training_files, validate_job
+from app.job_builder import build_job, check_active_job_room, training_files, validate_job
 from app.job_state import add_event
 from app.models import TERMINAL_STATUSES, Job, JobStatus, Sweep, SweepStatus, utcnow
 from app.pagination import list_page, page_of
@@ -52,6 +52,7 @@ def create_sweep(
     requests = [job_request(body, i, name, cand, metric, seed) for i, (name, cand) in enumerate(candidates)]
     for i, req in enumerate(requests):  # every check before the first row is added: nothing half-stored
         validate_job(settings, req, param_prefix=f"candidates[{i}].")
+    check_active_job_room(session, settings, tenant, len(requests))
     sweep = Sweep(
         tenant_id=tenant.id,
         training_file_id=training.id,
