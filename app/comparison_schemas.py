@@ -24,7 +24,17 @@ PromptText = Annotated[
 
 
 class ComparisonCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Exactly one prompt source, as the route checks (a null one counts as absent): said in the schema too,
+    # so that clients and schema-driven tests know a body with neither or both is invalid.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["prompts"], "properties": {"prompts": {"type": "array"}}},
+                {"required": ["held_out_rows"], "properties": {"held_out_rows": {"type": "integer"}}},
+            ]
+        },
+    )
 
     job_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         ...,

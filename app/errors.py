@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -9,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Route
 
 DB_RETRY_AFTER_S = 5
 
@@ -68,12 +70,24 @@ def loc_to_param(loc: tuple[Any, ...]) -> str:
     parts = [
         p
         for p in parts
-        if not (p.startswith(("literal[", "function-", "constrained-")) or p in ("int", "float", "str", "list[str]"))
+        if not (p.startswith(("literal[", "function-", "constrained-", "list[")) or p in ("int", "float", "str"))
     ]
     return ".".join(parts) or "body"
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def allowed_methods(routes: Iterable[BaseRoute], path: str) -> list[str]:
+    """Every method some route serves at `path`, for a 405's Allow header."""
+    methods: set[str] = set()
+    for route in routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(path):
+            methods |= route.methods
+    return sorted(methods)
+
+
+def install_error_handlers(app: FastAPI, routes: Iterable[BaseRoute] = ()) -> None:
+    """The app's exception handlers; `routes` (with their full paths) are the ones a 405's Allow lists."""
+    routes = list(routes)
+
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return error_response(
@@ -92,13 +106,18 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405 and (methods := allowed_methods(routes, request.url.path)):
+            # Starlette names only the methods of the first route whose path matched (GET of /v1/files/{id},
+            # not its DELETE); RFC 9110 wants every method the resource supports.
+            headers = {**(headers or {}), "Allow": ", ".join(methods)}
         return error_response(
             exc.status_code,
             str(exc.detail),
             param=getattr(exc, "param", None),
             code=getattr(exc, "code", None),
-            headers=getattr(exc, "headers", None),
+            headers=headers,
         )
 
     @app.exception_handler(OperationalError)

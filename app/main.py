@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from app.config import get_settings
 from app.errors import install_error_handlers
 from app.input_guard import NulGuardMiddleware
+from app.openapi import build_openapi
 from app.routes import charts, comparisons, files, health, jobs, leaderboard, models, results, sweeps
 from app.upload_limit import UploadLimitMiddleware
 
@@ -21,11 +22,13 @@ token accuracy, pick the best per file, and download its adapter. Authorize with
 def create_app() -> FastAPI:
     settings = get_settings()
     app = FastAPI(title="ftaas", version="0.1.0", description=DESCRIPTION)
-    install_error_handlers(app)
+    app.openapi = lambda: build_openapi(app)  # FastAPI's document plus the errors the app really answers
+    routers = [m.router for m in (health, files, leaderboard, jobs, results, sweeps, charts, comparisons, models)]
+    install_error_handlers(app, routes=[route for router in routers for route in router.routes])
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(NulGuardMiddleware)
-    for module in (health, files, leaderboard, jobs, results, sweeps, charts, comparisons, models):
-        app.include_router(module.router)
+    for router in routers:
+        app.include_router(router)
     return app
 
 

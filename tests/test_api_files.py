@@ -155,6 +155,23 @@ def test_content_returns_the_uploaded_bytes(client, auth):
     assert 'filename="valid.jsonl"' in r.headers["content-disposition"]
 
 
+def test_content_resumes_with_range_and_a_lost_file_is_404(client, auth):
+    file_id = upload(client, auth, "f.jsonl", PC_JSONL).json()["id"]
+    url = f"/v1/files/{file_id}/content"
+    part = client.get(url, headers={**auth, "Range": "bytes=0-9"})
+    assert part.status_code == 206 and part.content == PC_JSONL[:10]
+    assert_error(client.get(url, headers={**auth, "Range": "bytes=5000-"}), 416, param="Range")
+    (UPLOADS_DIR / file_id).unlink()  # storage lost the bytes: FileResponse raised (a 500)
+    assert_error(client.get(url, headers=auth), 404, code="file_content_missing")
+
+
+def test_a_wrong_method_is_405_listing_every_method_of_the_resource(client, auth):
+    file_id = upload(client, auth, "f.jsonl", PC_JSONL).json()["id"]
+    r = client.put(f"/v1/files/{file_id}", headers=auth)
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+    assert r.headers["allow"] == "DELETE, GET"  # Starlette named only the first route's: GET
+
+
 def test_list_is_newest_first_and_paginates(client, auth):
     ids = [upload(client, auth, f"f{i}.jsonl", PC_JSONL).json()["id"] for i in range(3)]
     newest_first = ids[::-1]

@@ -221,6 +221,16 @@ def test_adapter_download_with_checksum_and_ranges(client, auth, db_session, acm
 
     beyond = client.get(url, headers={**auth, "Range": f"bytes={len(archive)}-"})
     assert beyond.status_code == 416
+    # Range errors in the API's JSON shape, not Starlette's plain text
+    assert beyond.json()["error"]["code"] == "range_not_satisfiable" and beyond.json()["error"]["param"] == "Range"
+    assert beyond.headers["content-range"] == f"bytes */{len(archive)}"
+    for malformed in ("bytes=9-3", "items=0-1", "bytes=-"):
+        bad = client.get(url, headers={**auth, "Range": malformed})
+        assert bad.status_code == 400, malformed
+        assert bad.json()["error"]["code"] == "invalid_range" and bad.json()["error"]["param"] == "Range"
+    # a step past the 32-bit column was a database error (a 500)
+    r = client.get(url, headers=auth, params={"step": 2**31})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "step"
 
 
 @pytest.mark.parametrize(

@@ -22,10 +22,11 @@ from app.comparison_schemas import (
 from app.deps import CurrentTenant, OwnedComparison, SessionDep, owned_job
 from app.errors import ApiError
 from app.models import Comparison, ComparisonStatus, EvaluationRow, Job, JobStatus, utcnow
+from app.openapi import error_responses
 from app.pagination import list_page, page_of
 from app.presenters import unix
 from app.queue import enqueue_comparison
-from app.schemas import ErrorResponse, JobError
+from app.schemas import JobError
 
 router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"])
 
@@ -114,7 +115,7 @@ def _comparable_jobs(session, tenant, job_ids: list[str]) -> list[Job]:
 @router.post(
     "",
     response_model=ComparisonPublic,
-    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+    responses=error_responses(404, 409),
     summary="Generate with the base model and each job on the same prompts (yours, or held-out rows)",
 )
 def create_comparison(body: ComparisonCreate, session: SessionDep, tenant: CurrentTenant) -> ComparisonPublic:

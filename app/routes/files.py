@@ -6,18 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Query, UploadFile
-from fastapi.responses import FileResponse
 
 from app.datasets import DatasetValidationError, check_column_mapping, validate_file
 from app.deps import CurrentTenant, OwnedFile, SessionDep, SettingsDep
+from app.downloads import Download
 from app.errors import ApiError
 from app.models import File, Job, JobStatus, new_id, utcnow
+from app.openapi import error_responses
 from app.pagination import list_page, page_of
 from app.presenters import file_public
-from app.schemas import ErrorResponse, FileDeleted, FileList, FilePublic
+from app.schemas import FileDeleted, FileList, FilePublic
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -54,7 +55,7 @@ def _store_upload(upload: UploadFile, dest: str, cap: int) -> tuple[int, str]:
 @router.post(
     "",
     response_model=FilePublic,
-    responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses=error_responses(413, 422),
     summary="Upload a dataset (JSONL, JSON array, CSV or Parquet); validated before it is kept",
 )
 def upload_file(
@@ -62,22 +63,21 @@ def upload_file(
     tenant: CurrentTenant,
     settings: SettingsDep,
     file: UploadFile,
-    purpose: Annotated[str, Form(description="must be fine-tune")] = "fine-tune",
+    purpose: Annotated[Literal["fine-tune"], Form(description="what the file is for: fine-tune")] = "fine-tune",
     column_mapping: Annotated[
         str | None,
         Form(description='JSON object, source column -> field, e.g. {"question": "prompt", "sql": "completion"}'),
     ] = None,
     completion_separator: Annotated[
         str | None,
-        Form(description='split {"text"} rows at the last occurrence into prompt and completion, e.g. "\\nA: "'),
+        Form(
+            max_length=200,
+            description='split {"text"} rows at the last occurrence into prompt and completion, e.g. "\\nA: "',
+        ),
     ] = None,
 ) -> FilePublic:
-    if purpose != "fine-tune":
-        raise ApiError(400, f"Unsupported purpose '{purpose}': only 'fine-tune'", param="purpose")
     mapping = _parse_mapping(column_mapping)
     separator = completion_separator or None
-    if separator is not None and len(separator) > 200:
-        raise ApiError(400, "completion_separator is longer than 200 characters", param="completion_separator")
     client_name = os.path.basename((file.filename or "upload").replace("\\", "/")).replace("\x00", "")[:255]
 
     file_id = new_id("file")
@@ -141,16 +141,32 @@ def get_file(file: OwnedFile) -> FilePublic:
     return file_public(file)
 
 
-@router.get("/{file_id}/content", response_class=FileResponse, summary="The file's bytes, as uploaded")
-def file_content(file: OwnedFile, settings: SettingsDep) -> FileResponse:
-    return FileResponse(
-        settings.uploads_dir / file.storage_name,
-        media_type="application/octet-stream",
-        filename=file.filename,
-    )
+@router.get(
+    "/{file_id}/content",
+    response_class=Download,
+    responses={
+        200: {"description": "the file's bytes", "content": {"application/octet-stream": {}}},
+        206: {
+            "description": "the requested byte range(s)",
+            "content": {"application/octet-stream": {}, "multipart/byteranges": {}},
+        },
+        **error_responses(416),
+    },
+    summary="The file's bytes, as uploaded (Range resumes a download)",
+)
+def file_content(file: OwnedFile, settings: SettingsDep) -> Download:
+    path = settings.uploads_dir / file.storage_name
+    if not path.is_file():  # FileResponse would raise (a 500) on a missing path
+        raise ApiError(404, f"The content of file {file.id} is missing from storage", code="file_content_missing")
+    return Download(path, media_type="application/octet-stream", filename=file.filename)
 
 
-@router.delete("/{file_id}", response_model=FileDeleted, summary="Delete a file (jobs that used it keep their results)")
+@router.delete(
+    "/{file_id}",
+    response_model=FileDeleted,
+    responses=error_responses(409),
+    summary="Delete a file (jobs that used it keep their results)",
+)
 def delete_file(file: OwnedFile, session: SessionDep, settings: SettingsDep) -> FileDeleted:
     busy = (
         session.query(Job.id)

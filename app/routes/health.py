@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from app.db import get_engine
@@ -12,12 +15,26 @@ from app.queue import broker_reachable
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="The process answers")
-def healthz() -> dict:
-    return {"status": "ok"}
+class Liveness(BaseModel):
+    status: Literal["ok"] = "ok"
 
 
-@router.get("/readyz", summary="The database and the broker are reachable (503 otherwise)")
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, bool]
+
+
+@router.get("/healthz", response_model=Liveness, summary="The process answers")
+def healthz() -> Liveness:
+    return Liveness()
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "the database or the broker is unreachable"}},
+    summary="The database and the broker are reachable (503 otherwise)",
+)
 def readyz() -> JSONResponse:
     checks = {"database": False, "broker": False}
     try:
@@ -28,4 +45,5 @@ def readyz() -> JSONResponse:
         pass
     checks["broker"] = broker_reachable()
     ok = all(checks.values())
-    return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+    body = Readiness(status="ok" if ok else "unavailable", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)

@@ -12,10 +12,11 @@ from app.errors import ApiError
 from app.job_builder import build_job, check_active_job_room, training_files
 from app.job_state import add_event, after_job_ended
 from app.models import TERMINAL_STATUSES, Checkpoint, Job, JobEvent, JobStatus, utcnow
+from app.openapi import error_responses
 from app.pagination import list_page, page_of
 from app.presenters import checkpoint_public, event_public, job_public
 from app.queue import enqueue_job
-from app.schemas import CheckpointList, ErrorResponse, EventList, JobCreate, JobList, JobPublic
+from app.schemas import CheckpointList, EventList, JobCreate, JobList, JobPublic
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"])
 
@@ -23,7 +24,7 @@ router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"])
 @router.post(
     "",
     response_model=JobPublic,
-    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
+    responses=error_responses(404),
     summary="Create a fine-tuning job (LoRA, QLoRA or prompt tuning), queued for a GPU worker",
 )
 def create_job(body: JobCreate, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep) -> JobPublic:
@@ -64,7 +65,7 @@ def get_job(job: OwnedJob) -> JobPublic:
 @router.post(
     "/{job_id}/cancel",
     response_model=JobPublic,
-    responses={409: {"model": ErrorResponse}},
+    responses=error_responses(409),
     summary="Cancel a queued or running job; the training loop stops within seconds",
 )
 def cancel_job(job: OwnedJob, session: SessionDep) -> JobPublic:
@@ -90,15 +91,15 @@ def cancel_job(job: OwnedJob, session: SessionDep) -> JobPublic:
 def list_events(
     job: OwnedJob,
     session: SessionDep,
-    after: str | None = None,
+    after: Annotated[
+        str | None, Query(pattern=r"^ftevent-[0-9]+$", description="the id of the last event already seen")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 20,
 ) -> EventList:
     stmt = select(JobEvent).where(JobEvent.job_id == job.id)
-    if after:
-        try:
-            stmt = stmt.where(JobEvent.id < int(after.removeprefix("ftevent-")))
-        except ValueError as exc:
-            raise ApiError(400, f"Invalid event id '{after}'", param="after") from exc
+    # Event ids are 32-bit: a larger `after` (a database error if sent as is) comes after every event.
+    if after and (before := int(after.removeprefix("ftevent-"))) <= 2**31 - 1:
+        stmt = stmt.where(JobEvent.id < before)
     rows = session.scalars(stmt.order_by(JobEvent.id.desc()).limit(limit + 1)).all()
     return EventList(**list_page([event_public(r) for r in rows[:limit]], len(rows) > limit))
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse
 from sqlalchemy import select
 
 from app.deps import OwnedJob, SessionDep, SettingsDep
+from app.downloads import Download
 from app.errors import ApiError
 from app.models import Checkpoint, Evaluation, EvaluationRow, JobStatus
+from app.openapi import error_responses
 from app.presenters import unix
-from app.schemas import ErrorResponse, EvaluationPublic, EvaluationSample, SelectionPublic
+from app.schemas import EvaluationPublic, EvaluationSample, SelectionPublic
 from app.sweeps import select_job as select_job_for_file
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["results"])
@@ -69,8 +70,15 @@ def get_evaluation(
 
 @router.get(
     "/{job_id}/adapter",
-    response_class=FileResponse,
-    responses={409: {"model": ErrorResponse}},
+    response_class=Download,
+    responses={
+        200: {"description": "the adapter archive", "content": {"application/gzip": {}}},
+        206: {
+            "description": "the requested byte range(s) of the archive",
+            "content": {"application/gzip": {}, "multipart/byteranges": {}},
+        },
+        **error_responses(409, 416),
+    },
     summary="Download the adapter (the best evaluated checkpoint, or ?step=N): safetensors weights, config, "
     "tokenizer files and a model card (tar.gz). X-Checksum-SHA256 carries its SHA-256; Range resumes a download.",
 )
@@ -80,9 +88,13 @@ def download_adapter(
     settings: SettingsDep,
     step: Annotated[
         int | None,
-        Query(ge=0, description="an evaluated checkpoint's step (see .../checkpoints); default: the shipped best"),
+        Query(
+            ge=0,
+            le=2**31 - 1,  # a 32-bit column: a larger number was a database error (a 500), now a 400
+            description="an evaluated checkpoint's step (see .../checkpoints); default: the shipped best",
+        ),
     ] = None,
-) -> FileResponse:
+) -> Download:
     if job.status != JobStatus.succeeded or not job.adapter_name:
         raise ApiError(
             409, f"Job {job.id} has no adapter yet (status: {job.status})", param="job_id", code="adapter_not_ready"
@@ -107,7 +119,7 @@ def download_adapter(
     path = settings.jobs_dir / name
     if not path.is_file():
         raise ApiError(404, f"The adapter archive of job {job.id} is missing from storage", code="adapter_missing")
-    return FileResponse(
+    return Download(
         path,
         media_type="application/gzip",
         filename=f"{job.id}-{label}.tar.gz",
@@ -118,7 +130,7 @@ def download_adapter(
 @router.post(
     "/{job_id}/select",
     response_model=SelectionPublic,
-    responses={409: {"model": ErrorResponse}},
+    responses=error_responses(409),
     summary="Mark this job's model as the chosen one for its training file",
 )
 def select_job(job: OwnedJob, session: SessionDep) -> SelectionPublic:

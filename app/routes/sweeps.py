@@ -13,10 +13,10 @@ from app.errors import ApiError
 from app.job_builder import build_job, check_active_job_room, training_files, validate_job
 from app.job_state import add_event
 from app.models import TERMINAL_STATUSES, Job, JobStatus, Sweep, SweepStatus, utcnow
+from app.openapi import error_responses
 from app.pagination import list_page, page_of
 from app.presenters import sweep_public
 from app.queue import enqueue_job
-from app.schemas import ErrorResponse
 from app.sweep_schemas import Leaderboard, RankMetric, SweepCreate, SweepList, SweepPublic
 from app.sweeps import expand_candidates, finalize_if_done, job_request, sweep_board, sweep_jobs
 
@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 @router.post(
     "",
     response_model=SweepPublic,
-    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+    responses=error_responses(404),
     summary="Train several candidates on one file (models x adapter types x hyperparameters) and pick the best",
 )
 def create_sweep(
@@ -105,7 +105,7 @@ def get_sweep(sweep: OwnedSweep, session: SessionDep, request: Request) -> Sweep
 @router.post(
     "/{sweep_id}/cancel",
     response_model=SweepPublic,
-    responses={409: {"model": ErrorResponse}},
+    responses=error_responses(409),
     summary="Cancel every candidate that has not ended; no winner is picked",
 )
 def cancel_sweep(sweep: OwnedSweep, session: SessionDep, request: Request) -> SweepPublic:
