@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(
         48 * 3600, description="Redis redelivery timeout; longer than the longest job (celery#5935)"
     )
+    broker_restore_every_s: int = Field(
+        60,
+        ge=1,
+        description="how often a worker puts messages unacknowledged for longer than visibility_timeout_s back "
+        "in their queue (kombu's unacked_restore_interval, every pass a scan); a lower value costs Redis scans",
+    )
     lease_s: int = Field(60, description="a running job's lease; the worker's heartbeat renews it")
     heartbeat_s: float = Field(5.0, description="how often the worker renews the lease and checks cancel")
     reconcile_every_s: float = Field(30.0, description="how often a worker re-enqueues orphaned jobs")
@@ -45,6 +51,11 @@ class Settings(BaseSettings):
         600.0, description="a job queued this long without starting is sent to the broker again"
     )
     max_attempts: int = Field(3, description="attempts of a job before it ends failed")
+    database_wait_s: float = Field(
+        300.0,
+        description="how long a training child waits for an unreachable database at a write it cannot put off "
+        "(training itself goes on meanwhile); then the attempt ends and a retry resumes from its checkpoint",
+    )
     rate_limit_per_minute: int = Field(
         1200, ge=0, description="requests per tenant per minute before 429 with Retry-After (0: no limit)"
     )

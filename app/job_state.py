@@ -6,7 +6,7 @@ attempt has claimed it after a lost lease, the old attempt's writes match no row
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select, update
@@ -17,9 +17,18 @@ from app.sweeps import finalize_quietly
 
 
 def add_event(
-    session: Session, job_id: str, message: str, *, level: str = "info", type: str = "message", data: dict | None = None
+    session: Session,
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    type: str = "message",
+    data: dict | None = None,
+    created_at: datetime | None = None,  # when it happened, for an event written later than that
 ) -> None:
-    session.add(JobEvent(job_id=job_id, message=message, level=level, type=type, data=data))
+    session.add(
+        JobEvent(job_id=job_id, message=message, level=level, type=type, data=data, created_at=created_at or utcnow())
+    )
 
 
 def claim_job(session: Session, job_id: str, worker: str, lease_s: int) -> int | None:
@@ -95,20 +104,23 @@ def after_job_ended(session: Session, job_id: str) -> None:
     finalize_quietly(session, session.scalar(select(Job.sweep_id).where(Job.id == job_id)))
 
 
-def release_for_retry(session: Session, job_id: str, attempt: int, reason: str) -> bool:
-    """Put a running job back to queued after a crash, so the next attempt resumes from its checkpoint."""
-    ok = (
-        session.execute(
-            update(Job)
-            .where(fenced(job_id, attempt))
-            .values(status=JobStatus.queued, lease_expires_at=None, phase="requeued")
-        ).rowcount
-        == 1
-    )
+def release_for_retry(session: Session, job_id: str, attempt: int, reason: str, *, interrupted: bool = False) -> bool:
+    """Put a running job back to queued, so the next attempt resumes from its checkpoint: after a crash, or
+    (interrupted=True) after its worker shut down, which is counted apart and not as a failed attempt."""
+    values: dict[str, Any] = {"status": JobStatus.queued, "lease_expires_at": None, "phase": "requeued"}
+    if interrupted:
+        values["interruptions"] = Job.interruptions + 1
+    ok = session.execute(update(Job).where(fenced(job_id, attempt)).values(**values)).rowcount == 1
     if ok:
-        add_event(session, job_id, f"Attempt {attempt} ended ({reason}); queued again", level="warning")
+        level = "info" if interrupted else "warning"
+        add_event(session, job_id, f"Attempt {attempt} ended ({reason}); queued again", level=level)
     session.commit()
     return ok
+
+
+def counted_attempts(session: Session, job_id: str, attempt: int) -> int:
+    """Attempts so far, this one included, that count against max_attempts: all but those a worker shutdown ended."""
+    return attempt - (session.scalar(select(Job.interruptions).where(Job.id == job_id)) or 0)
 
 
 def take_orphaned_jobs(session: Session, queued_older_than_s: float) -> list[str]:

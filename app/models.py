@@ -128,6 +128,9 @@ class Job(Base):
     fine_tuned_model: Mapped[str | None] = mapped_column(String(400))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # attempts that ended because their worker shut down (checkpointed, queued again): not failures, so
+    # they do not count against max_attempts
+    interruptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_expires_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     worker: Mapped[str | None] = mapped_column(String(200))
     # progress, written by the training child at a throttled rate

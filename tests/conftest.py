@@ -26,8 +26,8 @@ TEST_DB = f"ftaas_test_{RUN_ID}"
 ARTIFACTS = Path(os.environ.get("FTAAS_TEST_TMP", "/tmp")) / f"ftaas-test-{RUN_ID}"
 
 
-def pg_url(database: str) -> str:
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + database
+def pg_url(database: str, admin_url: str = PG_ADMIN_URL) -> str:
+    return admin_url.rsplit("/", 1)[0] + "/" + database
 
 
 TEST_ENV = {
@@ -46,23 +46,23 @@ TEST_ENV = {
 os.environ.update(TEST_ENV)
 
 
-def create_database(name: str) -> None:
+def create_database(name: str, admin_url: str = PG_ADMIN_URL) -> None:
     from sqlalchemy import create_engine, text
 
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # make the cause obvious: no skip, a clear failure
-        raise RuntimeError(f"Postgres is required for the tests and is not reachable at {PG_ADMIN_URL}: {exc}") from exc
+        raise RuntimeError(f"Postgres is required for the tests and is not reachable at {admin_url}: {exc}") from exc
     finally:
         admin.dispose()
 
 
-def drop_database(name: str) -> None:
+def drop_database(name: str, admin_url: str = PG_ADMIN_URL) -> None:
     from sqlalchemy import create_engine, text
 
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ARTIFACTS, ROOT, TEST_ENV, create_database, drop_database, migrate_database, pg_url
+from tests.conftest import (
+    ARTIFACTS,
+    PG_ADMIN_URL,
+    ROOT,
+    TEST_ENV,
+    create_database,
+    drop_database,
+    migrate_database,
+    pg_url,
+)
 
 JOB_TIMEOUT_S = 40 * 60
 
@@ -27,14 +36,15 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_service(workers: int = 1, extra_env: dict[str, str] | None = None):
+def running_service(workers: int = 1, extra_env: dict[str, str] | None = None, pg_admin_url: str = PG_ADMIN_URL):
+    """pg_admin_url: the Postgres server to make the service's database on (a test's private one)."""
     run = uuid.uuid4().hex[:8]
     db = f"ftaas_e2e_{run}"
-    create_database(db)
+    create_database(db, pg_admin_url)
     env = {
         **os.environ,
         **TEST_ENV,
-        "FTAAS_DATABASE_URL": pg_url(db),
+        "FTAAS_DATABASE_URL": pg_url(db, pg_admin_url),
         "FTAAS_QUEUE_NAME": f"gpu-e2e-{run}",
         "FTAAS_ARTIFACTS_DIR": str(ARTIFACTS / f"e2e-{run}"),
         "FTAAS_DATA_DIR": str(ARTIFACTS / f"e2e-{run}-data"),
@@ -57,16 +67,21 @@ def running_service(workers: int = 1, extra_env: dict[str, str] | None = None):
             stderr=subprocess.STDOUT,
         )
     ]
-    for i in range(workers):
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker", "--loglevel", "info"],
-                cwd=ROOT,
-                env={**env, "FTAAS_WORKER_NAME": f"worker-{i}"},
-                stdout=open(logs / ("worker.log" if i == 0 else f"worker-{i}.log"), "w"),
-                stderr=subprocess.STDOUT,
-            )
+
+    def start_worker(i: int, log_name: str | None = None) -> subprocess.Popen:
+        """Worker i (FTAAS_WORKER_NAME worker-i), logging to worker.log for 0, else worker-i.log."""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--loglevel", "info"],
+            cwd=ROOT,
+            env={**env, "FTAAS_WORKER_NAME": f"worker-{i}"},
+            stdout=open(logs / (log_name or ("worker.log" if i == 0 else f"worker-{i}.log")), "a"),
+            stderr=subprocess.STDOUT,
         )
+        procs.append(proc)
+        return proc
+
+    for i in range(workers):
+        start_worker(i)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -87,7 +102,15 @@ def running_service(workers: int = 1, extra_env: dict[str, str] | None = None):
             capture_output=True,
             text=True,
         ).stdout.strip()
-        yield {"base": base, "key": key, "logs": logs, "env": env, "api_pid": procs[0].pid}
+        yield {
+            "base": base,
+            "key": key,
+            "logs": logs,
+            "env": env,
+            "api_pid": procs[0].pid,
+            "workers": procs[1:],
+            "start_worker": start_worker,  # a test that kills a worker starts the next one with this
+        }
     finally:
         for proc in procs:
             proc.terminate()
@@ -96,7 +119,7 @@ def running_service(workers: int = 1, extra_env: dict[str, str] | None = None):
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        drop_database(db)
+        drop_database(db, pg_admin_url)
 
 
 def client_for(service) -> httpx.Client:

@@ -31,7 +31,15 @@ def broker_options(settings: Settings) -> dict:
             # kombu's default is ./control, wherever the process happens to start
             "control_folder": str(folder / "control"),
         }
-    return {"visibility_timeout": settings.visibility_timeout_s}
+    return {
+        "visibility_timeout": settings.visibility_timeout_s,
+        # kombu 5.7 (transport/redis.py) sweeps unacked messages past visibility_timeout back into their queue
+        # from a timer every `unacked_restore_interval` s (10), but scans Redis only on every
+        # `unacked_restore_throttle`-th call (10): about every 100 s. A throttle of 1 makes the interval the one
+        # knob, so the sweep runs every broker_restore_every_s.
+        "unacked_restore_interval": settings.broker_restore_every_s,
+        "unacked_restore_throttle": 1,
+    }
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -41,6 +49,17 @@ def make_celery(settings: Settings | None = None) -> Celery:
     celery.conf.update(
         broker_transport_options=broker_options(settings),
         broker_connection_retry_on_startup=True,
+        # On a lost broker connection, True makes Celery cancel every running acks_late task, whose message it
+        # can no longer ack (celery/worker/consumer/consumer.py, on_connection_error_after_connected); Celery 6
+        # plans True as the default. Here that would kill hours of training for a Redis blip. The job row's
+        # lease, not the broker message, guards the job: the task runs on (it needs only Postgres), the worker
+        # reconnects, and a re-delivery of the message finds the job claimed and does nothing.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        # After such a reconnect the new channel does not count the running task's message (it came on the old
+        # one), so a busy worker would reserve one more job and sit on it until its own job ends, hours, while
+        # idle workers wait (seen). With this, a worker takes a message only when its pool process is free
+        # (celery/worker/consumer/tasks.py; Redis only, so off for the embedded filesystem broker).
+        worker_disable_prefetch=not settings.broker_url.startswith("filesystem://"),
         task_default_queue=settings.queue_name,
         task_routes={TRAIN_TASK: {"queue": settings.queue_name}, COMPARE_TASK: {"queue": settings.queue_name}},
         task_acks_late=True,

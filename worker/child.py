@@ -9,95 +9,31 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
-import time
 import traceback
-from contextlib import contextmanager
+from contextlib import suppress
 from pathlib import Path
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.datasets import iter_records
-from app.db import get_sessionmaker
-from app.job_state import add_event, fenced, finish_job, update_job
 from app.metric_names import LOWER_IS_BETTER
 from app.models import Checkpoint, Evaluation, EvaluationRow, File, Job, JobStatus, utcnow
 from app.presenters import fine_tuned_name
+from worker.job_context import (
+    EXIT_CRASH,
+    EXIT_DONE,
+    EXIT_INTERRUPTED,
+    Interrupted,
+    JobContext,
+    LostJob,
+    UserError,
+)
 
 log = logging.getLogger("ftaas.child")
-
-# Exit codes the parent task reads.
-EXIT_DONE = 0  # the child wrote the job's final state itself (or the job is no longer ours)
-EXIT_CRASH = 1  # unexpected error: the parent retries up to max_attempts
-
-
-class LostJob(Exception):
-    """The job was cancelled, finished or claimed by another attempt: stop, write nothing more."""
-
-
-class UserError(Exception):
-    """A problem with the job's inputs; retrying cannot help."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# Progress values the training loop reports that are columns of the job row.
-PROGRESS_COLUMNS = frozenset({"step", "total_steps", "epoch", "train_loss", "eta_s", "phase", "trained_tokens"})
-
-
-class JobContext:
-    def __init__(self, job_id: str, attempt: int) -> None:
-        self.settings = get_settings()
-        self.job_id, self.attempt = job_id, attempt
-        self.Session = get_sessionmaker()
-        self.parent = os.getppid()
-        self.workdir = self.settings.jobs_dir / job_id
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._last_progress = 0.0
-        self._last_check = 0.0
-
-    @contextmanager
-    def fenced_tx(self):
-        """A transaction that commits only if the job is still ours."""
-        with self.Session() as s:
-            touched = s.execute(update(Job).where(fenced(self.job_id, self.attempt)).values(updated_at=utcnow()))
-            if touched.rowcount != 1:
-                s.rollback()
-                raise LostJob
-            yield s
-            s.commit()
-
-    def update(self, **values) -> None:
-        with self.Session() as s:
-            if not update_job(s, self.job_id, self.attempt, **values):
-                raise LostJob
-
-    def event(self, message: str, *, type: str = "message", data: dict | None = None, level: str = "info") -> None:
-        with self.fenced_tx() as s:
-            add_event(s, self.job_id, message, type=type, data=data, level=level)
-
-    def progress(self, values: dict, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last_progress >= self.settings.progress_every_s:
-            self._last_progress = now
-            self.update(**{k: v for k, v in values.items() if k in PROGRESS_COLUMNS})
-
-    def should_stop(self) -> bool:
-        """Checked between micro-batches; reads the database at most once a second."""
-        now = time.monotonic()
-        if now - self._last_check < 1.0:
-            return False
-        self._last_check = now
-        if os.getppid() != self.parent:  # the worker died: its lease will expire and another resumes
-            raise LostJob
-        with self.Session() as s:
-            row = s.execute(select(Job.status, Job.attempt, Job.cancel_requested).where(Job.id == self.job_id)).first()
-        if row is None or row.status != JobStatus.running or row.attempt != self.attempt or row.cancel_requested:
-            raise LostJob
-        return False
 
 
 def _load_records(settings, file_row: File) -> list[dict]:
@@ -117,7 +53,8 @@ def _load_records(settings, file_row: File) -> list[dict]:
 def _store_base_eval(ctx: JobContext, result, eval_set) -> None:
     """One EvaluationRow per evaluation row (row_index = its position), with the base model's output and scores."""
     outputs, scores = eval_set.outputs(result), eval_set.scores(result)
-    with ctx.fenced_tx() as s:
+
+    def store(s: Session) -> None:
         s.execute(delete(EvaluationRow).where(EvaluationRow.job_id == ctx.job_id))
         s.execute(delete(Evaluation).where(Evaluation.job_id == ctx.job_id))
         s.add(
@@ -141,10 +78,13 @@ def _store_base_eval(ctx: JobContext, result, eval_set) -> None:
                 )
             )
 
+    ctx.write(store)
+
 
 def _store_tuned_eval(ctx: JobContext, result, eval_set) -> None:
     outputs, scores = eval_set.outputs(result), eval_set.scores(result)
-    with ctx.fenced_tx() as s:
+
+    def store(s: Session) -> None:
         s.execute(delete(Evaluation).where(Evaluation.job_id == ctx.job_id, Evaluation.subject == "tuned"))
         s.add(
             Evaluation(
@@ -161,6 +101,8 @@ def _store_tuned_eval(ctx: JobContext, result, eval_set) -> None:
                 .where(EvaluationRow.job_id == ctx.job_id, EvaluationRow.row_index == i)
                 .values(tuned_output=outputs[i], tuned_scores=scores[i])
             )
+
+    ctx.write(store)
 
 
 def selection_for(ev_spec: dict, has_generation_rows: bool) -> tuple[str, bool] | None:
@@ -214,12 +156,12 @@ def _package_checkpoints(ctx: JobContext, model, tokenizer, card_for) -> None:
             card_for(step, metrics),
             keep_folder=False,
         )
-        with ctx.fenced_tx() as s:
-            s.execute(
-                update(Checkpoint)
-                .where(Checkpoint.job_id == ctx.job_id, Checkpoint.step == step)
-                .values(adapter_name=str(archive.relative_to(jobs_dir)), adapter_sha256=digest, adapter_bytes=size)
+        values = {"adapter_name": str(archive.relative_to(jobs_dir)), "adapter_sha256": digest, "adapter_bytes": size}
+        ctx.write(
+            lambda s, step=step, values=values: s.execute(
+                update(Checkpoint).where(Checkpoint.job_id == ctx.job_id, Checkpoint.step == step).values(**values)
             )
+        )
 
 
 def run(ctx: JobContext) -> None:
@@ -241,7 +183,16 @@ def run(ctx: JobContext) -> None:
         pick_device,
         wrap_for_training,
     )
-    from worker.training import Hooks, TrainConfig, load_trainable_weights, packs, train
+    from worker.training import (
+        Hooks,
+        TrainConfig,
+        TrainingInterrupted,
+        checkpoint_step,
+        latest_checkpoint,
+        load_trainable_weights,
+        packs,
+        train,
+    )
 
     settings = ctx.settings
     if settings.torch_threads:
@@ -349,7 +300,9 @@ def run(ctx: JobContext) -> None:
         return result.metrics
 
     def on_checkpoint(step: int, epoch: float, path: Path, metrics: dict, evaluated: bool) -> None:
-        with ctx.fenced_tx() as s:
+        saved_at = utcnow()
+
+        def record(s: Session) -> None:
             s.execute(delete(Checkpoint).where(Checkpoint.job_id == ctx.job_id, Checkpoint.step == step))
             s.add(
                 Checkpoint(
@@ -359,8 +312,11 @@ def run(ctx: JobContext) -> None:
                     metrics=metrics,
                     evaluated=evaluated,
                     dir_name=str(path.relative_to(settings.jobs_dir)),
+                    created_at=saved_at,
                 )
             )
+
+        ctx.write(record, defer=True)  # the files are on disk already; the row may follow the database back
 
     hooks = Hooks(
         on_progress=ctx.progress,
@@ -368,12 +324,24 @@ def run(ctx: JobContext) -> None:
         on_checkpoint=on_checkpoint,
         on_evaluate=on_evaluate,
         should_stop=ctx.should_stop,
+        interrupt_requested=lambda: ctx.interrupt_requested,
     )
     cfg = TrainConfig.from_spec(spec, job.seed, settings.checkpoint_every_s)
     if cfg.early_stopping_patience and selection is None:
         ctx.event("early_stopping_patience is ignored: selection_metric 'last' has no metric to stop on")
     ckpt_root = ctx.workdir / "checkpoints"
-    summary = train(model, train_examples, cfg, tokenizer.pad_token_id, device, ckpt_root, hooks, selection)
+    resume = latest_checkpoint(ckpt_root)
+    if resume is not None:
+        ctx.event(f"Resuming from the checkpoint of step {checkpoint_step(resume)}")
+    ctx.in_training = True
+    try:
+        summary = train(model, train_examples, cfg, tokenizer.pad_token_id, device, ckpt_root, hooks, selection)
+    except TrainingInterrupted as exc:
+        raise Interrupted(str(exc)) from exc
+    finally:
+        ctx.in_training = False
+    if ctx.interrupt_requested:  # asked during the last step: its checkpoint is saved, the rest can wait
+        raise Interrupted("training finished; evaluation and packaging are left to the next attempt")
     if summary["stopped_early"] is not None:
         ctx.event(
             f"Stopped early at step {summary['stopped_early']} of {summary['total_steps']}: "
@@ -418,23 +386,19 @@ def run(ctx: JobContext) -> None:
         tokenizer,
         lambda step, metrics: model_card(job_info, spec, base_metrics, metrics, (trainable, total), step=step),
     )
-    with ctx.Session() as s:
-        ok = finish_job(
-            s,
-            ctx.job_id,
-            ctx.attempt,
-            JobStatus.succeeded,
-            fine_tuned_model=name,
-            phase="done",
-            trained_tokens=summary["trained_tokens"],
-            train_seconds=summary["train_seconds"],
-            peak_memory_bytes=max(summary["peak_memory_bytes"], peak_memory_bytes(device)),
-            adapter_name=str(archive.relative_to(settings.jobs_dir)),
-            adapter_sha256=digest,
-            adapter_bytes=size,
-            step=summary["steps"],
-            epoch=summary["epoch"],
-        )
+    ok = ctx.finish(
+        JobStatus.succeeded,
+        fine_tuned_model=name,
+        phase="done",
+        trained_tokens=summary["trained_tokens"],
+        train_seconds=summary["train_seconds"],
+        peak_memory_bytes=max(summary["peak_memory_bytes"], peak_memory_bytes(device)),
+        adapter_name=str(archive.relative_to(settings.jobs_dir)),
+        adapter_sha256=digest,
+        adapter_bytes=size,
+        step=summary["steps"],
+        epoch=summary["epoch"],
+    )
     if not ok:
         raise LostJob
 
@@ -449,17 +413,20 @@ def main(argv: list[str]) -> int:
     # fragmenting (and from synchronising on frees to make room).
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     ctx = JobContext(job_id, attempt)
+    signal.signal(signal.SIGTERM, ctx.on_sigterm)
     try:
         run(ctx)
         return EXIT_DONE
+    except Interrupted as exc:
+        log.info("job %s attempt %s interrupted by a shutdown: %s", job_id, attempt, exc)
+        with suppress(Exception):  # the job may no longer be ours
+            ctx.event(f"Attempt {attempt} interrupted by its worker's shutdown: {exc}")
+        return EXIT_INTERRUPTED
     except LostJob:
         log.info("job %s attempt %s is no longer ours; stopping", job_id, attempt)
         return EXIT_DONE
     except UserError as exc:
-        with ctx.Session() as s:
-            finish_job(
-                s, job_id, attempt, JobStatus.failed, error={"code": exc.code, "message": str(exc), "param": None}
-            )
+        ctx.finish(JobStatus.failed, error={"code": exc.code, "message": str(exc), "param": None})
         return EXIT_DONE
     except Exception as exc:  # noqa: BLE001 - report, then let the parent decide on a retry
         traceback.print_exc()

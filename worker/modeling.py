@@ -86,9 +86,7 @@ def check_model_source(source: str, need_weights: bool = True) -> None:
     if not any(path.glob("*.safetensors")):
         has_pickles = any(any(path.glob(pattern)) for pattern in PICKLE_WEIGHTS)
         if need_weights or has_pickles:
-            raise ModelRefused(
-                f"model directory {path.name} has no .safetensors weights (pickle weights are refused)"
-            )
+            raise ModelRefused(f"model directory {path.name} has no .safetensors weights (pickle weights are refused)")
     asking = _asks_for_remote_code(path)
     if asking:
         raise ModelRefused(f"model {path.name} asks for remote code (auto_map in {asking}); refused")

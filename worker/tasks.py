@@ -12,19 +12,30 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager, suppress
+from datetime import timedelta
 from pathlib import Path
 
 from celery import bootsteps
-from celery.signals import worker_process_init
-from sqlalchemy import select
+from celery.signals import worker_process_init, worker_shutting_down
+from sqlalchemy import select, update
 
 from app.config import get_settings
 from app.db import get_engine, get_sessionmaker
-from app.job_state import claim_job, finish_job, release_for_retry, renew_lease, take_orphaned_jobs
-from app.models import Job, JobStatus
+from app.job_state import (
+    claim_job,
+    counted_attempts,
+    finish_job,
+    release_for_retry,
+    renew_lease,
+    take_orphaned_jobs,
+)
+from app.models import Job, JobStatus, utcnow
 from app.sweeps import finalize_open_sweeps
 from worker.celery_app import TRAIN_TASK, make_celery
+from worker.job_context import EXIT_INTERRUPTED
 
 log = logging.getLogger("ftaas.worker")
 celery = make_celery()
@@ -102,10 +113,11 @@ def train(self, job_id: str) -> str:
     settings, Session = get_settings(), get_sessionmaker()
     with Session() as s:
         attempt = claim_job(s, job_id, worker_name(), settings.lease_s)
+        counted = counted_attempts(s, job_id, attempt) if attempt is not None else 0
     if attempt is None:
         log.info("job %s is not claimable (finished, cancelled or held); nothing to do", job_id)
         return "skipped"
-    if attempt > settings.max_attempts:
+    if counted > settings.max_attempts:
         with Session() as s:
             finish_job(
                 s,
@@ -121,13 +133,19 @@ def train(self, job_id: str) -> str:
         return "failed"
     log.info("job %s attempt %s: starting training child", job_id, attempt)
     child, log_path = spawn_child(job_id, attempt)
-    code = supervise(job_id, attempt, child)
+    with passing_shutdown_to(child):
+        code = supervise(job_id, attempt, child)
     stderr_tail = last_lines(log_path)
     with Session() as s:
         job = s.get(Job, job_id)
         still_ours = job is not None and job.status == JobStatus.running and job.attempt == attempt
     if not still_ours:
         return "done"
+    if code == EXIT_INTERRUPTED:  # the worker is shutting down: the child saved a checkpoint and stopped
+        with Session() as s:
+            release_for_retry(s, job_id, attempt, "its worker shut down; checkpoint saved", interrupted=True)
+        celery.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue_name)  # for the next worker
+        return "interrupted"
     # The child ended without writing a final state: it crashed (an exception, an OOM kill, a signal).
     if code < 0:  # killed by a signal (the kernel's OOM killer, kill -9, ...)
         reason = f"training child was killed by signal {signal.Signals(-code).name}"
@@ -135,7 +153,7 @@ def train(self, job_id: str) -> str:
         last_line = (stderr_tail.strip().splitlines() or [f"exit code {code}"])[-1][:500]
         reason = f"training child exited with code {code}: {last_line}"
     with Session() as s:
-        if attempt < settings.max_attempts:
+        if counted < settings.max_attempts:
             release_for_retry(s, job_id, attempt, reason)
             celery.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue_name)
             return "retrying"
@@ -143,6 +161,55 @@ def train(self, job_id: str) -> str:
             s, job_id, attempt, JobStatus.failed, error={"code": "training_crashed", "message": reason, "param": None}
         )
     return "failed"
+
+
+@contextmanager
+def passing_shutdown_to(child: subprocess.Popen):
+    """While the task supervises `child`, a SIGTERM to this pool process (systemd and Kubernetes signal every
+    process of the worker; Celery resets pool processes to die of it) goes on to the child, which checkpoints
+    and exits with EXIT_INTERRUPTED; this process stays to release the job."""
+    from billiard.process import current_process
+
+    if threading.current_thread() is not threading.main_thread() or current_process().name == "MainProcess":
+        yield  # not a prefork pool process (a test calling the task, a solo pool): Celery's handler stays
+        return
+
+    def forward(_signum, _frame):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@worker_shutting_down.connect
+def _interrupt_training_children(sig=None, how=None, **_kwargs) -> None:
+    """A warm shutdown (SIGTERM, or SIGINT once, to the worker's main process, as `docker stop` sends it)
+    would wait for the running job to finish, hours on a GPU. Instead every training child under this
+    worker is told to checkpoint and stop; the task then puts its job back in the queue for the next worker.
+    A cold shutdown kills the pool: the job is then recovered from its lease like any crash."""
+    import psutil
+
+    for proc in training_children(psutil.Process()):
+        log.info("worker shutting down (%s, %s): interrupting training child %s", sig, how, proc.pid)
+        with suppress(psutil.Error):
+            proc.send_signal(signal.SIGTERM)
+
+
+def training_children(parent) -> list:
+    """`python -m worker.child ...` processes under `parent` (a psutil.Process), at any depth."""
+    import psutil
+
+    found = []
+    for proc in parent.children(recursive=True):
+        with suppress(psutil.Error):
+            cmdline = proc.cmdline()
+            if "worker.child" in cmdline[1:3]:
+                found.append(proc)
+    return found
 
 
 def reconcile_once() -> int:
@@ -156,7 +223,72 @@ def reconcile_once() -> int:
         log.info("reconciler re-enqueued %s", ids)
     with Session() as s:  # a sweep whose last job ended in a crash of the finishing process
         finalize_open_sweeps(s)
-    return len(ids)
+    return len(ids) + len(resend_if_broker_lost())
+
+
+# The marker is refreshed every pass; the TTL only lets the marker of a queue no longer served go away. Should
+# every worker be stopped for longer, the first pass after takes it for a loss: one harmless resend.
+BROKER_MARKER_TTL_S = 24 * 3600
+
+
+def resend_if_broker_lost() -> list[str]:
+    """Send every queued job again when the broker has forgotten its messages (Redis restarted without
+    persistence, or flushed), without waiting requeue_queued_after_s. A loss shows as a marker key missing;
+    the one worker whose SET NX recreates it resends (a job also still in the queue gets a second message,
+    which claim_job makes a no-op). Running jobs need nothing: their lease, not their message, keeps them."""
+    queue = get_settings().queue_name
+    if not broker_marker_was_missing(queue):
+        return []
+    ids = queued_job_ids()
+    try:
+        for job_id in ids:
+            celery.send_task(TRAIN_TASK, args=[job_id], queue=queue)
+    except Exception:
+        with suppress(Exception):  # so that the next pass, not nobody, sends them
+            with broker_redis() as client:
+                client.delete(broker_marker_key(queue))
+        raise
+    log.log(
+        logging.WARNING if ids else logging.INFO,
+        "broker marker of queue %s was missing (first start, or the broker lost its messages): "
+        "re-sent %d queued job(s) %s",
+        queue,
+        len(ids),
+        ids,
+    )
+    return ids
+
+
+def broker_marker_was_missing(queue: str) -> bool:
+    """SET NX of the queue's marker: True for the one caller that found it missing; False when it was there,
+    and for a broker that is not Redis (the embedded filesystem transport keeps its messages in files)."""
+    with broker_redis() as client:
+        if client is None:
+            return False
+        key = broker_marker_key(queue)
+        if client.set(key, f"{worker_name()} at {time.time():.0f}", nx=True, ex=BROKER_MARKER_TTL_S):
+            return True
+        client.expire(key, BROKER_MARKER_TTL_S)
+        return False
+
+
+def broker_marker_key(queue: str) -> str:
+    # one per queue: services sharing a Redis (one queue each) must each resend their own jobs after a loss
+    return f"ftaas:broker-marker:{queue}"
+
+
+@contextmanager
+def broker_redis():
+    """The redis-py client of a fresh broker connection of this Celery app (kombu's own, with its options and
+    key prefix), or None when the broker is not Redis. Fresh, not pooled: one per reconcile_every_s costs
+    nothing, and none is left holding a socket from before a Redis restart."""
+    with celery.connection_for_write() as conn:
+        yield conn.default_channel.client if conn.transport.driver_type == "redis" else None
+
+
+def queued_job_ids() -> list[str]:
+    with get_sessionmaker()() as s:
+        return list(s.scalars(select(Job.id).where(Job.status == JobStatus.queued).order_by(Job.created_at)))
 
 
 def _reconcile_safely() -> None:
@@ -164,6 +296,42 @@ def _reconcile_safely() -> None:
         reconcile_once()
     except Exception:  # noqa: BLE001 - the broker or the database may be away for a while
         log.warning("reconcile pass failed", exc_info=True)
+
+
+def reclaim_jobs_of_dead_predecessors() -> list[str]:
+    """At worker start: jobs still `running` under a worker process of this host that no longer exists.
+
+    A worker killed outright (kill -9, the OOM killer, a container restart) leaves its job running with a
+    lease of up to lease_s to go. Its name says it was on this host, and its process is gone, so the lease
+    ends now and the first reconcile pass sends the job again. A training child it may have left behind is
+    killed first, so two attempts never train at once. A pid that is alive (perhaps reused) is left to the
+    lease."""
+    import psutil
+
+    host = worker_name().rsplit(":", 1)[0]
+    Session = get_sessionmaker()
+    with Session() as s:
+        rows = s.execute(
+            select(Job.id, Job.worker).where(Job.status == JobStatus.running, Job.worker.startswith(f"{host}:"))
+        ).all()
+        pids = {name: name.rsplit(":", 1)[1] for _, name in rows}
+        dead = [
+            (job_id, name) for job_id, name in rows if pids[name].isdigit() and not psutil.pid_exists(int(pids[name]))
+        ]
+        for job_id, name in dead:
+            for proc in psutil.process_iter(["cmdline"]):
+                cmdline = proc.info["cmdline"] or []
+                if "worker.child" in cmdline[1:3] and job_id in cmdline:
+                    with suppress(psutil.Error):
+                        proc.kill()
+                        proc.wait(timeout=10)
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.running, Job.worker == name)
+                .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+            )
+        s.commit()
+    return [job_id for job_id, _ in dead]
 
 
 class Reconciler(bootsteps.StartStopStep):
@@ -184,6 +352,12 @@ class Reconciler(bootsteps.StartStopStep):
         # A first pass now, in the main thread, before the pool forks: it does the one-time imports (the
         # database dialect, the broker's client). With a polling transport (the embedded filesystem broker)
         # Celery's timer is a thread, and from then on a pass imports nothing that a fork could catch.
+        try:
+            reclaimed = reclaim_jobs_of_dead_predecessors()
+            if reclaimed:
+                log.info("jobs of a dead worker of this host, sent again now: %s", reclaimed)
+        except Exception:  # noqa: BLE001 - the database may be away; the leases expire anyway
+            log.warning("could not look for jobs of dead workers", exc_info=True)
         _reconcile_safely()
         self.tref = worker.timer.call_repeatedly(get_settings().reconcile_every_s, _reconcile_safely)
 

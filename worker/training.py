@@ -31,6 +31,14 @@ class StopTraining(Exception):
     """should_stop() said so: the job was cancelled or is no longer ours."""
 
 
+class TrainingInterrupted(Exception):
+    """interrupt_requested() said so: a checkpoint of `step` was saved, then the loop stopped."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"checkpoint saved at step {step}")
+        self.step = step
+
+
 def packs(spec: dict) -> bool:
     """Whether a job's micro-batches are packed. Prompt tuning prepends virtual tokens to each row, which
     packed examples cannot share."""
@@ -88,6 +96,8 @@ class Hooks:
     on_checkpoint: Callable[[int, float, Path, dict, bool], None]  # (step, epoch, path, metrics, evaluated)
     on_evaluate: Callable[[int, float], dict]  # (step, epoch) -> metrics on the held-out rows
     should_stop: Callable[[], bool]
+    # the worker is shutting down: save a checkpoint at the end of this step and stop (TrainingInterrupted)
+    interrupt_requested: Callable[[], bool] = lambda: False
 
 
 def collate(batch: list[Example], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -335,7 +345,8 @@ def train(
             window_loss, window_n = 0.0, 0
         epoch_end = step % steps_per_epoch == 0
         evaluate = step == total_steps or (step % cfg.eval_every_steps == 0 if cfg.eval_every_steps else epoch_end)
-        if not (evaluate or epoch_end or time.monotonic() - last_ckpt_t >= cfg.checkpoint_every_s):
+        interrupted = hooks.interrupt_requested() and step < last_step
+        if not (evaluate or epoch_end or interrupted or time.monotonic() - last_ckpt_t >= cfg.checkpoint_every_s):
             continue
         metrics = {"train_loss": step_loss}
         if evaluate:
@@ -356,6 +367,8 @@ def train(
         last_ckpt_t = time.monotonic()
         if state["stopped_early"] is not None:
             break
+        if interrupted:
+            raise TrainingInterrupted(step)
     model.eval()
     best = state["best"]
     return {
