@@ -8,6 +8,7 @@ The environment is set before anything from app/ is imported, since settings are
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -204,6 +205,16 @@ def _purge_test_queue():
 
 # Figures the tests measure (time to succeed, metrics), printed at the end of the run.
 REPORT: list[str] = []
+# A test's own figure line, printed as "[faults] ...", "[rate] ...": gathered into REPORT from the captured
+# output, so a plain run (no -s, as CI runs) shows every figure too.
+FIGURE_LINE = re.compile(r"^\[[a-z0-9 _-]+\] ")
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        for line in report.capstdout.splitlines():
+            if FIGURE_LINE.match(line) and line not in REPORT:
+                REPORT.append(line)
 
 
 def pytest_terminal_summary(terminalreporter):
