@@ -298,26 +298,43 @@ def _reconcile_safely() -> None:
         log.warning("reconcile pass failed", exc_info=True)
 
 
+def holder_is_gone(worker: str, claimed_at) -> bool:
+    """Whether the process named in a job's `worker` ("host:pid") is gone: no such pid, a zombie (killed, its
+    parent dead too and not yet reaped), or a process started after the claim (the pid was reused)."""
+    import psutil
+
+    pid = worker.rsplit(":", 1)[1]
+    if not pid.isdigit():
+        return False
+    try:
+        proc = psutil.Process(int(pid))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return True
+        return claimed_at is not None and proc.create_time() > claimed_at.timestamp()
+    except psutil.NoSuchProcess:
+        return True
+
+
 def reclaim_jobs_of_dead_predecessors() -> list[str]:
     """At worker start: jobs still `running` under a worker process of this host that no longer exists.
 
     A worker killed outright (kill -9, the OOM killer, a container restart) leaves its job running with a
     lease of up to lease_s to go. Its name says it was on this host, and its process is gone, so the lease
     ends now and the first reconcile pass sends the job again. A training child it may have left behind is
-    killed first, so two attempts never train at once. A pid that is alive (perhaps reused) is left to the
-    lease."""
+    killed first, so two attempts never train at once. A holder that still runs is left to its lease."""
     import psutil
 
     host = worker_name().rsplit(":", 1)[0]
     Session = get_sessionmaker()
     with Session() as s:
         rows = s.execute(
-            select(Job.id, Job.worker).where(Job.status == JobStatus.running, Job.worker.startswith(f"{host}:"))
+            select(Job.id, Job.worker, Job.started_at).where(
+                Job.status == JobStatus.running, Job.worker.startswith(f"{host}:")
+            )
         ).all()
-        pids = {name: name.rsplit(":", 1)[1] for _, name in rows}
-        dead = [
-            (job_id, name) for job_id, name in rows if pids[name].isdigit() and not psutil.pid_exists(int(pids[name]))
-        ]
+        dead = [(job_id, name) for job_id, name, claimed_at in rows if holder_is_gone(name, claimed_at)]
+        if len(dead) < len(rows):
+            log.info("running jobs of this host whose holder still runs: %s", sorted(set(rows) - set(dead)))
         for job_id, name in dead:
             for proc in psutil.process_iter(["cmdline"]):
                 cmdline = proc.info["cmdline"] or []
