@@ -89,9 +89,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def api_server(host: str, port: int, loglevel: str):
+    """uvicorn's server (what uvicorn.run would run), which also ends the open live event streams when it is
+    asked to stop: uvicorn's graceful shutdown waits for every open response, and a stream is open until its
+    job ends or FTAAS_EVENT_STREAM_MAX_S. Its client reconnects, with Last-Event-ID, to a server still up."""
     import uvicorn
 
+    from app.event_stream import SHUTTING_DOWN
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:  # uvicorn's SIGINT/SIGTERM handler
+            SHUTTING_DOWN.set()
+            super().handle_exit(sig, frame)
+
+    return Server(uvicorn.Config("app.main:app", host=host, port=port, log_level=loglevel))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     from app.config import get_settings
 
     settings = get_settings()
@@ -109,7 +123,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     try:
-        uvicorn.run("app.main:app", host=args.host, port=args.port, log_level=args.loglevel)
+        server = api_server(args.host, args.port, args.loglevel)
+        server.run()
+        if not server.started:  # as uvicorn.run: the port was taken, or the app did not start
+            sys.exit(3)
     finally:
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)

@@ -66,6 +66,18 @@ class Settings(BaseSettings):
     )
     progress_every_s: float = Field(2.0, description="minimum seconds between progress writes")
     checkpoint_every_s: float = Field(60.0, description="seconds between checkpoints (and each epoch end)")
+    event_stream_poll_s: float = Field(
+        0.5,
+        gt=0,
+        description="how often a live event stream (GET .../events?stream=true) reads the database: the most an "
+        "event waits before it is sent; each read is one short query pair, no connection is held between reads",
+    )
+    event_stream_max_s: float = Field(
+        3600.0,
+        gt=0,
+        description="longest life of one live event stream; the client then reconnects with Last-Event-ID and "
+        "misses nothing (bounds what a forgotten client costs, and lets load balancers move streams)",
+    )
     hf_offline: bool = Field(False, description="never reach a model hub (sets HF_HUB_OFFLINE in children)")
     full_finetune_max_params: int = Field(
         3_000_000_000,
@@ -90,6 +102,27 @@ class Settings(BaseSettings):
         "(set it when API processes do not share data_dir)",
     )
     share_link_ttl_s: int = Field(7 * 24 * 3600, description="how long a sweep page link stays valid")
+    webhook_max_attempts: int = Field(
+        12, ge=1, description="attempts of a webhook delivery before it is given up (marked failed)"
+    )
+    webhook_backoff_base_s: float = Field(
+        10.0, gt=0, description="delay before a delivery's 2nd attempt; it doubles each attempt, with jitter"
+    )
+    webhook_backoff_max_s: float = Field(6 * 3600.0, gt=0, description="longest delay between two attempts")
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="connect and read timeout of one webhook POST (and of POST .../test)"
+    )
+    webhook_dns_timeout_s: float = Field(2.0, gt=0, description="how long a webhook URL's host may take to resolve")
+    webhook_allow_private_urls: bool = Field(
+        False,
+        description="let webhook URLs reach loopback, private and link-local addresses (tests, a private "
+        "network); off by default, since the server would otherwise POST into its own network for a tenant",
+    )
+    webhook_dispatcher: bool = Field(
+        True, description="run the webhook dispatcher thread in this API process (several are safe)"
+    )
+    webhook_poll_s: float = Field(1.0, gt=0, description="how often the dispatcher looks for due deliveries")
+    webhook_concurrency: int = Field(4, ge=1, description="deliveries one dispatcher sends at once")
 
     @field_validator("allowed_models", mode="before")
     @classmethod

@@ -16,7 +16,7 @@ from app.auth import tenant_for_key
 from app.config import Settings, get_settings
 from app.db import session_scope
 from app.errors import ApiError, not_found
-from app.models import Comparison, File, Job, Sweep, Tenant
+from app.models import Comparison, File, Job, Sweep, Tenant, WebhookEndpoint
 from app.rate_limit import retry_after
 from app.share_links import check_token
 
@@ -94,6 +94,17 @@ def get_owned_sweep(session: SessionDep, tenant: CurrentTenant, sweep_id: Annota
     return sweep
 
 
+def get_owned_webhook_endpoint(
+    session: SessionDep, tenant: CurrentTenant, webhook_endpoint_id: Annotated[str, Path()]
+) -> WebhookEndpoint:
+    row = session.scalar(
+        select(WebhookEndpoint).where(WebhookEndpoint.id == webhook_endpoint_id, WebhookEndpoint.tenant_id == tenant.id)
+    )
+    if row is None:
+        raise not_found("webhook endpoint", webhook_endpoint_id, "webhook_endpoint_id", "webhook_endpoint_not_found")
+    return row
+
+
 def get_viewable_sweep(
     session: SessionDep,
     sweep_id: Annotated[str, Path()],
@@ -115,3 +126,4 @@ OwnedJob = Annotated[Job, Depends(get_owned_job)]
 OwnedComparison = Annotated[Comparison, Depends(get_owned_comparison)]
 OwnedSweep = Annotated[Sweep, Depends(get_owned_sweep)]
 ViewableSweep = Annotated[Sweep, Depends(get_viewable_sweep)]
+OwnedWebhookEndpoint = Annotated[WebhookEndpoint, Depends(get_owned_webhook_endpoint)]

@@ -11,7 +11,7 @@ from app.config import Settings
 from app.deps import owned_file
 from app.errors import ApiError
 from app.job_state import add_event
-from app.models import TERMINAL_STATUSES, File, Job, JobStatus, Tenant
+from app.models import File, Job, JobStatus, Tenant
 from app.schemas import JobCreate, resolve_spec
 
 
@@ -30,6 +30,14 @@ def check_model(settings: Settings, model: str, param: str = "model") -> str:
 
 
 def check_pairing(training: File, validation: File | None) -> None:
+    for param, file in (("training_file", training), ("validation_file", validation)):
+        if file is not None and file.purpose != "fine-tune":
+            raise ApiError(
+                400,
+                f"{param} {file.id} has purpose '{file.purpose}'; train on files uploaded with purpose 'fine-tune'",
+                param=param,
+                code="invalid_file_purpose",
+            )
     # Raw text trains on every token; the other shapes on completions. A validation file must match.
     if validation is not None and (validation.shape == "text") != (training.shape == "text"):
         raise ApiError(
@@ -93,6 +101,9 @@ def build_job(
     return job
 
 
+HOLDING_A_PLACE = (JobStatus.validating_files, JobStatus.queued, JobStatus.running)
+
+
 def check_active_job_room(session: Session, settings: Settings, tenant: Tenant, new_jobs: int) -> None:
     """429 when `new_jobs` more would take the tenant past its limit of queued and running jobs.
 
@@ -105,7 +116,11 @@ def check_active_job_room(session: Session, settings: Settings, tenant: Tenant, 
     active = session.scalar(
         select(func.count())
         .select_from(Job)
-        .where(Job.tenant_id == tenant.id, Job.status.not_in([s.value for s in TERMINAL_STATUSES]))
+        # paused jobs hold no GPU and no place; resuming one asks for a place again
+        .where(
+            Job.tenant_id == tenant.id,
+            Job.status.in_([JobStatus.validating_files, JobStatus.queued, JobStatus.running]),
+        )
     )
     if active + new_jobs > limit:
         raise ApiError(

@@ -9,11 +9,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.models import Job, JobEvent, JobStatus, utcnow
+from app.models import Checkpoint, Job, JobEvent, JobStatus, utcnow
+from app.result_files import attach_result_file
 from app.sweeps import finalize_quietly
+from app.webhook_outbox import record_job_end
 
 
 def add_event(
@@ -88,11 +90,17 @@ def update_job(session: Session, job_id: str, attempt: int, **values: Any) -> bo
 def finish_job(
     session: Session, job_id: str, attempt: int, status: JobStatus, *, error: dict | None = None, **values: Any
 ) -> bool:
-    values.update(status=status, error=error, finished_at=utcnow(), lease_expires_at=None, eta_s=None)
+    # a pause asked too late (during the final evaluation) has nothing left to pause
+    values.update(
+        status=status, error=error, finished_at=utcnow(), lease_expires_at=None, eta_s=None, pause_requested=False
+    )
     ok = session.execute(update(Job).where(fenced(job_id, attempt)).values(**values)).rowcount == 1
+    if ok and status == JobStatus.succeeded:
+        attach_result_file(session, session.get(Job, job_id))  # same transaction: no success without it
     if ok:
         message = f"Job {status}" + (f": {error['message']}" if error else "")
         add_event(session, job_id, message, level="error" if error else "info")
+        record_job_end(session, job_id, status)  # its webhook deliveries, committed with the status
     session.commit()
     if ok:
         after_job_ended(session, job_id)
@@ -114,6 +122,25 @@ def release_for_retry(session: Session, job_id: str, attempt: int, reason: str, 
     if ok:
         level = "info" if interrupted else "warning"
         add_event(session, job_id, f"Attempt {attempt} ended ({reason}); queued again", level=level)
+    session.commit()
+    return ok
+
+
+def pause_after_checkpoint(session: Session, job_id: str, attempt: int) -> bool:
+    """The child stopped at a checkpoint because the user asked for a pause: the job leaves the GPU and stays
+    `paused` (not queued again) until POST .../resume. Counted as an interruption, not a failed attempt."""
+    values = {
+        "status": JobStatus.paused,
+        "pause_requested": False,
+        "lease_expires_at": None,
+        "phase": "paused",
+        "eta_s": None,
+        "interruptions": Job.interruptions + 1,
+    }
+    ok = session.execute(update(Job).where(fenced(job_id, attempt)).values(**values)).rowcount == 1
+    if ok:
+        step = session.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.job_id == job_id))
+        add_event(session, job_id, f"Job paused with its checkpoint of step {step}; GPU released")
     session.commit()
     return ok
 

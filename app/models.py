@@ -43,6 +43,7 @@ class JobStatus(enum.StrEnum):
     validating_files = "validating_files"
     queued = "queued"
     running = "running"
+    paused = "paused"  # checkpointed and off the GPU until POST .../resume; not terminal
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
@@ -127,6 +128,8 @@ class Job(Base):
     error: Mapped[dict | None] = mapped_column(JSONType)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(400))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # POST .../pause on a running job: the training child checkpoints at its next step end and exits
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     # attempts that ended because their worker shut down (checkpointed, queued again): not failures, so
     # they do not count against max_attempts
@@ -150,6 +153,8 @@ class Job(Base):
     adapter_name: Mapped[str | None] = mapped_column(String(300))  # relative to jobs_dir
     adapter_sha256: Mapped[str | None] = mapped_column(String(64))
     adapter_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # OpenAI's result_files: a CSV of the step metrics, a File of the tenant's, written when the job succeeds
+    result_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
@@ -258,3 +263,54 @@ class Selection(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+
+class DeliveryStatus(enum.StrEnum):
+    pending = "pending"  # waiting for its next attempt (or in flight: see lease_expires_at)
+    delivered = "delivered"  # the endpoint answered 2xx
+    failed = "failed"  # webhook_max_attempts attempts, none answered 2xx
+
+
+class WebhookEndpoint(Base):
+    """A URL of a tenant's that receives signed events (POST /v1/webhook_endpoints, as OpenAI's)."""
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("webhook"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(Text)
+    event_types: Mapped[list] = mapped_column(JSONType)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
+    # Kept in clear, unlike API keys: an HMAC signature needs the secret itself, a hash of it cannot sign.
+    # Shown to the tenant only when made (create, rotate_secret); never logged.
+    signing_secret: Mapped[str] = mapped_column(String(100))
+    # rotate_secret with keep_old_secret_active_for_24_hours: deliveries carry a second signature until then
+    previous_signing_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """The outbox: one event for one endpoint, written in the transaction that changed the job or sweep, so a
+    crash cannot lose it; a dispatcher (app/webhook_dispatch.py) sends it until the endpoint answers 2xx."""
+
+    __tablename__ = "webhook_deliveries"
+    # a job or a sweep ends once: the same event for the same endpoint is never written twice
+    __table_args__ = (UniqueConstraint("endpoint_id", "subject_id", "event_type"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("delivery"))
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    event_id: Mapped[str] = mapped_column(String(40))  # the payload's id and the webhook-id header, every attempt
+    event_type: Mapped[str] = mapped_column(String(64))
+    subject_id: Mapped[str] = mapped_column(String(40))  # the job or sweep the event is about
+    body: Mapped[str] = mapped_column(Text)  # the JSON payload as sent and signed, the same bytes every attempt
+    status: Mapped[str] = mapped_column(String(20), default=DeliveryStatus.pending, index=True)  # the due ones
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    # a dispatcher's claim: while it runs no other dispatcher takes the row; one that died lets it lapse
+    lease_expires_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(TZDateTime)

@@ -61,8 +61,9 @@ def job_public(job: Job) -> JobPublic:
         adapter=spec["adapter"],
         training=spec["training"],
         evaluation=spec["evaluation"],
+        result_files=[job.result_file_id] if job.result_file_id else [],
         progress=JobProgress(
-            phase=job.phase,
+            phase="pausing" if job.pause_requested and job.status == "running" else job.phase,
             step=job.step,
             total_steps=job.total_steps,
             epoch=job.epoch,

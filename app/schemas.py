@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.models import JobStatus
+
 Auto = Literal["auto"]
 
 
@@ -281,11 +283,13 @@ class JobPublic(BaseModel):
     model: str
     fine_tuned_model: str | None
     organization_id: str
-    status: str
+    status: JobStatus
     hyperparameters: dict[str, Any]
     training_file: str
     validation_file: str | None
-    result_files: list[str] = []
+    result_files: list[str] = Field(
+        default=[], description="a succeeded job's step metrics as CSV: GET /v1/files/{id}/content"
+    )
     trained_tokens: int | None
     error: JobError | None
     seed: int

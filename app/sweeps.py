@@ -24,6 +24,7 @@ from app.models import (
 )
 from app.schemas import JobCreate
 from app.sweep_schemas import GRID_KEYS, MAX_CANDIDATES, Leaderboard, SweepCreate
+from app.webhook_outbox import record_sweep_end
 
 log = logging.getLogger("ftaas.sweeps")
 
@@ -184,6 +185,7 @@ def finalize_if_done(session: Session, sweep_id: str) -> bool:
         return False
     if winner is not None:
         select_job(session, winner)
+    record_sweep_end(session, sweep, status, winner.id if winner else None)  # webhooks, committed with the end
     session.commit()
     log.info("sweep %s finished: %s, winner %s", sweep_id, status, winner.id if winner else None)
     return True

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -125,9 +126,12 @@ def client(db_session):
     from fastapi.testclient import TestClient
 
     from app.db import session_scope
+    from app.event_stream import stream_sessions
     from app.main import app
 
     app.dependency_overrides[session_scope] = lambda: db_session
+    # live event streams read with a session per poll: here the test's, which sees its uncommitted rows
+    app.dependency_overrides[stream_sessions] = lambda: lambda: nullcontext(db_session)
     with TestClient(app) as c:
         yield c
     app.dependency_overrides.clear()

@@ -26,9 +26,10 @@ import schemathesis
 from schemathesis.engine import Status, events, from_schema
 
 from app.config import get_settings
-from app.models import Checkpoint, Comparison, JobEvent, JobStatus, Sweep
+from app.models import Checkpoint, Comparison, JobEvent, JobStatus, Sweep, WebhookDelivery
 from tests.conftest import REPORT, make_file_row
 from tests.test_api_results import make_job, store_adapter
+from tests.test_webhooks import make_endpoint
 
 MAX_EXAMPLES = 50
 SEED = 20261123
@@ -88,6 +89,12 @@ def tenant_objects(db_session, acme, train_file):
     make_job(db_session, acme, train_file, status=JobStatus.queued).sweep_id = sweep.id
     make_job(db_session, acme, train_file, status=JobStatus.queued)
     db_session.add(Comparison(tenant_id=acme.id, job_ids=[done.id], prompts=["Q: "], max_new_tokens=8, results={}))
+    # a webhook endpoint with a delivery
+    hook = make_endpoint(db_session, acme)
+    db_session.add(
+        WebhookDelivery(endpoint_id=hook.id, event_id="evt_1", event_type="fine_tuning.job.succeeded",
+                        subject_id=done.id, body="{}")
+    )  # fmt: skip
     db_session.commit()
 
 
@@ -121,6 +128,12 @@ def schemathesis_config(tenants_file: str) -> schemathesis.Config:
                     # virtual tokens fewer than max_seq_length; a sweep's candidates each naming a model, its
                     # grid keys naming job fields, generation metrics only for data with completions
                     "include-name": ["POST /v1/fine_tuning/jobs", "POST /v1/sweeps"],
+                    "checks": {"positive_data_acceptance": {"expected-statuses": [*POSITIVE_EXPECTED, "400"]}},
+                },
+                {
+                    # a webhook URL needs a host, a valid port and no user:password@, which its pattern does
+                    # not say (and by default its host must resolve to public addresses)
+                    "include-name": ["POST /v1/webhook_endpoints", "POST /v1/webhook_endpoints/{webhook_endpoint_id}"],
                     "checks": {"positive_data_acceptance": {"expected-statuses": [*POSITIVE_EXPECTED, "400"]}},
                 },
             ],
@@ -163,6 +176,13 @@ def test_the_api_conforms_to_its_openapi_document(client, auth, other_auth, tena
     # Thousands of requests a minute from one tenant: the rate limit (tests/test_keys_and_limits.py) would
     # answer most of them 429.
     monkeypatch.setattr(get_settings(), "rate_limit_per_minute", 0)
+    # Webhook URLs: any well-formed one is registered (no DNS lookup, so endpoints get made and their ids reach
+    # the other operations), and POST .../test sends nothing: the address checks and the sending have their own
+    # tests (tests/test_webhooks.py), and a fuzzer must not make the server POST to what its URLs happen to name.
+    monkeypatch.setattr(get_settings(), "webhook_allow_private_urls", True)
+    monkeypatch.setattr("app.routes.webhooks.post_event", lambda *_args, **_kwargs: 204)
+    # stream=true on a job that never runs stays open until the stream's lifetime: a short one keeps those cases short
+    monkeypatch.setattr(get_settings(), "event_stream_max_s", 0.2)
     tenants = tmp_path / "tenants.json"  # the two tenants' keys as Web Fuzzing Commons users
     tenants.write_text(
         json.dumps(

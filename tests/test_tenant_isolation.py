@@ -17,6 +17,7 @@ import pytest
 
 from tests.test_api_results import archive as archive  # noqa: F401 - the fixture, used by name
 from tests.test_api_results import make_job, store_adapter
+from tests.test_webhooks import make_endpoint
 
 # Path parameters that name a tenant's object, and a well-formed id of that kind that nobody owns.
 OWNED = {
@@ -24,9 +25,16 @@ OWNED = {
     "job_id": "ftjob-000000000000000000000000",
     "sweep_id": "sweep-000000000000000000000000",
     "comparison_id": "cmp-000000000000000000000000",
+    "webhook_endpoint_id": "webhook-000000000000000000000000",
 }
-# Operations without a tenant's object: health, and the catalogue of base models shared by all tenants.
-SHARED = {("get", "/healthz"), ("get", "/readyz"), ("get", "/v1/models"), ("get", "/v1/models/{model_id}")}
+# Operations without a tenant's object: health, and the catalogues (base models, webhook event types) shared by all.
+SHARED = {
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/v1/models"),
+    ("get", "/v1/models/{model_id}"),
+    ("get", "/v1/webhook_event_types"),
+}
 # Operations whose body names objects, with a body naming A's (filled in by the test).
 BODY_IDS = {
     ("post", "/v1/fine_tuning/jobs"): lambda a: {"model": "stories260k", "training_file": a["file_id"]},
@@ -64,7 +72,14 @@ def a_objects(client, auth, db_session, acme, archive):  # noqa: F811 - pytest f
     assert sweep.status_code == 200, sweep.text
     cmp = client.post("/v1/comparisons", headers=auth, json={"job_ids": [job.id], "prompts": ["hello"]})
     assert cmp.status_code == 200, cmp.text
-    return {"file_id": file.id, "job_id": job.id, "sweep_id": sweep.json()["id"], "comparison_id": cmp.json()["id"]}
+    endpoint = make_endpoint(db_session, acme)
+    return {
+        "file_id": file.id,
+        "job_id": job.id,
+        "sweep_id": sweep.json()["id"],
+        "comparison_id": cmp.json()["id"],
+        "webhook_endpoint_id": endpoint.id,
+    }
 
 
 def call(client, method: str, path: str, headers: dict, ids: dict, body=None):
@@ -81,12 +96,13 @@ def scrub(response, ids: dict) -> str:
     text = response.text
     for value in ids.values():
         text = text.replace(value, "<id>")
-    return re.sub(r"(file|ftjob|sweep|cmp)-[0-9a-f]{24}", "<id>", text)
+    return re.sub(r"(file|ftjob|sweep|cmp|webhook)-[0-9a-f]{24}", "<id>", text)
 
 
 def test_every_id_route_hides_another_tenants_objects_exactly_like_missing_ones(client, auth, other_auth, a_objects):
     covered, id_ops = [], []
-    for method, path, names in operations():
+    # deletes last, so that A's own delete (which succeeds) leaves the object for every other operation
+    for method, path, names in sorted(operations(), key=lambda op: op[0] == "delete"):
         if (method, path) in SHARED or (method, path) == UPLOAD or (method, path) in BODY_IDS:
             continue
         owned = [n for n in names if n in OWNED]
@@ -95,10 +111,11 @@ def test_every_id_route_hides_another_tenants_objects_exactly_like_missing_ones(
         if not owned:
             continue  # a list: checked below
         id_ops.append((method, path))
-        mine = call(client, method, path, auth, {n: a_objects[n] for n in owned})
-        assert mine.status_code != 404, f"A's own call must find it: {method.upper()} {path}: {mine.text}"
+        # B first: A's call then also proves that B's changed nothing (B's delete did not delete)
         theirs = call(client, method, path, other_auth, {n: a_objects[n] for n in owned})
         missing = call(client, method, path, other_auth, {n: OWNED[n] for n in owned})
+        mine = call(client, method, path, auth, {n: a_objects[n] for n in owned})
+        assert mine.status_code != 404, f"A's own call must find it: {method.upper()} {path}: {mine.text}"
         assert theirs.status_code == 404, f"{method.upper()} {path} with B's key: {theirs.status_code} {theirs.text}"
         assert missing.status_code == 404
         assert scrub(theirs, a_objects) == scrub(missing, OWNED), f"{method.upper()} {path} tells them apart"

@@ -198,7 +198,9 @@ class JobContext:
         try:
             with self.Session() as s:
                 row = s.execute(
-                    select(Job.status, Job.attempt, Job.cancel_requested).where(Job.id == self.job_id)
+                    select(Job.status, Job.attempt, Job.cancel_requested, Job.pause_requested).where(
+                        Job.id == self.job_id
+                    )
                 ).first()
         except DATABASE_AWAY as exc:
             self._away(exc)
@@ -206,4 +208,9 @@ class JobContext:
         self._back()
         if row is None or row.status != JobStatus.running or row.attempt != self.attempt or row.cancel_requested:
             raise LostJob
+        if row.pause_requested and not self.interrupt_requested:
+            # POST .../pause: stop as a worker shutdown stops, with a checkpoint at the end of this step; the
+            # task then marks the job paused instead of queueing it again
+            log.info("pause requested: checkpointing at the end of the step")
+            self.interrupt_requested = True
         return False

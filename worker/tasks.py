@@ -28,6 +28,7 @@ from app.job_state import (
     claim_job,
     counted_attempts,
     finish_job,
+    pause_after_checkpoint,
     release_for_retry,
     renew_lease,
     take_orphaned_jobs,
@@ -141,6 +142,10 @@ def train(self, job_id: str) -> str:
         still_ours = job is not None and job.status == JobStatus.running and job.attempt == attempt
     if not still_ours:
         return "done"
+    if code == EXIT_INTERRUPTED and pause_was_requested(job_id):  # POST .../pause: checkpointed, stays off
+        with Session() as s:
+            pause_after_checkpoint(s, job_id, attempt)
+        return "paused"
     if code == EXIT_INTERRUPTED:  # the worker is shutting down: the child saved a checkpoint and stopped
         with Session() as s:
             release_for_retry(s, job_id, attempt, "its worker shut down; checkpoint saved", interrupted=True)
@@ -161,6 +166,11 @@ def train(self, job_id: str) -> str:
             s, job_id, attempt, JobStatus.failed, error={"code": "training_crashed", "message": reason, "param": None}
         )
     return "failed"
+
+
+def pause_was_requested(job_id: str) -> bool:
+    with get_sessionmaker()() as s:
+        return bool(s.scalar(select(Job.pause_requested).where(Job.id == job_id)))
 
 
 @contextmanager

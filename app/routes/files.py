@@ -172,7 +172,7 @@ def delete_file(file: OwnedFile, session: SessionDep, settings: SettingsDep) -> 
         session.query(Job.id)
         .filter(
             (Job.training_file_id == file.id) | (Job.validation_file_id == file.id),
-            Job.status.in_([JobStatus.queued, JobStatus.running, JobStatus.validating_files]),
+            Job.status.in_([JobStatus.queued, JobStatus.running, JobStatus.validating_files, JobStatus.paused]),
         )
         .first()
     )

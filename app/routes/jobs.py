@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.sse import EventSourceResponse
 from sqlalchemy import select, update
 
 from app.deps import CurrentTenant, OwnedJob, SessionDep, SettingsDep
 from app.errors import ApiError
+from app.event_stream import STREAM_RESPONSE, StreamSessions, event_stream_response, resume_point
 from app.job_builder import build_job, check_active_job_room, training_files
 from app.job_state import add_event, after_job_ended
 from app.models import TERMINAL_STATUSES, Checkpoint, Job, JobEvent, JobStatus, utcnow
@@ -17,6 +20,7 @@ from app.pagination import list_page, page_of
 from app.presenters import checkpoint_public, event_public, job_public
 from app.queue import enqueue_job
 from app.schemas import CheckpointList, EventList, JobCreate, JobList, JobPublic
+from app.webhook_outbox import record_job_end
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"])
 
@@ -36,8 +40,44 @@ def create_job(body: JobCreate, session: SessionDep, tenant: CurrentTenant, sett
     return job_public(job)
 
 
-@router.get("", response_model=JobList, summary="List your fine-tuning jobs, newest first")
+METADATA_FILTER = {
+    "name": "metadata",
+    "in": "query",
+    "required": False,
+    "style": "deepObject",
+    "explode": True,
+    "description": "only jobs whose metadata has these values: metadata[key]=value, as the openai client sends "
+    "`metadata={...}`; metadata=null lists the jobs without metadata",
+    "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+}
+
+
+METADATA_KEY = re.compile(r"metadata\[[^\[\]]*\]")  # one level: metadata values are strings
+
+
+def metadata_filters(request: Request) -> list:
+    """metadata[k]=v pairs of the query (all must match), or metadata=null (no metadata at all)."""
+    filters = []
+    for name, value in request.query_params.multi_items():
+        if name == "metadata" and value == "null":
+            filters.append(Job.metadata_.is_(None))
+        elif name == "metadata" or (name.startswith("metadata[") and not METADATA_KEY.fullmatch(name)):
+            raise ApiError(
+                400, f"Filter by metadata as metadata[key]=value (or metadata=null), not {name}={value!r}", param=name
+            )
+        elif name.startswith("metadata["):
+            filters.append(Job.metadata_[name[len("metadata[") : -1]].as_string() == value)
+    return filters
+
+
+@router.get(
+    "",
+    response_model=JobList,
+    summary="List your fine-tuning jobs, newest first",
+    openapi_extra={"parameters": [METADATA_FILTER]},
+)
 def list_jobs(
+    request: Request,
     session: SessionDep,
     tenant: CurrentTenant,
     after: str | None = None,
@@ -53,6 +93,7 @@ def list_jobs(
         filters.append(Job.training_file_id == training_file)
     if model:
         filters.append(Job.model == model)
+    filters += metadata_filters(request)
     rows, has_more = page_of(session, Job, filters, after, limit)
     return JobList(**list_page([job_public(r) for r in rows], has_more))
 
@@ -80,6 +121,7 @@ def cancel_job(job: OwnedJob, session: SessionDep) -> JobPublic:
     )
     if result.rowcount:
         add_event(session, job.id, "Job cancelled by the user")
+        record_job_end(session, job.id, JobStatus.cancelled)  # its webhook deliveries, committed with the status
     session.commit()
     if result.rowcount:
         after_job_ended(session, job.id)
@@ -87,15 +129,112 @@ def cancel_job(job: OwnedJob, session: SessionDep) -> JobPublic:
     return job_public(job)
 
 
-@router.get("/{job_id}/events", response_model=EventList, summary="Log lines and per-step metrics, newest first")
+@router.post(
+    "/{job_id}/pause",
+    response_model=JobPublic,
+    responses=error_responses(409),
+    summary="Pause a job: a running one saves a checkpoint at the end of its step and leaves the GPU",
+    description="A queued job is paused at once. A running one keeps status `running` with "
+    "`progress.phase` `pausing` until its checkpoint is saved (seconds), then is `paused`. Pausing a paused "
+    "job changes nothing. POST .../resume continues from that checkpoint.",
+)
+def pause_job(job: OwnedJob, session: SessionDep) -> JobPublic:
+    if job.status in TERMINAL_STATUSES:
+        raise ApiError(409, f"Job {job.id} has already {job.status}", param="job_id", code="job_not_pausable")
+    # A queued job is not on a GPU: it becomes paused now, and a claim (which needs 'queued') cannot start it.
+    if session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == JobStatus.queued)
+        .values(status=JobStatus.paused, phase="paused", pause_requested=False)
+    ).rowcount:
+        add_event(session, job.id, "Job paused by the user before it started")
+    # A running one: its training child reads the flag within a second, checkpoints and exits; its task then
+    # marks it paused (app.job_state.pause_after_checkpoint).
+    elif session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == JobStatus.running, Job.pause_requested.is_(False))
+        .values(pause_requested=True)
+    ).rowcount:
+        add_event(session, job.id, "Pause requested: the job saves a checkpoint at the end of its step")
+    session.commit()
+    session.refresh(job)
+    return job_public(job)
+
+
+@router.post(
+    "/{job_id}/resume",
+    response_model=JobPublic,
+    responses=error_responses(409, 429),
+    summary="Resume a paused job from its checkpoint (queued for the next free GPU)",
+    description="A job still pausing (status `running`, phase `pausing`) keeps running instead.",
+)
+def resume_job(job: OwnedJob, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep) -> JobPublic:
+    if job.status == JobStatus.running and job.pause_requested:
+        session.execute(update(Job).where(Job.id == job.id).values(pause_requested=False))
+        add_event(session, job.id, "Pause withdrawn: the job runs on")
+        session.commit()
+    elif job.status == JobStatus.paused:
+        check_active_job_room(session, settings, tenant, 1)  # a paused job holds no place; a resumed one does
+        resumed = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.paused)
+            .values(status=JobStatus.queued, phase="queued", updated_at=utcnow())
+        ).rowcount
+        if resumed:
+            add_event(session, job.id, "Job resumed by the user; queued")
+        session.commit()  # commit, then enqueue: the worker must find the row
+        if resumed:
+            enqueue_job(job.id)
+    else:
+        raise ApiError(409, f"Job {job.id} is {job.status}, not paused", param="job_id", code="job_not_paused")
+    session.refresh(job)
+    return job_public(job)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=EventList,
+    responses={200: STREAM_RESPONSE},
+    summary="Log lines and per-step metrics, newest first; or live, as server-sent events (stream=true)",
+    description="With `stream=true`: `text/event-stream`. First the job's events after `Last-Event-ID` (or `after`), "
+    "oldest first, then new ones as they are written: `id: ftevent-N`, `event: message` or `metrics`, `data:` the "
+    "event as in the list. `event: status` (the job) when its status or phase changes, `event: end` (the job) "
+    "after its last event once it has succeeded, failed or been cancelled, and the stream closes. A paused job's "
+    "stream stays open. `: ping` comments keep an idle stream alive; after FTAAS_EVENT_STREAM_MAX_S it closes and "
+    "the client reconnects with `Last-Event-ID`.",
+)
 def list_events(
     job: OwnedJob,
     session: SessionDep,
+    stream_sessions: StreamSessions,
     after: Annotated[
-        str | None, Query(pattern=r"^ftevent-[0-9]+$", description="the id of the last event already seen")
+        str | None,
+        Query(
+            pattern=r"^ftevent-[0-9]+$",
+            description="the id of the last event already seen: the list goes on with older events, the stream "
+            "with newer ones",
+        ),
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=10000)] = 20,
-) -> EventList:
+    limit: Annotated[int, Query(ge=1, le=10000, description="events per page of the list (not the stream)")] = 20,
+    stream: Annotated[bool, Query(description="live server-sent events instead of a page of the list")] = False,
+    # `str` with a None default, not `str | None`: a header is text, and a `null` in its schema would document
+    # the text "null" as valid. Any text is taken: the SSE standard makes it opaque to the client, and only our
+    # own ids mean anything (app/event_stream.resume_point)
+    last_event_id: Annotated[
+        str,
+        Header(
+            alias="Last-Event-ID",
+            description="with stream=true: resume after this event (EventSource sends it when it reconnects); "
+            "wins over `after`; a value that is not an event id (ftevent-N) is ignored",
+        ),
+    ] = None,
+) -> EventList | EventSourceResponse:
+    if stream:
+        job_id = job.id
+        # End the request's read-only transaction: its connection goes back to the pool now, not when the
+        # stream ends; the stream reads with short sessions of its own.
+        session.rollback()
+        return event_stream_response(stream_sessions, job_id, resume_point(after, last_event_id))
     stmt = select(JobEvent).where(JobEvent.job_id == job.id)
     # Event ids are 32-bit: a larger `after` (a database error if sent as is) comes after every event.
     if after and (before := int(after.removeprefix("ftevent-"))) <= 2**31 - 1:

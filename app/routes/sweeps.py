@@ -19,6 +19,7 @@ from app.presenters import sweep_public
 from app.queue import enqueue_job
 from app.sweep_schemas import Leaderboard, RankMetric, SweepCreate, SweepList, SweepPublic
 from app.sweeps import expand_candidates, finalize_if_done, job_request, sweep_board, sweep_jobs
+from app.webhook_outbox import record_job_end
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 
@@ -116,13 +117,15 @@ def cancel_sweep(sweep: OwnedSweep, session: SessionDep, request: Request) -> Sw
     sweep.status = SweepStatus.cancelled
     open_ids = [j.id for j in sweep_jobs(session, sweep.id) if j.status not in TERMINAL_STATUSES]
     if open_ids:
-        session.execute(
+        cancelled = session.scalars(
             update(Job)
             .where(Job.id.in_(open_ids), Job.status.notin_(TERMINAL_STATUSES))
             .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow(), eta_s=None)
-        )
-        for job_id in open_ids:
+            .returning(Job.id)
+        ).all()
+        for job_id in cancelled:  # those that ended meanwhile keep their own end, and their own webhooks
             add_event(session, job_id, f"Job cancelled with its sweep {sweep.id}")
+            record_job_end(session, job_id, JobStatus.cancelled)
     session.commit()
     finalize_if_done(session, sweep.id)
     session.refresh(sweep)
