@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.models import Checkpoint, Job, JobEvent, JobStatus, utcnow
+from app.models import TERMINAL_STATUSES, Checkpoint, Job, JobEvent, JobStatus, utcnow
 from app.result_files import attach_result_file
 from app.sweeps import finalize_quietly
 from app.webhook_outbox import record_job_end
@@ -105,6 +105,25 @@ def finish_job(
     if ok:
         after_job_ended(session, job_id)
     return ok
+
+
+def cancel_open_jobs(session: Session, job_ids: list[str], message: str) -> list[str]:
+    """Flip those of `job_ids` that have not ended to cancelled, each with its event and its webhook deliveries
+    (not committed). The child's writes are fenced on status='running', so nothing more lands, and it stops at
+    its next check; a queued job can no longer be claimed. Returns the ids it cancelled: a job that ended
+    meanwhile keeps its own end, and its own webhooks."""
+    if not job_ids:
+        return []
+    cancelled = session.scalars(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status.notin_(TERMINAL_STATUSES))
+        .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow(), eta_s=None)
+        .returning(Job.id)
+    ).all()
+    for job_id in cancelled:
+        add_event(session, job_id, message)
+        record_job_end(session, job_id, JobStatus.cancelled)
+    return list(cancelled)
 
 
 def after_job_ended(session: Session, job_id: str) -> None:

@@ -140,9 +140,10 @@ def train(self, job_id: str) -> str:
     with Session() as s:
         job = s.get(Job, job_id)
         still_ours = job is not None and job.status == JobStatus.running and job.attempt == attempt
+        paused_by_user = still_ours and job.pause_requested
     if not still_ours:
         return "done"
-    if code == EXIT_INTERRUPTED and pause_was_requested(job_id):  # POST .../pause: checkpointed, stays off
+    if code == EXIT_INTERRUPTED and paused_by_user:  # POST .../pause: checkpointed, stays off
         with Session() as s:
             pause_after_checkpoint(s, job_id, attempt)
         return "paused"
@@ -166,11 +167,6 @@ def train(self, job_id: str) -> str:
             s, job_id, attempt, JobStatus.failed, error={"code": "training_crashed", "message": reason, "param": None}
         )
     return "failed"
-
-
-def pause_was_requested(job_id: str) -> bool:
-    with get_sessionmaker()() as s:
-        return bool(s.scalar(select(Job.pause_requested).where(Job.id == job_id)))
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from app.datasets import DatasetValidationError, check_column_mapping, validate_
 from app.deps import CurrentTenant, OwnedFile, SessionDep, SettingsDep
 from app.downloads import Download
 from app.errors import ApiError
-from app.models import File, Job, JobStatus, new_id, utcnow
+from app.models import TERMINAL_STATUSES, File, Job, new_id, utcnow
 from app.openapi import error_responses
 from app.pagination import list_page, page_of
 from app.presenters import file_public
@@ -172,7 +172,7 @@ def delete_file(file: OwnedFile, session: SessionDep, settings: SettingsDep) -> 
         session.query(Job.id)
         .filter(
             (Job.training_file_id == file.id) | (Job.validation_file_id == file.id),
-            Job.status.in_([JobStatus.queued, JobStatus.running, JobStatus.validating_files, JobStatus.paused]),
+            Job.status.notin_(TERMINAL_STATUSES),  # a paused job still needs it to resume
         )
         .first()
     )

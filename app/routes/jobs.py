@@ -13,14 +13,13 @@ from app.deps import CurrentTenant, OwnedJob, SessionDep, SettingsDep
 from app.errors import ApiError
 from app.event_stream import STREAM_RESPONSE, StreamSessions, event_stream_response, resume_point
 from app.job_builder import build_job, check_active_job_room, training_files
-from app.job_state import add_event, after_job_ended
+from app.job_state import add_event, after_job_ended, cancel_open_jobs
 from app.models import TERMINAL_STATUSES, Checkpoint, Job, JobEvent, JobStatus, utcnow
 from app.openapi import error_responses
 from app.pagination import list_page, page_of
 from app.presenters import checkpoint_public, event_public, job_public
 from app.queue import enqueue_job
 from app.schemas import CheckpointList, EventList, JobCreate, JobList, JobPublic
-from app.webhook_outbox import record_job_end
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"])
 
@@ -112,18 +111,9 @@ def get_job(job: OwnedJob) -> JobPublic:
 def cancel_job(job: OwnedJob, session: SessionDep) -> JobPublic:
     if job.status in TERMINAL_STATUSES:
         raise ApiError(409, f"Job {job.id} has already {job.status}", param="job_id", code="job_not_cancellable")
-    # The status flips now; the child's writes are fenced on status='running', so nothing more lands,
-    # and it stops at its next check. A queued job can no longer be claimed.
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status.notin_(TERMINAL_STATUSES))
-        .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow(), eta_s=None)
-    )
-    if result.rowcount:
-        add_event(session, job.id, "Job cancelled by the user")
-        record_job_end(session, job.id, JobStatus.cancelled)  # its webhook deliveries, committed with the status
+    cancelled = cancel_open_jobs(session, [job.id], "Job cancelled by the user")
     session.commit()
-    if result.rowcount:
+    if cancelled:
         after_job_ended(session, job.id)
     session.refresh(job)
     return job_public(job)

@@ -6,20 +6,18 @@ import secrets
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from sqlalchemy import update
 
 from app.deps import CurrentTenant, OwnedSweep, SessionDep, SettingsDep
 from app.errors import ApiError
 from app.job_builder import build_job, check_active_job_room, training_files, validate_job
-from app.job_state import add_event
-from app.models import TERMINAL_STATUSES, Job, JobStatus, Sweep, SweepStatus, utcnow
+from app.job_state import cancel_open_jobs
+from app.models import TERMINAL_STATUSES, Sweep, SweepStatus
 from app.openapi import error_responses
 from app.pagination import list_page, page_of
 from app.presenters import sweep_public
 from app.queue import enqueue_job
 from app.sweep_schemas import Leaderboard, RankMetric, SweepCreate, SweepList, SweepPublic
 from app.sweeps import expand_candidates, finalize_if_done, job_request, sweep_board, sweep_jobs
-from app.webhook_outbox import record_job_end
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 
@@ -116,16 +114,7 @@ def cancel_sweep(sweep: OwnedSweep, session: SessionDep, request: Request) -> Sw
         )
     sweep.status = SweepStatus.cancelled
     open_ids = [j.id for j in sweep_jobs(session, sweep.id) if j.status not in TERMINAL_STATUSES]
-    if open_ids:
-        cancelled = session.scalars(
-            update(Job)
-            .where(Job.id.in_(open_ids), Job.status.notin_(TERMINAL_STATUSES))
-            .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow(), eta_s=None)
-            .returning(Job.id)
-        ).all()
-        for job_id in cancelled:  # those that ended meanwhile keep their own end, and their own webhooks
-            add_event(session, job_id, f"Job cancelled with its sweep {sweep.id}")
-            record_job_end(session, job_id, JobStatus.cancelled)
+    cancel_open_jobs(session, open_ids, f"Job cancelled with its sweep {sweep.id}")
     session.commit()
     finalize_if_done(session, sweep.id)
     session.refresh(sweep)

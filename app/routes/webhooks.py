@@ -4,7 +4,7 @@ API (the openai client's `client.webhooks`), plus the deliveries of each endpoin
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from sqlalchemy import delete
@@ -206,7 +206,7 @@ def list_deliveries(
     session: SessionDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    status: Literal["pending", "delivered", "failed"] | None = None,
+    status: DeliveryStatus | None = None,
 ) -> WebhookDeliveryList:
     filters = [WebhookDelivery.endpoint_id == endpoint.id]
     if status is not None:
