@@ -10,11 +10,11 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /opt/ftaas
 # Only what the package and `ftaas migrate` need (the build context also holds .venv, var/ ...).
 # `ftaas migrate` finds the migrations as an installed package; alembic.ini is for the alembic CLI.
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md alembic.ini constraints.txt ./
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
-RUN pip install . \
+RUN pip install -c constraints.txt . \
  && useradd --create-home --uid 10001 ftaas \
  && mkdir -p /var/lib/ftaas \
  && chown ftaas:ftaas /var/lib/ftaas

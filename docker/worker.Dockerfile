@@ -12,14 +12,14 @@ ENV PYTHONUNBUFFERED=1 \
     HF_HOME=/var/cache/huggingface
 
 WORKDIR /opt/ftaas
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md alembic.ini constraints.txt ./
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
 # Pin the image's CUDA torch as a constraint: if any dependency wanted another torch, pip fails here
 # instead of silently replacing it with a CPU wheel from PyPI.
 RUN echo "torch==$(python -c 'import torch; print(torch.__version__)')" > /tmp/torch-constraint.txt \
- && pip install -c /tmp/torch-constraint.txt ".[${EXTRAS}]" \
+ && pip install -c /tmp/torch-constraint.txt -c constraints.txt ".[${EXTRAS}]" \
  && rm /tmp/torch-constraint.txt \
  && python -c "import torch, peft, transformers; assert torch.version.cuda, 'torch without CUDA'" \
  && useradd --create-home --uid 10001 ftaas \

@@ -26,6 +26,7 @@ from app.models import (
 )
 from app.schemas import JobCreate, resolve_spec
 from tests.conftest import DATASETS, MODEL_DIR, REDIS_URL, TEST_ENV, make_file_row
+from tests.helpers.generation import forward_greedy
 
 CMP = "/v1/comparisons"
 JOBS_DIR = Path(TEST_ENV["FTAAS_ARTIFACTS_DIR"]) / "jobs"
@@ -379,17 +380,9 @@ def service_ids(tok, prompt: str) -> list[int]:
 
 
 def plain_generate(model, tok, prompt: str, max_new_tokens: int) -> str:
-    """One prompt, no padding, greedy."""
-    ids = service_ids(tok, prompt)
-    out = model.generate(
-        input_ids=torch.tensor([ids]),
-        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    return tok.decode(out[0, len(ids) :], skip_special_tokens=True).strip()
+    """One prompt, no padding, greedy by full forward passes: the ground truth, whatever `generate` a library
+    release ships (peft's for prompt tuning changed with transformers 5.24)."""
+    return forward_greedy(model, tok, service_ids(tok, prompt), max_new_tokens)
 
 
 def batched_generate(model, tok, prompts: list[str], max_new_tokens: int) -> list[str]:

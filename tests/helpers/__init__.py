@@ -1,0 +1,1 @@
+"""Shared test helpers: service processes, private servers, factories and reference computations."""
