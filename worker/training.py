@@ -313,7 +313,7 @@ def train(
             loss.backward()
             step_loss += loss.item()
             trained_tokens += real_tokens
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))  # before clipping
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -340,6 +340,7 @@ def train(
                     "train_loss": window_loss / window_n,
                     "learning_rate": scheduler.get_last_lr()[0],
                     "trained_tokens": trained_tokens,
+                    "grad_norm": grad_norm,  # the window's last step
                 }
             )
             window_loss, window_n = 0.0, 0
