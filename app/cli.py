@@ -32,8 +32,8 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 
 
 def cmd_create_key(args: argparse.Namespace) -> int:
-    from app.auth import create_key
-    from app.db import get_sessionmaker
+    from app.core.db import get_sessionmaker
+    from app.tenants.service import create_key
 
     with get_sessionmaker()() as session:
         tenant, key = create_key(session, args.tenant)
@@ -45,8 +45,8 @@ def cmd_create_key(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke_key(args: argparse.Namespace) -> int:
-    from app.auth import revoke_key
-    from app.db import get_sessionmaker
+    from app.core.db import get_sessionmaker
+    from app.tenants.service import revoke_key
 
     with get_sessionmaker()() as session:
         n = revoke_key(session, args.key)
@@ -55,7 +55,7 @@ def cmd_revoke_key(args: argparse.Namespace) -> int:
 
 
 def worker_argv(gpu: str | None, loglevel: str) -> list[str]:
-    from app.config import get_settings
+    from app.core.settings import get_settings
 
     name = f"gpu{gpu}@%h" if gpu is not None else "worker@%h"
     return [
@@ -95,7 +95,7 @@ def api_server(host: str, port: int, loglevel: str):
     job ends or FTAAS_EVENT_STREAM_MAX_S. Its client reconnects, with Last-Event-ID, to a server still up."""
     import uvicorn
 
-    from app.event_stream import SHUTTING_DOWN
+    from app.jobs.event_stream import SHUTTING_DOWN
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame) -> None:  # uvicorn's SIGINT/SIGTERM handler
@@ -106,7 +106,7 @@ def api_server(host: str, port: int, loglevel: str):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from app.config import get_settings
+    from app.core.settings import get_settings
 
     settings = get_settings()
     embedded = args.embedded or settings.database_url.startswith("sqlite")

@@ -1,16 +1,26 @@
-"""The FastAPI application."""
+"""The FastAPI application, assembled: each domain's router, the error handlers, the middleware, the OpenAPI
+document and the background work of an API process. Nothing else lives here."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.config import get_settings
-from app.errors import install_error_handlers
-from app.input_guard import NulGuardMiddleware
-from app.openapi import build_openapi
-from app.routes import charts, comparisons, files, health, jobs, leaderboard, models, results, sweeps, webhooks
-from app.upload_limit import UploadLimitMiddleware
-from app.webhook_dispatch import dispatcher_lifespan
+from app.api import health
+from app.api.background import background_lifespan
+from app.api.errors import install_error_handlers
+from app.api.input_guard import NulGuardMiddleware
+from app.api.openapi import build_openapi
+from app.api.upload_limit import UploadLimitMiddleware
+from app.comparisons import routes as comparisons
+from app.core.settings import get_settings
+from app.evaluation import chart_routes as charts
+from app.evaluation import routes as leaderboard
+from app.files import routes as files
+from app.jobs import model_routes as models
+from app.jobs import result_routes as results
+from app.jobs import routes as jobs
+from app.sweeps import routes as sweeps
+from app.webhooks import routes as webhooks
 
 DESCRIPTION = """
 Fine-tuning as a service. Upload a dataset (`/v1/files`), start LoRA, QLoRA or prompt-tuning jobs
@@ -22,8 +32,8 @@ token accuracy, pick the best per file, and download its adapter. Authorize with
 
 def create_app() -> FastAPI:
     settings = get_settings()
-    # the lifespan runs the webhook dispatcher thread while the process serves (app/webhook_dispatch.py)
-    app = FastAPI(title="ftaas", version="0.1.0", description=DESCRIPTION, lifespan=dispatcher_lifespan)
+    # the lifespan runs the process's background work while it serves: webhooks, sweep decisions (app/api/background.py)
+    app = FastAPI(title="ftaas", version="0.1.0", description=DESCRIPTION, lifespan=background_lifespan)
     app.openapi = lambda: build_openapi(app)  # FastAPI's document plus the errors the app really answers
     routers = [
         m.router for m in (health, files, leaderboard, jobs, results, sweeps, charts, comparisons, models, webhooks)

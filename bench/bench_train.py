@@ -360,7 +360,7 @@ def parse_config(name: str, args) -> dict:
 
 def service_spec(c: dict, max_len: int) -> tuple[dict, bool]:
     """The spec app.schemas.resolve_spec makes for such a job; returns (spec, packing requested)."""
-    from app.schemas import JobCreate, TrainingSpec, resolve_spec
+    from app.core.job_spec import JobCreate, TrainingSpec, resolve_spec
 
     kind = {"2": "qlora", "3": "lora", "4": "prompt_tuning"}[c["base"]]
     adapter: dict = {"type": kind}

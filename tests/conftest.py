@@ -98,7 +98,7 @@ def database() -> str:
     create_database(TEST_DB)
     migrate_database(TEST_ENV["FTAAS_DATABASE_URL"])
     yield TEST_ENV["FTAAS_DATABASE_URL"]
-    from app.db import get_engine
+    from app.core.db import get_engine
 
     get_engine().dispose()
     drop_database(TEST_DB)
@@ -110,7 +110,7 @@ def db_session(database):
     """A session inside a transaction that is rolled back after the test; commits become savepoints."""
     from sqlalchemy.orm import Session
 
-    from app.db import get_engine
+    from app.core.db import get_engine
 
     connection = get_engine().connect()
     outer = connection.begin()
@@ -125,8 +125,8 @@ def db_session(database):
 def client(db_session):
     from fastapi.testclient import TestClient
 
-    from app.db import session_scope
-    from app.event_stream import stream_sessions
+    from app.api.deps import session_scope
+    from app.jobs.event_stream import stream_sessions
     from app.main import app
 
     app.dependency_overrides[session_scope] = lambda: db_session
@@ -139,7 +139,7 @@ def client(db_session):
 
 @pytest.fixture
 def make_key(db_session):
-    from app.auth import create_key
+    from app.tenants.service import create_key
 
     def _make(tenant: str = "acme") -> str:
         return create_key(db_session, tenant)[1]
@@ -162,14 +162,14 @@ def acme(db_session, auth):
     """The tenant behind `auth`."""
     from sqlalchemy import select
 
-    from app.models import Tenant
+    from app.core.tables import Tenant
 
     return db_session.scalar(select(Tenant).where(Tenant.name == "acme"))
 
 
 def make_file_row(session, tenant, **over):
     """A processed training file row (its content is never read by the tests that use it)."""
-    from app.models import File, new_id
+    from app.core.tables import File, new_id
 
     values = {
         "id": new_id("file"),

@@ -13,18 +13,8 @@ import redis
 import torch
 from sqlalchemy import func, select
 
-from app.models import (
-    Comparison,
-    ComparisonStatus,
-    EvaluationRow,
-    File,
-    Job,
-    JobStatus,
-    Tenant,
-    new_id,
-    utcnow,
-)
-from app.schemas import JobCreate, resolve_spec
+from app.core.job_spec import JobCreate, resolve_spec
+from app.core.tables import Comparison, ComparisonStatus, EvaluationRow, File, Job, JobStatus, Tenant, new_id, utcnow
 from tests.conftest import DATASETS, MODEL_DIR, REDIS_URL, TEST_ENV, make_file_row
 from tests.helpers.generation import forward_greedy
 
@@ -288,15 +278,15 @@ def test_list_is_paged_newest_first(client, auth, job):
 
 
 def test_a_broker_outage_fails_the_comparison_instead_of_leaving_it_queued(client, auth, job, monkeypatch):
-    import app.routes.comparisons as route
+    import app.comparisons.service as service
 
-    monkeypatch.setattr(route, "enqueue_comparison", lambda _id: False)
+    monkeypatch.setattr(service, "enqueue_comparison", lambda _id: False)
     body = create(client, auth, job_ids=[job.id], prompts=["p"]).json()
     assert body["status"] == "failed" and body["error"]["code"] == "queue_unavailable"
 
 
 def test_the_worker_registers_the_task_on_the_training_queue():
-    from worker.celery_app import COMPARE_TASK
+    from app.core.celery_app import COMPARE_TASK
     from worker.tasks import celery
 
     celery.loader.import_default_modules()  # what `celery -A worker.tasks worker` does at start-up
@@ -402,7 +392,7 @@ MAX_NEW = 24
 def trained(database, tok):
     """A tenant with four succeeded jobs whose adapters lie where the training child leaves them:
     LoRA, prompt tuning and QLoRA saved by peft, and a full fine-tune saved as a whole model."""
-    from app.db import get_sessionmaker
+    from app.core.db import get_sessionmaker
     from worker.modeling import load_base_model, wrap_for_training
 
     Session = get_sessionmaker()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from app.auth import revoke_key
-from app.models import File
+from app.core.tables import File
+from app.tenants.service import revoke_key
 from tests.conftest import DATASETS, TEST_ENV
 
 ARTIFACTS_DIR = Path(TEST_ENV["FTAAS_ARTIFACTS_DIR"])

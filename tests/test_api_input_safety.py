@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from app.models import Job
+from app.core.tables import Job
 
 JOBS = "/v1/fine_tuning/jobs"
 
@@ -49,7 +49,7 @@ def test_an_unreachable_database_is_a_503_with_retry_after(database, auth):
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
 
-    from app.db import session_scope
+    from app.api.deps import session_scope
     from app.main import app
 
     # nothing listens on port 1: every query fails to connect, as while Postgres restarts

@@ -9,7 +9,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from app.models import Job, JobEvent, JobStatus, Tenant, utcnow
+from app.core.tables import Job, JobEvent, JobStatus, Tenant, utcnow
 from tests.conftest import REDIS_URL, TEST_ENV
 
 JOBS = "/v1/fine_tuning/jobs"

@@ -8,10 +8,10 @@ import io
 
 from sqlalchemy import select, update
 
-from app.config import get_settings
-from app.job_state import add_event, finish_job, pause_after_checkpoint
-from app.models import Checkpoint, File, Job, JobEvent, JobStatus, utcnow
-from app.result_files import step_metrics_csv
+from app.core.job_state import add_event, finish_job, pause_after_checkpoint
+from app.core.result_files import step_metrics_csv
+from app.core.settings import get_settings
+from app.core.tables import Checkpoint, File, Job, JobEvent, JobStatus, utcnow
 
 JOBS = "/v1/fine_tuning/jobs"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from app.models import Checkpoint, Evaluation, EvaluationRow, File, Job, JobStatus, Selection, Tenant, utcnow
-from app.schemas import JobCreate, resolve_spec
+from app.core.job_spec import JobCreate, resolve_spec
+from app.core.tables import Checkpoint, Evaluation, EvaluationRow, File, Job, JobStatus, Selection, Tenant, utcnow
 from tests.conftest import MODEL_DIR, TEST_ENV
 
 JOBS = "/v1/fine_tuning/jobs"

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from app.job_state import finish_job
-from app.models import Job, JobStatus, Selection, Sweep
+from app.core.job_state import finish_job
+from app.core.tables import Job, JobStatus, Selection, Sweep
+from app.sweeps.service import finalize_open_sweeps
 from tests.test_leaderboard import N_ROWS, scored_job
 
 SWEEPS = "/v1/sweeps"
@@ -133,10 +134,12 @@ def test_cancel_cancels_open_candidates_and_picks_no_winner(client, auth, db_ses
 
 
 def _run_to_end(db_session, job: Job, status=JobStatus.succeeded) -> None:
-    """What the worker does at the end of a job: the fenced final write (which then decides the sweep)."""
+    """What the worker does at the end of a job (the fenced final write), then the API's background pass over
+    open sweeps (app/api/background.py), which decides the sweep once its last candidate has ended."""
     job.status, job.attempt = JobStatus.running, 1
     db_session.commit()
     assert finish_job(db_session, job.id, 1, status)
+    finalize_open_sweeps(db_session)
 
 
 def test_the_winner_is_named_and_selected_when_the_last_candidate_ends(client, auth, db_session, acme, train_file):
@@ -173,6 +176,6 @@ def test_the_winner_is_named_and_selected_when_the_last_candidate_ends(client, a
     statuses = {r["job_id"]: r["status"] for r in lb["data"] if r["job_id"]}
     assert statuses[failed.id] == "failed" and lb["data"][-1]["job_id"] == failed.id  # shown, ranked last
     # finalizing again is a no-op
-    from app.sweeps import finalize_if_done
+    from app.sweeps.service import finalize_if_done
 
     assert finalize_if_done(db_session, sweep.id) is False

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from app.models import Checkpoint, JobEvent, Sweep, Tenant
+from app.core.tables import Checkpoint, JobEvent, Sweep, Tenant
 from tests.conftest import make_file_row
 from tests.test_leaderboard import N_ROWS, scored_job
 
@@ -140,8 +140,8 @@ def live_server(database):
 
 
 def test_sweep_page_in_headless_chromium(live_server, tmp_path):
-    from app.auth import create_key
-    from app.db import get_sessionmaker
+    from app.core.db import get_sessionmaker
+    from app.tenants.service import create_key
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Debian's chromium is needed (scripts/test.sh installs it)"
@@ -150,10 +150,10 @@ def test_sweep_page_in_headless_chromium(live_server, tmp_path):
         tenant = s.scalar(select(Tenant).where(Tenant.name == "page-tenant"))
         f = make_file_row(s, tenant)
         sweep, jobs = make_sweep(s, tenant, f)
-        from app.sweeps import finalize_if_done
+        from app.sweeps.service import finalize_if_done
 
         assert finalize_if_done(s, sweep.id)
-        from app.share_links import make_token
+        from app.sweeps.share_links import make_token
 
         url = f"{live_server}/v1/sweeps/{sweep.id}/page?token={make_token('sweep', sweep.id)}"
         s.refresh(sweep)

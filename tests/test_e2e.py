@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from app.metric_names import METRIC_NAMES
+from app.core.metrics import METRIC_NAMES
 from tests.conftest import DATASETS, MODEL_DIR, REPORT
 from tests.e2e_service import client_for, running_service, upload, wait_for_jobs
 

@@ -22,12 +22,12 @@ from sqlalchemy import create_engine, delete, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from app import event_stream
-from app.config import get_settings
-from app.db import get_engine, get_sessionmaker
-from app.job_state import add_event
-from app.models import ApiKey, File, Job, JobEvent, JobStatus, Tenant, utcnow
-from app.schemas import EventPublic, JobPublic
+from app.core.db import get_engine, get_sessionmaker
+from app.core.job_state import add_event
+from app.core.settings import get_settings
+from app.core.tables import ApiKey, File, Job, JobEvent, JobStatus, Tenant, utcnow
+from app.jobs import event_stream
+from app.jobs.schemas import EventPublic, JobPublic
 from tests.conftest import DATASETS, REPORT, make_file_row
 from tests.e2e_service import client_for, running_service, upload, worker_logs
 from tests.test_api_results import make_job
@@ -108,7 +108,7 @@ def set_status(job_id: str, status: JobStatus, message: str | None = None, **val
 @pytest.fixture
 def world(database):
     """Two tenants with a key each and a running job of the first's with two events, committed; removed after."""
-    from app.auth import create_key
+    from app.tenants.service import create_key
 
     run = uuid.uuid4().hex[:8]
     with get_sessionmaker()() as s:

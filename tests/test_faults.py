@@ -67,8 +67,8 @@ def test_a_job_killed_mid_training_and_resumed_ends_as_if_never_interrupted(data
 
     from sqlalchemy import select, update
 
-    from app.db import get_sessionmaker
-    from app.models import Checkpoint, Job
+    from app.core.db import get_sessionmaker
+    from app.core.tables import Checkpoint, Job
     from tests.conftest import ROOT, TEST_ENV
     from tests.test_worker_child import run_job, running_job_row, sql_rows, stored
     from worker.child import main
@@ -486,7 +486,7 @@ def committed_ids(db_url: str) -> dict[str, set]:
     """Every row's id, per table of the schema (from app.models' metadata)."""
     from sqlalchemy import create_engine, select
 
-    from app.models import Base
+    from app.core.tables import Base
 
     engine = create_engine(db_url)
     try:

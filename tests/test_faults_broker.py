@@ -311,9 +311,9 @@ def wait_started(c, lost: list[str], t_up: float, within_s: float) -> float:
 def test_after_a_broker_loss_exactly_one_pass_resends_every_queued_job(tmp_path, monkeypatch, database):
     """The broker-loss detector alone, on a private Redis: the first pass (marker missing) resends every queued job,
     the next does nothing, and after a flush one pass resends again; with the filesystem broker it never fires."""
-    from app.config import Settings, get_settings
+    from app.core.celery_app import make_celery
+    from app.core.settings import Settings, get_settings
     from worker import tasks
-    from worker.celery_app import make_celery
 
     queue = get_settings().queue_name
     with queued_job_rows(2) as mine, private_redis(tmp_path / "redis") as broker:
@@ -335,10 +335,10 @@ def test_after_a_broker_loss_exactly_one_pass_resends_every_queued_job(tmp_path,
 @contextmanager
 def queued_job_rows(n: int):
     """n queued job rows in the session's database, cancelled afterwards so that no other test's worker runs them."""
-    from app.auth import create_key
-    from app.db import get_sessionmaker
-    from app.models import Job, JobStatus
-    from app.schemas import JobCreate, resolve_spec
+    from app.core.db import get_sessionmaker
+    from app.core.job_spec import JobCreate, resolve_spec
+    from app.core.tables import Job, JobStatus
+    from app.tenants.service import create_key
     from tests.conftest import MODEL_DIR, make_file_row
 
     Session = get_sessionmaker()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from app.auth import create_key
-from app.job_state import claim_job, finish_job, renew_lease, take_orphaned_jobs, update_job
-from app.models import File, Job, JobStatus, utcnow
+from app.core.job_state import claim_job, finish_job, renew_lease, take_orphaned_jobs, update_job
+from app.core.tables import File, Job, JobStatus, utcnow
+from app.tenants.service import create_key
 
 
 def _job(db_session, **over) -> Job:

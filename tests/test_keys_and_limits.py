@@ -11,17 +11,17 @@ import types
 import pytest
 from sqlalchemy import func, select
 
-from app import rate_limit
-from app.auth import create_key, revoke_key
-from app.config import get_settings
-from app.models import Job, Sweep
+from app.core.settings import get_settings
+from app.core.tables import Job, Sweep
+from app.tenants import rate_limit
+from app.tenants.service import create_key, revoke_key
 from tests.conftest import TEST_DB
 
 JOBS = "/v1/fine_tuning/jobs"
 
 
 def test_a_database_dump_holds_no_key(database):
-    from app.db import get_sessionmaker
+    from app.core.db import get_sessionmaker
 
     keys = []
     with get_sessionmaker()() as s:  # committed, so the dump sees them

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from app import stats
-from app.models import Evaluation, EvaluationRow, File, Job, JobStatus, Tenant
-from app.schemas import JobCreate, resolve_spec
+from app.core.job_spec import JobCreate, resolve_spec
+from app.core.tables import Evaluation, EvaluationRow, File, Job, JobStatus, Tenant
+from app.evaluation import stats
 from tests.conftest import MODEL_DIR
 
 N_ROWS = 60

@@ -25,8 +25,8 @@ import pytest
 import schemathesis
 from schemathesis.engine import Status, events, from_schema
 
-from app.config import get_settings
-from app.models import Checkpoint, Comparison, JobEvent, JobStatus, Sweep, WebhookDelivery
+from app.core.settings import get_settings
+from app.core.tables import Checkpoint, Comparison, JobEvent, JobStatus, Sweep, WebhookDelivery
 from tests.conftest import REPORT, make_file_row
 from tests.test_api_results import make_job, store_adapter
 from tests.test_webhooks import make_endpoint
@@ -180,7 +180,7 @@ def test_the_api_conforms_to_its_openapi_document(client, auth, other_auth, tena
     # the other operations), and POST .../test sends nothing: the address checks and the sending have their own
     # tests (tests/test_webhooks.py), and a fuzzer must not make the server POST to what its URLs happen to name.
     monkeypatch.setattr(get_settings(), "webhook_allow_private_urls", True)
-    monkeypatch.setattr("app.routes.webhooks.post_event", lambda *_args, **_kwargs: 204)
+    monkeypatch.setattr("app.webhooks.routes.post_event", lambda *_args, **_kwargs: 204)
     # stream=true on a job that never runs stays open until the stream's lifetime: a short one keeps those cases short
     monkeypatch.setattr(get_settings(), "event_stream_max_s", 0.2)
     tenants = tmp_path / "tenants.json"  # the two tenants' keys as Web Fuzzing Commons users

@@ -63,7 +63,7 @@ def a_objects(client, auth, db_session, acme, archive):  # noqa: F811 - pytest f
         data={"purpose": "fine-tune"},
     )
     assert r.status_code == 200, r.text
-    from app.models import File
+    from app.core.tables import File
 
     file = db_session.get(File, r.json()["id"])
     job = make_job(db_session, acme, file, base={"eval_loss": 2.0}, tuned={"eval_loss": 1.0}, rows=2)

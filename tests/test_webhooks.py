@@ -15,22 +15,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlalchemy import select
 
-from app.config import get_settings
-from app.job_state import finish_job
-from app.models import (
-    DeliveryStatus,
-    Job,
-    JobStatus,
-    Sweep,
-    SweepStatus,
-    WebhookDelivery,
-    WebhookEndpoint,
-    utcnow,
-)
-from app.sweeps import finalize_if_done
-from app.webhook_dispatch import DeliveryFailed, claim_due, dispatch_once, post_event, record_attempt, retry_delay_s
-from app.webhook_outbox import EVENT_TYPES
-from app.webhook_signing import new_signing_secret, signed_headers
+from app.core.job_state import finish_job
+from app.core.outbox import EVENT_TYPES
+from app.core.settings import get_settings
+from app.core.tables import DeliveryStatus, Job, JobStatus, Sweep, SweepStatus, WebhookDelivery, WebhookEndpoint, utcnow
+from app.sweeps.service import finalize_if_done
+from app.webhooks.dispatch import DeliveryFailed, claim_due, dispatch_once, post_event, record_attempt, retry_delay_s
+from app.webhooks.signing import new_signing_secret, signed_headers
 from tests.conftest import DATASETS
 from tests.test_api_results import make_job
 
@@ -170,7 +161,7 @@ def test_rotation_that_keeps_the_old_secret_signs_with_both_for_a_day(client, au
         f"{ENDPOINTS}/{endpoint.id}/rotate_secret", headers=auth, json={"keep_old_secret_active_for_24_hours": True}
     )
     new = r.json()["signing_secret"]
-    from app.webhook_signing import active_secrets
+    from app.webhooks.signing import active_secrets
 
     db_session.refresh(endpoint)
     assert active_secrets(endpoint) == [new, old]
@@ -230,7 +221,7 @@ def test_urls_reaching_the_servers_own_network_are_refused_by_default(client, au
 def test_the_address_is_checked_again_at_delivery_on_the_address_connected_to(monkeypatch):
     """A name that resolved to a public address at registration and resolves to a private one now (DNS
     rebinding) is refused when connecting, not only when registering."""
-    import app.webhook_urls as urls
+    import app.webhooks.urls as urls
 
     settings = get_settings()
     assert settings.webhook_allow_private_urls is False
@@ -283,7 +274,7 @@ def deliveries(session, **where) -> list[WebhookDelivery]:
 def test_a_job_end_writes_one_delivery_per_subscribed_endpoint_in_its_transaction(
     db_session, acme, train_file, make_key
 ):
-    from app.models import Tenant
+    from app.core.tables import Tenant
 
     make_key("globex")
     globex = db_session.scalar(select(Tenant).where(Tenant.name == "globex"))

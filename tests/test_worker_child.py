@@ -17,8 +17,8 @@ from tests.conftest import DATASETS, MODEL_DIR
 
 
 def _file(s, settings, tenant_id: str, rows: list[dict], separator: str | None):
+    from app.core.tables import File
     from app.datasets import validate_file
-    from app.models import File
     from worker.artifacts import sha256_of
 
     file_id = f"file-{uuid.uuid4().hex[:24]}"
@@ -47,7 +47,7 @@ def _file(s, settings, tenant_id: str, rows: list[dict], separator: str | None):
 @pytest.fixture(autouse=True)
 def _no_timed_checkpoints(monkeypatch):
     """Only epoch ends and evaluations checkpoint, however slow the machine: the steps are then known."""
-    from app.config import get_settings
+    from app.core.settings import get_settings
 
     monkeypatch.setattr(get_settings(), "checkpoint_every_s", 3600.0)
 
@@ -60,10 +60,10 @@ def running_job_row(
     model_source: Path = MODEL_DIR,
 ) -> str:
     """A job row claimed by attempt 1 (status running) on fresh files; returns its id."""
-    from app.config import get_settings
-    from app.db import get_sessionmaker
-    from app.models import Job, JobStatus, Tenant
-    from app.schemas import JobCreate, resolve_spec
+    from app.core.db import get_sessionmaker
+    from app.core.job_spec import JobCreate, resolve_spec
+    from app.core.settings import get_settings
+    from app.core.tables import Job, JobStatus, Tenant
 
     settings = get_settings()
     with get_sessionmaker()() as s:
@@ -115,8 +115,8 @@ def sql_rows(name: str, n: int) -> list[dict]:
 
 
 def stored(job_id: str):
-    from app.db import get_sessionmaker
-    from app.models import Checkpoint, Evaluation, EvaluationRow, Job, JobEvent
+    from app.core.db import get_sessionmaker
+    from app.core.tables import Checkpoint, Evaluation, EvaluationRow, Job, JobEvent
 
     with get_sessionmaker()() as s:
         job = s.get(Job, job_id)
@@ -145,7 +145,7 @@ def check_recomputable(metrics: dict, scores: list[dict | None]) -> None:
 
 
 def test_child_lora_job_stores_rows_checkpoints_and_costs(database):
-    from app.config import get_settings
+    from app.core.settings import get_settings
     from worker.artifacts import sha256_of
 
     body = {
@@ -187,7 +187,7 @@ def test_child_lora_job_stores_rows_checkpoints_and_costs(database):
 
 def test_child_full_job_on_raw_text(database):
     """Full fine-tuning on raw text: every row stored (text as prompt, no generation), a full model shipped."""
-    from app.config import get_settings
+    from app.core.settings import get_settings
 
     body = {
         "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 8}}},
@@ -212,7 +212,7 @@ def test_child_full_job_on_raw_text(database):
 
 
 def test_child_refuses_full_finetune_of_a_large_model(database, monkeypatch):
-    from app.config import get_settings
+    from app.core.settings import get_settings
     from worker.child import UserError
 
     monkeypatch.setattr(get_settings(), "full_finetune_max_params", 1000)  # stories260k has ~260k

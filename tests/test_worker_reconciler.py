@@ -12,10 +12,10 @@ import time
 import uuid
 from datetime import timedelta
 
-from app.auth import create_key
-from app.db import get_sessionmaker
-from app.models import Job, JobStatus, utcnow
-from app.schemas import JobCreate, resolve_spec
+from app.core.db import get_sessionmaker
+from app.core.job_spec import JobCreate, resolve_spec
+from app.core.tables import Job, JobStatus, utcnow
+from app.tenants.service import create_key
 from tests.conftest import ARTIFACTS, MODEL_DIR, ROOT, TEST_ENV, make_file_row
 
 

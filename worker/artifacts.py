@@ -10,7 +10,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from app.metric_names import METRIC_NAMES
+from app.core.metrics import METRIC_NAMES
 
 
 def model_card(

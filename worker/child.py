@@ -18,11 +18,11 @@ from pathlib import Path
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from app.config import get_settings
+from app.core.metrics import LOWER_IS_BETTER
+from app.core.naming import fine_tuned_name
+from app.core.settings import get_settings
+from app.core.tables import Checkpoint, Evaluation, EvaluationRow, File, Job, JobStatus, utcnow
 from app.datasets import iter_records
-from app.metric_names import LOWER_IS_BETTER
-from app.models import Checkpoint, Evaluation, EvaluationRow, File, Job, JobStatus, utcnow
-from app.presenters import fine_tuned_name
 from worker.job_context import (
     EXIT_CRASH,
     EXIT_DONE,

@@ -29,11 +29,11 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from app.config import get_settings
+from app.core.celery_app import COMPARE_TASK
+from app.core.db import get_sessionmaker
+from app.core.settings import get_settings
+from app.core.tables import Comparison, ComparisonStatus, File, Job, utcnow
 from app.datasets.records import format_instruction
-from app.db import get_sessionmaker
-from app.models import Comparison, ComparisonStatus, File, Job, utcnow
-from worker.celery_app import COMPARE_TASK
 from worker.tasks import celery, last_lines
 
 log = logging.getLogger("ftaas.compare")

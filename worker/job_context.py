@@ -14,10 +14,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from app.config import get_settings
-from app.db import get_sessionmaker
-from app.job_state import add_event, fenced, finish_job, update_job
-from app.models import Job, JobStatus, utcnow
+from app.core.db import get_sessionmaker
+from app.core.job_state import add_event, fenced, finish_job, update_job
+from app.core.settings import get_settings
+from app.core.tables import Job, JobStatus, utcnow
 
 log = logging.getLogger("ftaas.child")
 T = TypeVar("T")

@@ -229,7 +229,7 @@ def attention_without_per_shape_plans() -> None:
 
 
 def fused_kernels_enabled() -> bool:
-    from app.config import get_settings
+    from app.core.settings import get_settings
 
     return get_settings().fused_kernels
 

@@ -22,9 +22,9 @@ from celery import bootsteps
 from celery.signals import worker_process_init, worker_shutting_down
 from sqlalchemy import select, update
 
-from app.config import get_settings
-from app.db import get_engine, get_sessionmaker
-from app.job_state import (
+from app.core.celery_app import TRAIN_TASK, make_celery
+from app.core.db import get_engine, get_sessionmaker
+from app.core.job_state import (
     claim_job,
     counted_attempts,
     finish_job,
@@ -33,9 +33,8 @@ from app.job_state import (
     renew_lease,
     take_orphaned_jobs,
 )
-from app.models import Job, JobStatus, utcnow
-from app.sweeps import finalize_open_sweeps
-from worker.celery_app import TRAIN_TASK, make_celery
+from app.core.settings import get_settings
+from app.core.tables import Job, JobStatus, utcnow
 from worker.job_context import EXIT_INTERRUPTED
 
 log = logging.getLogger("ftaas.worker")
@@ -227,8 +226,6 @@ def reconcile_once() -> int:
         celery.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue_name)
     if ids:
         log.info("reconciler re-enqueued %s", ids)
-    with Session() as s:  # a sweep whose last job ended in a crash of the finishing process
-        finalize_open_sweeps(s)
     return len(ids) + len(resend_if_broker_lost())
 
 

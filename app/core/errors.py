@@ -1,0 +1,42 @@
+"""Errors that know nothing of the web framework: services and the worker raise them; app/api/errors.py maps
+them to HTTP responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.errors, self.headers = errors, headers
+
+
+def not_found(kind: str, object_id: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(404, f"No {kind} with id '{object_id}'", param=param, code=code or f"{kind}_not_found")
+
+
+def loc_to_param(loc: tuple[Any, ...]) -> str:
+    # ("body", "adapter", "r") -> "adapter.r"; ("query", "limit") -> "limit"
+    parts = (
+        [str(p) for p in loc[1:]]
+        if loc and loc[0] in ("body", "query", "path", "header", "form")
+        else list(map(str, loc))
+    )
+    # pydantic puts the union member tried ("int", "literal['auto']") in the path; drop those
+    parts = [
+        p
+        for p in parts
+        if not (p.startswith(("literal[", "function-", "constrained-", "list[")) or p in ("int", "float", "str"))
+    ]
+    return ".".join(parts) or "body"

@@ -1,0 +1,54 @@
+"""Enqueue a job by task name, carrying only its id. The job row is committed before this is called."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from celery import Celery
+
+from app.core.celery_app import COMPARE_TASK, TRAIN_TASK, make_celery
+from app.core.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache
+def producer() -> Celery:
+    return make_celery(get_settings())
+
+
+def _send(task: str, object_id: str) -> bool:
+    try:
+        producer().send_task(
+            task,
+            args=[object_id],
+            queue=get_settings().queue_name,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
+        return True
+    except Exception:  # kombu raises several connection error types
+        log.exception("could not enqueue %s %s", task, object_id)
+        return False
+
+
+def enqueue_job(job_id: str) -> bool:
+    """Send the job id to the training queue. A broker outage is not the client's error: the job stays
+    queued in the database and the reconciler sends it again, so this only logs and returns False."""
+    return _send(TRAIN_TASK, job_id)
+
+
+def enqueue_comparison(comparison_id: str) -> bool:
+    """Send a comparison id to the same queue the training workers consume. False when the broker is away
+    (nothing resends comparisons, so the caller marks the comparison failed)."""
+    return _send(COMPARE_TASK, comparison_id)
+
+
+def broker_reachable(timeout: float = 2.0) -> bool:
+    try:
+        with producer().connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+        return True
+    except Exception:
+        return False

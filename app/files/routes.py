@@ -1,0 +1,187 @@
+"""/v1/files: upload (streamed to a server-made name, size-capped, validated), list, get, content, delete,
+plus the file's leaderboard (in leaderboard.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Form, Query, UploadFile
+
+from app.api.deps import CurrentTenant, OwnedFile, SessionDep, SettingsDep
+from app.api.downloads import Download
+from app.api.openapi import error_responses
+from app.api.pagination import list_page, page_of
+from app.core.errors import ApiError
+from app.core.tables import TERMINAL_STATUSES, File, Job, new_id, utcnow
+from app.datasets import DatasetValidationError, check_column_mapping, validate_file
+from app.files.presenters import file_public
+from app.files.schemas import FileDeleted, FileList, FilePublic
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+COPY_CHUNK = 1024 * 1024
+
+
+def _parse_mapping(raw: str | None) -> dict[str, str] | None:
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        mapping = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"column_mapping is not valid JSON: {exc}", param="column_mapping") from exc
+    try:
+        check_column_mapping(mapping)
+    except ValueError as exc:
+        raise ApiError(400, f"Invalid column_mapping: {exc}", param="column_mapping") from exc
+    return mapping
+
+
+def _store_upload(upload: UploadFile, dest: str, cap: int) -> tuple[int, str]:
+    """Copy the spooled upload to its final name in chunks; 413 as soon as it passes the cap."""
+    digest, size = hashlib.sha256(), 0
+    with open(dest, "xb") as out:
+        while chunk := upload.file.read(COPY_CHUNK):
+            size += len(chunk)
+            if size > cap:
+                raise ApiError(413, f"File is larger than the {cap}-byte limit", param="file", code="file_too_large")
+            digest.update(chunk)
+            out.write(chunk)
+    return size, digest.hexdigest()
+
+
+@router.post(
+    "",
+    response_model=FilePublic,
+    responses=error_responses(413, 422),
+    summary="Upload a dataset (JSONL, JSON array, CSV or Parquet); validated before it is kept",
+)
+def upload_file(
+    session: SessionDep,
+    tenant: CurrentTenant,
+    settings: SettingsDep,
+    file: UploadFile,
+    purpose: Annotated[Literal["fine-tune"], Form(description="what the file is for: fine-tune")] = "fine-tune",
+    column_mapping: Annotated[
+        str | None,
+        Form(description='JSON object, source column -> field, e.g. {"question": "prompt", "sql": "completion"}'),
+    ] = None,
+    completion_separator: Annotated[
+        str | None,
+        Form(
+            max_length=200,
+            description='split {"text"} rows at the last occurrence into prompt and completion, e.g. "\\nA: "',
+        ),
+    ] = None,
+) -> FilePublic:
+    mapping = _parse_mapping(column_mapping)
+    separator = completion_separator or None
+    client_name = os.path.basename((file.filename or "upload").replace("\\", "/")).replace("\x00", "")[:255]
+
+    file_id = new_id("file")
+    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    # The stored name is the server-made id: nothing the client sends becomes a path.
+    dest = settings.uploads_dir / file_id
+    try:
+        size, sha256 = _store_upload(file, str(dest), settings.max_upload_bytes)
+        try:
+            summary = validate_file(dest, client_name, column_mapping=mapping, completion_separator=separator)
+        except DatasetValidationError as exc:
+            raise ApiError(
+                422,
+                f"Invalid training file '{client_name}': {exc}",
+                param="file",
+                code="invalid_file",
+                errors=[e.as_dict() for e in exc.errors],
+            ) from exc
+        row = File(
+            id=file_id,
+            tenant_id=tenant.id,
+            filename=client_name or "upload",
+            purpose=purpose,
+            bytes=size,
+            sha256=sha256,
+            format=summary.format,
+            shape=summary.shape,
+            num_rows=summary.num_rows,
+            token_estimate=summary.token_estimate,
+            column_mapping=mapping,
+            completion_separator=separator,
+            storage_name=file_id,
+        )
+        session.add(row)
+        session.commit()
+    except BaseException:
+        # Nothing half-stored: no row without its file, no file without its row.
+        session.rollback()
+        dest.unlink(missing_ok=True)
+        raise
+    return file_public(row)
+
+
+@router.get("", response_model=FileList, summary="List your files, newest first")
+def list_files(
+    session: SessionDep,
+    tenant: CurrentTenant,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+    purpose: str | None = None,
+) -> FileList:
+    filters = [File.tenant_id == tenant.id, File.deleted_at.is_(None)]
+    if purpose:
+        filters.append(File.purpose == purpose)
+    rows, has_more = page_of(session, File, filters, after, limit)
+    return FileList(**list_page([file_public(r) for r in rows], has_more))
+
+
+@router.get("/{file_id}", response_model=FilePublic, summary="One file")
+def get_file(file: OwnedFile) -> FilePublic:
+    return file_public(file)
+
+
+@router.get(
+    "/{file_id}/content",
+    response_class=Download,
+    responses={
+        200: {"description": "the file's bytes", "content": {"application/octet-stream": {}}},
+        206: {
+            "description": "the requested byte range(s)",
+            "content": {"application/octet-stream": {}, "multipart/byteranges": {}},
+        },
+        **error_responses(416),
+    },
+    summary="The file's bytes, as uploaded (Range resumes a download)",
+)
+def file_content(file: OwnedFile, settings: SettingsDep) -> Download:
+    path = settings.uploads_dir / file.storage_name
+    if not path.is_file():  # FileResponse would raise (a 500) on a missing path
+        raise ApiError(404, f"The content of file {file.id} is missing from storage", code="file_content_missing")
+    return Download(path, media_type="application/octet-stream", filename=file.filename)
+
+
+@router.delete(
+    "/{file_id}",
+    response_model=FileDeleted,
+    responses=error_responses(409),
+    summary="Delete a file (jobs that used it keep their results)",
+)
+def delete_file(file: OwnedFile, session: SessionDep, settings: SettingsDep) -> FileDeleted:
+    busy = (
+        session.query(Job.id)
+        .filter(
+            (Job.training_file_id == file.id) | (Job.validation_file_id == file.id),
+            Job.status.notin_(TERMINAL_STATUSES),  # a paused job still needs it to resume
+        )
+        .first()
+    )
+    if busy is not None:
+        raise ApiError(
+            409, f"File is in use by job '{busy[0]}', which has not finished", param="file_id", code="file_in_use"
+        )
+    # Soft delete: finished jobs keep pointing at the row; the bytes go now.
+    file.deleted_at = utcnow()
+    session.commit()
+    (settings.uploads_dir / file.storage_name).unlink(missing_ok=True)
+    return FileDeleted(id=file.id)

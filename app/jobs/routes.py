@@ -1,0 +1,197 @@
+"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, events, checkpoints."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.sse import EventSourceResponse
+from sqlalchemy import select
+
+from app.api.deps import CurrentTenant, OwnedJob, SessionDep, SettingsDep
+from app.api.openapi import error_responses
+from app.api.pagination import list_page, page_of
+from app.core.errors import ApiError
+from app.core.job_spec import JobCreate
+from app.core.tables import Checkpoint, Job, JobEvent, JobStatus
+from app.jobs import service as jobs_service
+from app.jobs.event_stream import STREAM_RESPONSE, StreamSessions, event_stream_response, resume_point
+from app.jobs.presenters import checkpoint_public, event_public, job_public
+from app.jobs.schemas import CheckpointList, EventList, JobList, JobPublic
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning jobs"])
+
+
+@router.post(
+    "",
+    response_model=JobPublic,
+    responses=error_responses(404),
+    summary="Create a fine-tuning job (LoRA, QLoRA or prompt tuning), queued for a GPU worker",
+)
+def create_job(body: JobCreate, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep) -> JobPublic:
+    job = jobs_service.create(session, settings, tenant, body)
+    return job_public(job)
+
+
+METADATA_FILTER = {
+    "name": "metadata",
+    "in": "query",
+    "required": False,
+    "style": "deepObject",
+    "explode": True,
+    "description": "only jobs whose metadata has these values: metadata[key]=value, as the openai client sends "
+    "`metadata={...}`; metadata=null lists the jobs without metadata",
+    "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+}
+
+
+METADATA_KEY = re.compile(r"metadata\[[^\[\]]*\]")  # one level: metadata values are strings
+
+
+def metadata_filters(request: Request) -> list:
+    """metadata[k]=v pairs of the query (all must match), or metadata=null (no metadata at all)."""
+    filters = []
+    for name, value in request.query_params.multi_items():
+        if name == "metadata" and value == "null":
+            filters.append(Job.metadata_.is_(None))
+        elif name == "metadata" or (name.startswith("metadata[") and not METADATA_KEY.fullmatch(name)):
+            raise ApiError(
+                400, f"Filter by metadata as metadata[key]=value (or metadata=null), not {name}={value!r}", param=name
+            )
+        elif name.startswith("metadata["):
+            filters.append(Job.metadata_[name[len("metadata[") : -1]].as_string() == value)
+    return filters
+
+
+@router.get(
+    "",
+    response_model=JobList,
+    summary="List your fine-tuning jobs, newest first",
+    openapi_extra={"parameters": [METADATA_FILTER]},
+)
+def list_jobs(
+    request: Request,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+    status: JobStatus | None = None,
+    training_file: str | None = None,
+    model: str | None = None,
+) -> JobList:
+    filters = [Job.tenant_id == tenant.id]
+    if status is not None:
+        filters.append(Job.status == status)
+    if training_file:
+        filters.append(Job.training_file_id == training_file)
+    if model:
+        filters.append(Job.model == model)
+    filters += metadata_filters(request)
+    rows, has_more = page_of(session, Job, filters, after, limit)
+    return JobList(**list_page([job_public(r) for r in rows], has_more))
+
+
+@router.get("/{job_id}", response_model=JobPublic, summary="A job: status, progress, ETA, error, result")
+def get_job(job: OwnedJob) -> JobPublic:
+    return job_public(job)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses=error_responses(409),
+    summary="Cancel a queued or running job; the training loop stops within seconds",
+)
+def cancel_job(job: OwnedJob, session: SessionDep) -> JobPublic:
+    jobs_service.cancel(session, job)
+    return job_public(job)
+
+
+@router.post(
+    "/{job_id}/pause",
+    response_model=JobPublic,
+    responses=error_responses(409),
+    summary="Pause a job: a running one saves a checkpoint at the end of its step and leaves the GPU",
+    description="A queued job is paused at once. A running one keeps status `running` with "
+    "`progress.phase` `pausing` until its checkpoint is saved (seconds), then is `paused`. Pausing a paused "
+    "job changes nothing. POST .../resume continues from that checkpoint.",
+)
+def pause_job(job: OwnedJob, session: SessionDep) -> JobPublic:
+    jobs_service.pause(session, job)
+    return job_public(job)
+
+
+@router.post(
+    "/{job_id}/resume",
+    response_model=JobPublic,
+    responses=error_responses(409, 429),
+    summary="Resume a paused job from its checkpoint (queued for the next free GPU)",
+    description="A job still pausing (status `running`, phase `pausing`) keeps running instead.",
+)
+def resume_job(job: OwnedJob, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep) -> JobPublic:
+    jobs_service.resume(session, settings, tenant, job)
+    return job_public(job)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=EventList,
+    responses={200: STREAM_RESPONSE},
+    summary="Log lines and per-step metrics, newest first; or live, as server-sent events (stream=true)",
+    description="With `stream=true`: `text/event-stream`. First the job's events after `Last-Event-ID` (or `after`), "
+    "oldest first, then new ones as they are written: `id: ftevent-N`, `event: message` or `metrics`, `data:` the "
+    "event as in the list. `event: status` (the job) when its status or phase changes, `event: end` (the job) "
+    "after its last event once it has succeeded, failed or been cancelled, and the stream closes. A paused job's "
+    "stream stays open. `: ping` comments keep an idle stream alive; after FTAAS_EVENT_STREAM_MAX_S it closes and "
+    "the client reconnects with `Last-Event-ID`.",
+)
+def list_events(
+    job: OwnedJob,
+    session: SessionDep,
+    stream_sessions: StreamSessions,
+    after: Annotated[
+        str | None,
+        Query(
+            pattern=r"^ftevent-[0-9]+$",
+            description="the id of the last event already seen: the list goes on with older events, the stream "
+            "with newer ones",
+        ),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=10000, description="events per page of the list (not the stream)")] = 20,
+    stream: Annotated[bool, Query(description="live server-sent events instead of a page of the list")] = False,
+    # `str` with a None default, not `str | None`: a header is text, and a `null` in its schema would document
+    # the text "null" as valid. Any text is taken: the SSE standard makes it opaque to the client, and only our
+    # own ids mean anything (app/event_stream.resume_point)
+    last_event_id: Annotated[
+        str,
+        Header(
+            alias="Last-Event-ID",
+            description="with stream=true: resume after this event (EventSource sends it when it reconnects); "
+            "wins over `after`; a value that is not an event id (ftevent-N) is ignored",
+        ),
+    ] = None,
+) -> EventList | EventSourceResponse:
+    if stream:
+        job_id = job.id
+        # End the request's read-only transaction: its connection goes back to the pool now, not when the
+        # stream ends; the stream reads with short sessions of its own.
+        session.rollback()
+        return event_stream_response(stream_sessions, job_id, resume_point(after, last_event_id))
+    stmt = select(JobEvent).where(JobEvent.job_id == job.id)
+    # Event ids are 32-bit: a larger `after` (a database error if sent as is) comes after every event.
+    if after and (before := int(after.removeprefix("ftevent-"))) <= 2**31 - 1:
+        stmt = stmt.where(JobEvent.id < before)
+    rows = session.scalars(stmt.order_by(JobEvent.id.desc()).limit(limit + 1)).all()
+    return EventList(**list_page([event_public(r) for r in rows[:limit]], len(rows) > limit))
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointList, summary="Saved checkpoints, newest first")
+def list_checkpoints(
+    job: OwnedJob,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 10,
+) -> CheckpointList:
+    rows, has_more = page_of(session, Checkpoint, [Checkpoint.job_id == job.id], after, limit)
+    return CheckpointList(**list_page([checkpoint_public(r, job) for r in rows], has_more))

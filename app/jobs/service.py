@@ -1,0 +1,179 @@
+"""Jobs as the API changes them: the checks and construction of a job row (shared by POST /v1/fine_tuning/jobs and
+POST /v1/sweeps), and the user's cancel, pause and resume. The transitions themselves are app/core/job_state.py's;
+this module decides which one a request asks for and what follows it (enqueueing, deciding a sweep)."""
+
+from __future__ import annotations
+
+import secrets
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.api.deps import owned_file
+from app.core import job_state
+from app.core.errors import ApiError
+from app.core.job_spec import JobCreate, resolve_spec
+from app.core.job_state import add_event
+from app.core.queue import enqueue_job
+from app.core.settings import Settings
+from app.core.tables import TERMINAL_STATUSES, File, Job, JobStatus, Tenant
+from app.sweeps.service import finalize_quietly
+
+
+def check_model(settings: Settings, model: str, param: str = "model") -> str:
+    """The model's source (hub id or directory) if this server allows it; a 400 naming `param` if not."""
+    source = settings.resolved_models().get(model)
+    if source is None:
+        allowed = ", ".join(settings.public_model_ids()) or "none configured"
+        raise ApiError(
+            400,
+            f"Model '{model}' is not available on this server (allowed: {allowed})",
+            param=param,
+            code="model_not_available",
+        )
+    return source
+
+
+def check_pairing(training: File, validation: File | None) -> None:
+    for param, file in (("training_file", training), ("validation_file", validation)):
+        if file is not None and file.purpose != "fine-tune":
+            raise ApiError(
+                400,
+                f"{param} {file.id} has purpose '{file.purpose}'; train on files uploaded with purpose 'fine-tune'",
+                param=param,
+                code="invalid_file_purpose",
+            )
+    # Raw text trains on every token; the other shapes on completions. A validation file must match.
+    if validation is not None and (validation.shape == "text") != (training.shape == "text"):
+        raise ApiError(
+            400,
+            f"validation_file has shape '{validation.shape}' but training_file has shape '{training.shape}'",
+            param="validation_file",
+        )
+
+
+def validate_job(settings: Settings, body: JobCreate, param_prefix: str = "") -> str:
+    """What the schema cannot check; returns the model's source. Raises before anything is added."""
+    source = check_model(settings, body.model, param=f"{param_prefix}model")
+    if body.adapter.type == "prompt_tuning" and body.adapter.num_virtual_tokens >= body.training.max_seq_length:
+        raise ApiError(
+            400,
+            "num_virtual_tokens must be smaller than max_seq_length",
+            param=f"{param_prefix}adapter.num_virtual_tokens",
+        )
+    return source
+
+
+def training_files(
+    session: Session, tenant: Tenant, training_id: str, validation_id: str | None
+) -> tuple[File, File | None]:
+    """The tenant's training file and optional validation file, checked to be of matching kinds."""
+    training = owned_file(session, tenant, training_id, param="training_file")
+    validation = owned_file(session, tenant, validation_id, param="validation_file") if validation_id else None
+    check_pairing(training, validation)
+    return training, validation
+
+
+def build_job(
+    session: Session,
+    settings: Settings,
+    tenant: Tenant,
+    body: JobCreate,
+    training: File,
+    validation: File | None,
+    *,
+    sweep_id: str | None = None,
+    param_prefix: str = "",
+) -> Job:
+    """Validate what the schema cannot, add the job and its first event to the session (not committed)."""
+    source = validate_job(settings, body, param_prefix)
+    job = Job(
+        tenant_id=tenant.id,
+        model=body.model,
+        model_source=source,
+        training_file_id=training.id,
+        validation_file_id=validation.id if validation else None,
+        suffix=body.suffix,
+        seed=body.seed if body.seed is not None else secrets.randbelow(2**31 - 1),
+        metadata_=body.metadata,
+        spec=resolve_spec(body),
+        status=JobStatus.queued,
+        sweep_id=sweep_id,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, f"Created fine-tuning job {job.id}: {body.adapter.type} on {body.model}")
+    return job
+
+
+HOLDING_A_PLACE = (JobStatus.validating_files, JobStatus.queued, JobStatus.running)
+
+
+def check_active_job_room(session: Session, settings: Settings, tenant: Tenant, new_jobs: int) -> None:
+    """429 when `new_jobs` more would take the tenant past its limit of queued and running jobs.
+
+    The tenant's row is locked first (SELECT ... FOR UPDATE, released at commit), so two requests at once
+    cannot both see room for the last place."""
+    limit = settings.max_active_jobs_per_tenant
+    if not limit:
+        return
+    session.execute(select(Tenant.id).where(Tenant.id == tenant.id).with_for_update())
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        # paused jobs hold no GPU and no place; resuming one asks for a place again
+        .where(
+            Job.tenant_id == tenant.id,
+            Job.status.in_([JobStatus.validating_files, JobStatus.queued, JobStatus.running]),
+        )
+    )
+    if active + new_jobs > limit:
+        raise ApiError(
+            429,
+            f"At most {limit} jobs may be queued or running at once; {active} are, and this asks for {new_jobs} "
+            "more. Wait for some to finish or cancel them",
+            code="too_many_active_jobs",
+            headers={"Retry-After": "60"},
+        )
+
+
+def create(session: Session, settings: Settings, tenant: Tenant, body: JobCreate) -> Job:
+    training, validation = training_files(session, tenant, body.training_file, body.validation_file)
+    check_active_job_room(session, settings, tenant, 1)
+    job = build_job(session, settings, tenant, body, training, validation)
+    session.commit()  # commit, then enqueue: the worker must find the row
+    enqueue_job(job.id)
+    return job
+
+
+def cancel(session: Session, job: Job) -> None:
+    if job.status in TERMINAL_STATUSES:
+        raise ApiError(409, f"Job {job.id} has already {job.status}", param="job_id", code="job_not_cancellable")
+    cancelled = job_state.cancel_open_jobs(session, [job.id], "Job cancelled by the user")
+    session.commit()
+    if cancelled:  # its sweep may now be decided
+        finalize_quietly(session, job.sweep_id)
+    session.refresh(job)
+
+
+def pause(session: Session, job: Job) -> None:
+    if job.status in TERMINAL_STATUSES:
+        raise ApiError(409, f"Job {job.id} has already {job.status}", param="job_id", code="job_not_pausable")
+    job_state.pause(session, job.id)
+    session.commit()
+    session.refresh(job)
+
+
+def resume(session: Session, settings: Settings, tenant: Tenant, job: Job) -> None:
+    if job.status == JobStatus.running and job.pause_requested:
+        job_state.withdraw_pause(session, job.id)
+        session.commit()
+    elif job.status == JobStatus.paused:
+        check_active_job_room(session, settings, tenant, 1)  # a paused job holds no place; a resumed one does
+        resumed = job_state.resume(session, job.id)
+        session.commit()  # commit, then enqueue: the worker must find the row
+        if resumed:
+            enqueue_job(job.id)
+    else:
+        raise ApiError(409, f"Job {job.id} is {job.status}, not paused", param="job_id", code="job_not_paused")
+    session.refresh(job)
