@@ -210,11 +210,12 @@ def test_dockerfiles():
     api, worker = code(api), code(worker)
 
     assert re.search(r"^FROM python:3\.11-slim\b", api, re.M)
-    assert re.search(r"pip install \.(\s|$)", api)
+    # both images install at the lock's versions (constraints.txt), as scripts/install.sh does
+    assert re.search(r"pip install -c constraints\.txt \.(\s|$)", api)
     assert "[worker" not in api and "torch" not in api
     assert re.search(r"^ARG BASE_IMAGE=pytorch/pytorch:[\d.]+-cuda[\d.]+-cudnn\d+-runtime$", worker, re.M)
     assert re.search(r"^ARG EXTRAS=worker,gpu$", worker, re.M)  # the GPU image gets the fused kernels
-    assert 'pip install -c /tmp/torch-constraint.txt ".[${EXTRAS}]"' in worker
+    assert 'pip install -c /tmp/torch-constraint.txt -c constraints.txt ".[${EXTRAS}]"' in worker
     for text in (api, worker):
         users = re.findall(r"^USER (\S+)", text, re.M)
         assert users and users[-1] not in ("root", "0"), "images must run as a non-root user"
