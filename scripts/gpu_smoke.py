@@ -19,10 +19,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from app.datasets import iter_records  # noqa: E402
-from worker.data import Formatter  # noqa: E402
-from worker.evaluation import evaluate  # noqa: E402
-from worker.modeling import count_params, load_base_model, load_tokenizer, pick_device, wrap_for_training  # noqa: E402
-from worker.training import Hooks, TrainConfig, train  # noqa: E402
+from worker.evaluation.evaluate import evaluate  # noqa: E402
+from worker.training.data import Formatter  # noqa: E402
+from worker.training.loop import Hooks, TrainConfig, train  # noqa: E402
+from worker.training.modeling import (  # noqa: E402
+    count_params,
+    load_base_model,
+    load_tokenizer,
+    pick_device,
+    wrap_for_training,
+)
 
 ADAPTERS = {
     "lora": {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear", "lr": 5e-3},
@@ -85,7 +91,7 @@ def main() -> int:
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
         print(
             f"{kind:13s} base weights {base_dtype:15s} trainable {trainable:>7,}/{total:,} "
-            f"train {summary['steps']} steps {train_s:.1f}s ({summary['trained_tokens'] / train_s:,.0f} tok/s) "
+            f"train {summary.steps} steps {train_s:.1f}s ({summary.trained_tokens / train_s:,.0f} tok/s) "
             f"eval_loss {base.metrics['eval_loss']:.3f}->{tuned.metrics['eval_loss']:.3f} "
             f"rougeL {base.metrics['rougeL']:.3f}->{tuned.metrics['rougeL']:.3f} "
             f"generation {tuned.timings['generation_s']:.1f}s/{len(gen_rows)} rows peak {peak:.0f} MiB",

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.factories import make_file_row
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 MODEL_DIR = SHARED / "models" / "stories260k"
@@ -165,29 +167,6 @@ def acme(db_session, auth):
     from app.core.tables import Tenant
 
     return db_session.scalar(select(Tenant).where(Tenant.name == "acme"))
-
-
-def make_file_row(session, tenant, **over):
-    """A processed training file row (its content is never read by the tests that use it)."""
-    from app.core.tables import File, new_id
-
-    values = {
-        "id": new_id("file"),
-        "tenant_id": tenant.id,
-        "filename": "train.jsonl",
-        "purpose": "fine-tune",
-        "bytes": 100,
-        "sha256": "0" * 64,
-        "format": "jsonl",
-        "shape": "prompt_completion",
-        "num_rows": 600,
-        "token_estimate": 500,
-        **over,
-    }
-    row = File(**{"storage_name": values["id"], **values})
-    session.add(row)
-    session.commit()
-    return row
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ def make_file(session, tenant: Tenant, shape: str = "prompt_completion") -> File
 def make_job(
     session, tenant: Tenant, file: File, *, status: JobStatus = JobStatus.succeeded, adapter_type: str = "lora"
 ) -> Job:
-    spec = resolve_spec(JobCreate(model="stories260k", training_file=file.id, adapter={"type": adapter_type}))
+    spec = resolve_spec(JobCreate(model="stories260k", training_file=file.id, adapter={"type": adapter_type})).stored()
     job = Job(
         id=new_id("ftjob"),
         tenant_id=tenant.id,
@@ -299,15 +299,15 @@ def test_the_worker_registers_the_task_on_the_training_queue():
 
 @pytest.fixture(scope="module")
 def tok():
-    from worker.modeling import load_tokenizer
+    from worker.training.modeling import load_tokenizer
 
     return load_tokenizer(SRC)
 
 
 def test_prompts_are_formatted_as_each_job_trained(tok):
     from app.datasets.records import format_instruction
-    from worker.compare import generation_rows
-    from worker.data import Formatter
+    from worker.child.comparison import generation_rows
+    from worker.training.data import Formatter
 
     fmt = Formatter(tok, 512)
     bos = [tok.bos_token_id]
@@ -333,9 +333,9 @@ def test_prompts_are_formatted_as_each_job_trained(tok):
 # ================================================================== worker: real adapters, no Celery
 
 
-def adapter_spec(kind: str) -> dict:
-    spec = resolve_spec(JobCreate(model="stories260k", training_file="file-x", adapter={"type": kind}))["adapter"]
-    return {**spec, "dropout": 0.0, "r": 8, "alpha": 16, "num_virtual_tokens": 8}
+def adapter_spec(kind: str):
+    spec = resolve_spec(JobCreate(model="stories260k", training_file="file-x", adapter={"type": kind})).adapter
+    return spec.model_copy(update={"dropout": 0.0, "r": 8, "alpha": 16, "num_virtual_tokens": 8})
 
 
 def sql_records(path: str, n: int) -> list[dict]:
@@ -346,7 +346,7 @@ def sql_records(path: str, n: int) -> list[dict]:
 
 def train_briefly(model, tok, steps: int, lr: float) -> None:
     """A few AdamW steps on WikiSQL completions: enough to move the weights away from the base."""
-    from worker.data import IGNORE, Formatter
+    from worker.training.data import IGNORE, Formatter
 
     fmt = Formatter(tok, 256)
     examples = [fmt.example(r) for r in sql_records("train.jsonl", 32)]
@@ -378,8 +378,8 @@ def plain_generate(model, tok, prompt: str, max_new_tokens: int) -> str:
 def batched_generate(model, tok, prompts: list[str], max_new_tokens: int) -> list[str]:
     """The 4-bit models compute in bf16, where a left-padded batch and a lone row can round differently and
     greedy decoding then diverges: those are compared with the same batched generation the evaluation uses."""
-    from worker.data import GenerationRow
-    from worker.evaluation import generate
+    from worker.evaluation.generation import generate
+    from worker.training.data import GenerationRow
 
     rows = [GenerationRow(prompt=p, prompt_ids=service_ids(tok, p), reference="") for p in prompts]
     return generate(model, tok, rows, max_new_tokens, 16, torch.device("cpu"))
@@ -393,7 +393,7 @@ def trained(database, tok):
     """A tenant with four succeeded jobs whose adapters lie where the training child leaves them:
     LoRA, prompt tuning and QLoRA saved by peft, and a full fine-tune saved as a whole model."""
     from app.core.db import get_sessionmaker
-    from worker.modeling import load_base_model, wrap_for_training
+    from worker.training.modeling import load_base_model, wrap_for_training
 
     Session = get_sessionmaker()
     with Session() as s:
@@ -453,8 +453,8 @@ def test_worker_outputs_equal_plain_generation_with_base_and_adapters(trained, t
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from worker.compare import run_comparison
-    from worker.modeling import load_base_model, plain_4bit_kernels_on_cpu
+    from worker.child.comparison import run_comparison
+    from worker.training.modeling import load_base_model, plain_4bit_kernels_on_cpu
 
     kinds = ["lora", "prompt_tuning", "full", "qlora"]  # the LoRA is unloaded before prompt tuning is applied
     cmp_id = new_comparison(trained, kinds)
@@ -496,8 +496,9 @@ def test_worker_outputs_equal_plain_generation_with_base_and_adapters(trained, t
 
 
 def test_the_task_runs_the_child_and_a_second_delivery_does_nothing(trained):
-    """The Celery task function (called directly) claims the row and runs `python -m worker.compare ID`."""
-    from worker.compare import compare, run_comparison
+    """The Celery task function (called directly) claims the row and runs `python -m worker.child compare ID`."""
+    from worker.child.comparison import run_comparison
+    from worker.tasks.comparisons import compare
 
     cmp_id = new_comparison(trained, ["lora"])
     assert compare(cmp_id) == "done"
@@ -513,7 +514,7 @@ def test_the_task_runs_the_child_and_a_second_delivery_does_nothing(trained):
 def test_a_missing_adapter_fails_the_comparison_with_its_reason(trained):
     import shutil
 
-    from worker.compare import run_comparison
+    from worker.child.comparison import run_comparison
 
     with trained["Session"]() as s:
         tenant = s.get(Tenant, trained["tenant_id"])
@@ -532,7 +533,7 @@ def test_a_missing_adapter_fails_the_comparison_with_its_reason(trained):
 def test_a_redelivered_message_takes_over_a_running_comparison(trained):
     """A worker that dies mid-comparison leaves it running; the broker's redelivery (marked `redelivered`)
     runs it again, while a plain duplicate delivery leaves it alone."""
-    from worker.compare import compare
+    from worker.tasks.comparisons import compare
 
     with trained["Session"]() as s:
         tenant = s.get(Tenant, trained["tenant_id"])

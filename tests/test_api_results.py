@@ -47,7 +47,7 @@ def make_job(
         model_source=str(MODEL_DIR),
         training_file_id=file.id,
         seed=1,
-        spec=resolve_spec(body),
+        spec=resolve_spec(body).stored(),
         status=status,
     )
     db_session.add(job)

@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from worker import auto_plan
+from worker.training import auto_plan
 
 GIB = 2**30
 CUDA = torch.device("cuda")
@@ -58,7 +58,7 @@ def test_the_probe_step_runs_the_training_loss_on_a_model_with_a_trained_eos_row
     # EOS row, on by default) does not have: every `auto` micro-batch on a GPU failed. The step itself is
     # device-agnostic; only its peak-memory reading needs CUDA.
     from tests.test_training import SRC, adapter
-    from worker.modeling import load_base_model, wrap_for_training
+    from worker.training.modeling import load_base_model, wrap_for_training
 
     ad = adapter("lora", train_eos_token=True)
     model = wrap_for_training(load_base_model(SRC, ad, torch.device("cpu")), ad, SRC, False, 2)

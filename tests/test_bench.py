@@ -18,8 +18,8 @@ import random_model  # noqa: E402
 
 
 def test_random_model_tokenizer_loads_offline_and_round_trips(tmp_path):
-    from worker.data import Formatter
-    from worker.modeling import load_tokenizer
+    from worker.training.data import Formatter
+    from worker.training.modeling import load_tokenizer
 
     random_model.build_tokenizer(128_256).save_pretrained(tmp_path)
     tok = load_tokenizer(str(tmp_path))

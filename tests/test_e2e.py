@@ -130,7 +130,7 @@ def test_upload_train_evaluate_download(service, tmp_path):
     lora_b = [p for n, p in tuned.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero: it was trained
     sample = ev["samples"][0]
-    # the service moves the prompt's trailing spaces to the answer side (worker.data.move_trailing_spaces)
+    # the service moves the prompt's trailing spaces to the answer side (worker.training.data.move_trailing_spaces)
     prompt_ids = tok(sample["prompt"].rstrip(" "), add_special_tokens=False)["input_ids"]
     ids = torch.tensor([[tok.bos_token_id] + prompt_ids])
     out = tuned.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=128, do_sample=False)

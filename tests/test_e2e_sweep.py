@@ -50,7 +50,7 @@ def _bertscore_recomputed(outputs: list[str], refs: list[str]) -> float:
     """BERTScore F1 straight from bert-score with the same offline encoder (empty outputs score 0)."""
     from bert_score import BERTScorer
 
-    from worker.metrics import resolve_bertscore_model
+    from worker.evaluation.metrics import resolve_bertscore_model
 
     name, layers = resolve_bertscore_model(TEST_ENV["FTAAS_BERTSCORE_MODEL"], None)
     scorer = BERTScorer(model_type=name, num_layers=layers, lang="en")

@@ -1,5 +1,5 @@
-"""worker.fast_lora on the tiny real Llama: the fused LoRA linear gives peft's outputs and gradients, for
-a bf16/fp32 base and a 4-bit (QLoRA) base, and leaves to peft what it does not compute."""
+"""worker.training.kernels.fast_lora on the tiny real Llama: the fused LoRA linear gives peft's outputs and
+gradients, for a bf16/fp32 base and a 4-bit (QLoRA) base, and leaves to peft what it does not compute."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from tests.test_training import sql_examples
 from tests.test_worker_loss import CPU, tok, trained  # noqa: F401, F811 - tok is a fixture, used by name
 from tests.test_worker_loss import loss_and_grads as _loss_and_grads
-from worker.fast_lora import LoraLinearFunction, fuse_lora_layers
-from worker.loss import completion_loss
-from worker.packing import collate_packed
+from worker.training.kernels.fast_lora import LoraLinearFunction, fuse_lora_layers
+from worker.training.loss import completion_loss
+from worker.training.packing import collate_packed
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,7 @@ def test_a_job_killed_mid_training_and_resumed_ends_as_if_never_interrupted(data
     from app.core.tables import Checkpoint, Job
     from tests.conftest import ROOT, TEST_ENV
     from tests.test_worker_child import run_job, running_job_row, sql_rows, stored
-    from worker.child import main
+    from worker.child.recipe import main
 
     body = {
         "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 8}}},
@@ -90,7 +90,7 @@ def test_a_job_killed_mid_training_and_resumed_ends_as_if_never_interrupted(data
         "FTAAS_CHECKPOINT_EVERY_S": "2",
         "FTAAS_TORCH_THREADS": "1",
     }
-    child = subprocess.Popen([sys.executable, "-m", "worker.child", job_id, "1"], cwd=ROOT, env=env)
+    child = subprocess.Popen([sys.executable, "-m", "worker.child", "train", job_id, "1"], cwd=ROOT, env=env)
     deadline, killed_at = time.monotonic() + 300, None
     with get_sessionmaker()() as s:
         while time.monotonic() < deadline and child.poll() is None:
@@ -124,7 +124,7 @@ def test_a_job_killed_mid_training_and_resumed_ends_as_if_never_interrupted(data
 
 
 def child_pids(job_id: str) -> list[int]:
-    """Training children of a job (`python -m worker.child <job_id> <attempt>`), from /proc."""
+    """Training children of a job (`python -m worker.child train <job_id> <attempt>`), from /proc."""
     import os
 
     pids = []
@@ -136,7 +136,7 @@ def child_pids(job_id: str) -> list[int]:
                 argv = fh.read().split(b"\0")
         except OSError:
             continue
-        if b"worker.child" in argv and job_id.encode() in argv:
+        if argv[1:4] == [b"-m", b"worker.child", b"train"] and job_id.encode() in argv:
             pids.append(int(entry))
     return pids
 
@@ -288,7 +288,7 @@ CHECKPOINT_LOOP = r"""
 import sys, torch
 from pathlib import Path
 from transformers import get_scheduler
-from worker.training import latest_checkpoint, load_checkpoint, save_checkpoint
+from worker.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 root = Path(sys.argv[1])
 torch.manual_seed(0)
 model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(6)])  # 25 MB of weights
@@ -322,7 +322,7 @@ def test_a_kill_during_a_checkpoint_write_always_resumes_from_the_last_complete_
     import torch
 
     from tests.conftest import ROOT
-    from worker.training import checkpoint_step, latest_checkpoint, load_checkpoint
+    from worker.training.checkpoints import checkpoint_step, latest_checkpoint, load_checkpoint
 
     rng = random.Random(7)
     root = tmp_path / "checkpoints"

@@ -3,7 +3,7 @@ visibility timeout would make every worker on a shared Redis re-deliver every ot
 restart must not touch anyone else's queues. Each test prints its `[faults] ...` figure line.
 
 - a visibility timeout shorter than the jobs: re-deliveries happen, duplicate executions do not;
-- Redis stopped losing every message, then started again: no job lost, recovery timed (worker/tasks.py's
+- Redis stopped losing every message, then started again: no job lost, recovery timed (worker/tasks/reconciler.py's
   broker-loss detector in reconcile_once), plus a fast test of that detector alone.
 
 Run alone with `scripts/test.sh -m faults`.
@@ -313,23 +313,25 @@ def test_after_a_broker_loss_exactly_one_pass_resends_every_queued_job(tmp_path,
     the next does nothing, and after a flush one pass resends again; with the filesystem broker it never fires."""
     from app.core.celery_app import make_celery
     from app.core.settings import Settings, get_settings
-    from worker import tasks
+    from worker.tasks import reconciler
 
     queue = get_settings().queue_name
     with queued_job_rows(2) as mine, private_redis(tmp_path / "redis") as broker:
-        monkeypatch.setattr(tasks, "celery", make_celery(Settings(broker_url=broker.url, queue_name=queue)))
-        first, second = tasks.resend_if_broker_lost(), tasks.resend_if_broker_lost()
+        monkeypatch.setattr(reconciler, "celery", make_celery(Settings(broker_url=broker.url, queue_name=queue)))
+        first, second = reconciler.resend_if_broker_lost(), reconciler.resend_if_broker_lost()
         waiting = in_broker(broker, queue)
         broker.client().flushall()  # what a restart without persistence leaves
-        after_flush, again = tasks.resend_if_broker_lost(), tasks.resend_if_broker_lost()
-    monkeypatch.setattr(tasks, "celery", make_celery(Settings(broker_url="filesystem://", data_dir=tmp_path / "fs")))
+        after_flush, again = reconciler.resend_if_broker_lost(), reconciler.resend_if_broker_lost()
+    monkeypatch.setattr(
+        reconciler, "celery", make_celery(Settings(broker_url="filesystem://", data_dir=tmp_path / "fs"))
+    )
     print(
         f"\n[faults] broker-loss passes: resent {len(first)}, then {len(second)}; "
         f"after a flush {len(after_flush)}, then {len(again)}"
     )
     assert set(mine) <= set(first) and set(mine) <= waiting and second == []
     assert set(mine) <= set(after_flush) and again == []
-    assert tasks.resend_if_broker_lost() == []  # embedded broker: nothing to detect, nothing touched
+    assert reconciler.resend_if_broker_lost() == []  # embedded broker: nothing to detect, nothing touched
 
 
 @contextmanager
@@ -345,7 +347,7 @@ def queued_job_rows(n: int):
     with Session() as s:
         tenant, _ = create_key(s, f"broker-loss-{time.monotonic_ns()}")
         f = make_file_row(s, tenant)
-        spec = resolve_spec(JobCreate(model="stories260k", training_file=f.id))
+        spec = resolve_spec(JobCreate(model="stories260k", training_file=f.id)).stored()
         common = {"tenant_id": tenant.id, "model": "stories260k", "model_source": str(MODEL_DIR), "seed": 1}
         jobs = [Job(**common, training_file_id=f.id, spec=spec, status=JobStatus.queued) for _ in range(n)]
         s.add_all(jobs)

@@ -100,7 +100,7 @@ def scored_job(
         model_source=str(MODEL_DIR),
         training_file_id=file.id,
         seed=7,
-        spec=resolve_spec(body),
+        spec=resolve_spec(body).stored(),
         status=status,
         trainable_params=trainable,
         total_params=100_000,

@@ -1,4 +1,4 @@
-"""worker.metrics on fixed strings, checked against direct calls of rouge-score and bert-score."""
+"""worker.evaluation.metrics on fixed strings, checked against direct calls of rouge-score and bert-score."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from worker import metrics
-from worker.metrics import (
+from worker.evaluation import metrics
+from worker.evaluation.metrics import (
     BERTSCORE_KEYS,
     ROUGE_KEYS,
     BertScorer,
@@ -218,7 +218,7 @@ def test_bertscorer_rejects_bad_layer(offline):
 
 def test_import_is_cheap():
     code = (
-        "import sys, worker.metrics; "
+        "import sys, worker.evaluation.metrics; "
         "heavy = [m for m in ('torch', 'transformers', 'bert_score', 'rouge_score', 'nltk') "
         "if m in sys.modules]; "
         "assert not heavy, heavy"

@@ -15,7 +15,8 @@ import torch
 
 from tests.conftest import MODEL_DIR
 from tests.test_worker_child import run_job, sql_rows, stored
-from worker.modeling import (
+from worker.training.checkpoints import TRAINER_STATE, load_checkpoint, save_trainable_weights
+from worker.training.modeling import (
     ModelRefused,
     check_adapter_source,
     check_model_source,
@@ -23,7 +24,6 @@ from worker.modeling import (
     load_base_model,
     load_tokenizer,
 )
-from worker.training import TRAINER_STATE, load_checkpoint, save_trainable_weights
 
 LORA = {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
 

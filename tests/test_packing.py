@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tests.test_training import SRC, adapter, config, hooks, sql_examples
-from worker.data import IGNORE, Example, Formatter
-from worker.modeling import load_base_model, load_tokenizer, wrap_for_training
-from worker.packing import collate_packed, pack
-from worker.training import collate, train
+from worker.training.data import IGNORE, Example, Formatter
+from worker.training.loop import collate, train
+from worker.training.modeling import load_base_model, load_tokenizer, wrap_for_training
+from worker.training.packing import collate_packed, pack
 
 CPU = torch.device("cpu")
 ROW = 256
@@ -106,7 +106,7 @@ def test_training_packed_follows_the_same_losses_to_the_same_weights(tok, exampl
 
     padded, pad_losses, s_pad = run(None)
     packed, pack_losses, s_pack = run(ROW)
-    assert s_pad["trained_tokens"] == s_pack["trained_tokens"]  # real tokens, padding not counted
+    assert s_pad.trained_tokens == s_pack.trained_tokens  # real tokens, padding not counted
     assert len(pad_losses) == 4 and pack_losses == pytest.approx(pad_losses, rel=1e-5)  # every step's loss
     # Adam divides by the gradients' size, which magnifies float rounding a little: 1e-4 of weights near 1
     for name in padded:

@@ -8,15 +8,16 @@ import torch
 
 from tests.conftest import DATASETS, MODEL_DIR
 from tests.helpers.generation import forward_greedy
-from worker.data import IGNORE, Formatter, split_rows
-from worker.modeling import (
+from worker.training.checkpoints import latest_checkpoint
+from worker.training.data import IGNORE, Formatter, split_rows
+from worker.training.loop import Hooks, StopTraining, TrainConfig, train
+from worker.training.modeling import (
     ModelRefused,
     check_model_source,
     load_base_model,
     load_tokenizer,
     wrap_for_training,
 )
-from worker.training import Hooks, StopTraining, TrainConfig, latest_checkpoint, train
 
 SRC = str(MODEL_DIR)
 
@@ -146,7 +147,7 @@ def test_each_method_trains_adapter_only(tok, tmp_path, kind):
         tmp_path,
         hooks(log),
     )
-    assert summary["steps"] == 6 and summary["trained_tokens"] > 0
+    assert summary.steps == 6 and summary.trained_tokens > 0
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert changed and changed <= trainable  # the adapter moved, the frozen base did not
@@ -185,7 +186,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tok, tmp_path):
     (tmp_path / "b" / ".tmp-step-6-123").mkdir()  # a half-written checkpoint is never picked
     resumed = fresh()
     summary = train(resumed, examples, cfg, tok.pad_token_id, torch.device("cpu"), tmp_path / "b", hooks())
-    assert summary["resumed_from"] == 4 and summary["steps"] == 8
+    assert summary.resumed_from == 4 and summary.steps == 8
     a = dict(straight.named_parameters())
     for name, p in resumed.named_parameters():
         if p.requires_grad:
@@ -223,12 +224,12 @@ def test_best_checkpoint_is_kept_and_reported(tok, tmp_path):
         h,
         selection=("rougeL", True),
     )
-    assert (summary["best_step"], summary["best_value"]) == (4, 0.9)
+    assert (summary.best_step, summary.best_value) == (4, 0.9)
     # every epoch end was evaluated: all keep their weights; only the newest two keep their trainer state
     kept = sorted(p.name for p in tmp_path.glob("step-*") if (p / "adapter_model.safetensors").is_file())
     assert kept == ["step-2", "step-4", "step-6", "step-8"]
     assert sorted(p.parent.name for p in tmp_path.glob("step-*/trainer_state.pt")) == ["step-6", "step-8"]
-    assert summary["best_path"] == tmp_path / "step-4"
+    assert summary.best_path == tmp_path / "step-4"
 
 
 def test_batched_generation_equals_one_row_at_a_time(tok):
@@ -236,7 +237,7 @@ def test_batched_generation_equals_one_row_at_a_time(tok):
     full forward passes, for LoRA and for prompt tuning (whose virtual tokens the service puts after each row's
     padding)."""
     from app.datasets import iter_records
-    from worker.evaluation import generate
+    from worker.evaluation.generation import generate
 
     recs = list(iter_records(DATASETS / "wikisql" / "test.jsonl", "jsonl", completion_separator="\nA: "))[:6]
     rows = [Formatter(tok, 512).generation_row(r) for r in recs]

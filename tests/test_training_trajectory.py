@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 
 from tests.conftest import DATASETS, MODEL_DIR
-from worker.data import Formatter
-from worker.modeling import load_base_model, load_tokenizer, wrap_for_training
-from worker.training import Hooks, TrainConfig, train
+from worker.training.data import Formatter
+from worker.training.loop import Hooks, TrainConfig, train
+from worker.training.modeling import load_base_model, load_tokenizer, wrap_for_training
 
 SRC = str(MODEL_DIR)
 REFERENCE = Path(__file__).resolve().parent / "snapshots" / "trajectory_lora_stories260k.json"

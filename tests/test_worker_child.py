@@ -19,7 +19,7 @@ from tests.conftest import DATASETS, MODEL_DIR
 def _file(s, settings, tenant_id: str, rows: list[dict], separator: str | None):
     from app.core.tables import File
     from app.datasets import validate_file
-    from worker.artifacts import sha256_of
+    from worker.evaluation.artifacts import sha256_of
 
     file_id = f"file-{uuid.uuid4().hex[:24]}"
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ def running_job_row(
             training_file_id=train.id,
             validation_file_id=val.id if val else None,
             seed=7,
-            spec=resolve_spec(spec),
+            spec=resolve_spec(spec).stored(),
             status=JobStatus.running,
             attempt=1,
         )
@@ -99,7 +99,8 @@ def run_job(
 ) -> str:
     """A running job (attempt 1) on fresh files, run by the child's run() in this process (or by its main(),
     which also ends the job as the child process would)."""
-    from worker.child import JobContext, main, run
+    from worker.child.job_context import JobContext
+    from worker.child.recipe import main, run
 
     job_id = running_job_row(body, train_rows, val_rows, separator, model_source)
     if via_main:
@@ -146,7 +147,7 @@ def check_recomputable(metrics: dict, scores: list[dict | None]) -> None:
 
 def test_child_lora_job_stores_rows_checkpoints_and_costs(database):
     from app.core.settings import get_settings
-    from worker.artifacts import sha256_of
+    from worker.evaluation.artifacts import sha256_of
 
     body = {
         "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 8}}},
@@ -213,7 +214,7 @@ def test_child_full_job_on_raw_text(database):
 
 def test_child_refuses_full_finetune_of_a_large_model(database, monkeypatch):
     from app.core.settings import get_settings
-    from worker.child import UserError
+    from worker.child.job_context import UserError
 
     monkeypatch.setattr(get_settings(), "full_finetune_max_params", 1000)  # stories260k has ~260k
     body = {"adapter": {"type": "full"}, "evaluation": {"max_rows": 2}}

@@ -11,10 +11,14 @@ import pytest
 import torch
 
 from tests.conftest import DATASETS
+from tests.helpers.factories import job_spec
 from tests.test_training import SRC, adapter, config, hooks, sql_examples
-from worker.data import Formatter
-from worker.evaluation import EvalSet, evaluate, generate, teacher_forced_stats
-from worker.modeling import (
+from worker.evaluation.evaluate import EvalSet, evaluate, teacher_forced_stats
+from worker.evaluation.generation import generate
+from worker.training.checkpoints import FULL_WEIGHTS, latest_checkpoint, load_trainable_weights
+from worker.training.data import Formatter
+from worker.training.loop import StopTraining, train
+from worker.training.modeling import (
     ModelRefused,
     count_params,
     count_params_of_config,
@@ -22,13 +26,6 @@ from worker.modeling import (
     load_base_model,
     load_tokenizer,
     wrap_for_training,
-)
-from worker.training import (
-    FULL_WEIGHTS,
-    StopTraining,
-    latest_checkpoint,
-    load_trainable_weights,
-    train,
 )
 
 CPU = torch.device("cpu")
@@ -65,7 +62,7 @@ def test_full_finetune_trains_every_weight(tok, tmp_path):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     log: list[dict] = []
     summary = train(model, sql_examples(tok), config(learning_rate=1e-3), tok.pad_token_id, CPU, tmp_path, hooks(log))
-    assert summary["steps"] == 6
+    assert summary.steps == 6
     unchanged = [n for n, p in model.named_parameters() if torch.equal(before[n], p.detach())]
     assert unchanged == []  # every weight of the model moved: embeddings, attention, MLP, norms
     assert log[-1]["train_loss"] < log[0]["train_loss"]
@@ -87,8 +84,8 @@ def test_full_finetune_resumes_to_the_uninterrupted_weights(tok, tmp_path):
     assert first > 0
     resumed = full_model()  # base weights again: only the checkpoint can bring back the first epoch
     summary = train(resumed, examples, cfg, tok.pad_token_id, CPU, tmp_path / "b", hooks())
-    assert summary["resumed_from"] == 4 and summary["steps"] == 8
-    assert summary["train_seconds"] > first  # the first attempt's training time is carried over
+    assert summary.resumed_from == 4 and summary.steps == 8
+    assert summary.train_seconds > first  # the first attempt's training time is carried over
     a = dict(straight.named_parameters())
     for name, p in resumed.named_parameters():
         torch.testing.assert_close(p, a[name], rtol=0, atol=0, msg=name)
@@ -106,11 +103,11 @@ def test_full_finetune_refuses_models_over_the_limit():
 def test_full_model_archive_loads_without_peft(tok, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from worker.artifacts import model_card, package_adapter
+    from worker.evaluation.artifacts import model_card, package_adapter
 
     model = full_model()
     train(model, sql_examples(tok, 8), config(learning_rate=1e-3), tok.pad_token_id, CPU, tmp_path / "ck", hooks())
-    spec = {"adapter": adapter("full"), "training": {}, "evaluation": {}}
+    spec = job_spec(adapter={"type": "full"})
     job = {"id": "ftjob-x", "model": "stories260k", "fine_tuned_model": "ft:x", "seed": 1}
     card = model_card(job, spec, {"eval_loss": 3.0}, {"eval_loss": 2.0}, count_params(model), step=2)
     archive, digest, size = package_adapter(model, tok, tmp_path / "adapter", tmp_path / "a.tar.gz", card)
@@ -248,12 +245,12 @@ def test_early_stopping_after_patience_evaluations_without_improvement(tok, tmp_
     examples = sql_examples(tok, 24)
     summary = train(model, examples, cfg, tok.pad_token_id, CPU, tmp_path, h, selection=("eval_loss", False))
     assert h.evaluated == [1, 2, 3]  # best at 1, then two without improvement
-    assert (summary["stopped_early"], summary["steps"], summary["best_step"]) == (3, 3, 1)
-    assert summary["total_steps"] == 12 and summary["epoch"] == 0.5
+    assert (summary.stopped_early, summary.steps, summary.best_step) == (3, 3, 1)
+    assert summary.total_steps == 12 and summary.epoch == 0.5
     # A new attempt (the job crashed after stopping) does not train on.
     again = recording_hooks(eval_loss_hook(model, tok))
     summary = train(model, examples, cfg, tok.pad_token_id, CPU, tmp_path, again, selection=("eval_loss", False))
-    assert again.evaluated == [] and (summary["stopped_early"], summary["steps"]) == (3, 3)
+    assert again.evaluated == [] and (summary.stopped_early, summary.steps) == (3, 3)
 
 
 def test_no_early_stop_while_improving(tok, tmp_path):
@@ -261,7 +258,7 @@ def test_no_early_stop_while_improving(tok, tmp_path):
     cfg = config(n_epochs=2, eval_every_steps=1, early_stopping_patience=1)
     model = lora_model()
     summary = train(model, sql_examples(tok, 24), cfg, tok.pad_token_id, CPU, tmp_path, h, selection=("rougeL", True))
-    assert summary["stopped_early"] is None and h.evaluated == list(range(1, 13)) and summary["best_step"] == 12
+    assert summary.stopped_early is None and h.evaluated == list(range(1, 13)) and summary.best_step == 12
 
 
 def test_early_stopping_count_survives_a_resume(tok, tmp_path):
@@ -276,15 +273,15 @@ def test_early_stopping_count_survives_a_resume(tok, tmp_path):
     second = recording_hooks(eval_loss_hook(model, tok))
     summary = train(model, examples, cfg, tok.pad_token_id, CPU, tmp_path, second, selection=("eval_loss", False))
     # without the stored count the stop would come at step 5; without the stored best either, at 6
-    assert second.evaluated == [3, 4] and summary["stopped_early"] == 4 and summary["best_step"] == 1
+    assert second.evaluated == [3, 4] and summary.stopped_early == 4 and summary.best_step == 1
 
 
 def test_train_seconds_leave_evaluations_out(tok, tmp_path):
     h = recording_hooks(lambda step: time.sleep(0.5) or {})
     summary = train(lora_model(), sql_examples(tok, 16), config(n_epochs=2), tok.pad_token_id, CPU, tmp_path, h)
     assert h.evaluated == [4, 8]
-    assert 0 < summary["train_seconds"] <= summary["seconds"] - 0.9
-    assert summary["peak_memory_bytes"] > 10 * 2**20  # the process's peak RSS: at least torch's own
+    assert 0 < summary.train_seconds <= summary.seconds - 0.9
+    assert summary.peak_memory_bytes > 10 * 2**20  # the process's peak RSS: at least torch's own
 
 
 # ---------------------------------------------------------------- checkpoint retention

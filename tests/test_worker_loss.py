@@ -1,4 +1,4 @@
-"""worker.loss on the tiny real Llama: the loss on the labelled positions only (decoder, then the head on
+"""worker.training.loss on the tiny real Llama: the loss on the labelled positions only (decoder, then the head on
 those rows) equals the model's own loss, with the same gradient for every trained weight, the trained EOS
 row of a tied head included; models it cannot split take their own forward."""
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from tests.test_training import SRC, adapter, sql_examples
-from worker.data import IGNORE, Example
-from worker.loss import completion_loss, head_weight, loss_fn_for, model_loss
-from worker.modeling import load_base_model, load_tokenizer, wrap_for_training
-from worker.packing import collate_packed
-from worker.training import collate
+from worker.training.data import IGNORE, Example
+from worker.training.loop import collate
+from worker.training.loss import completion_loss, head_weight, loss_fn_for, model_loss
+from worker.training.modeling import load_base_model, load_tokenizer, wrap_for_training
+from worker.training.packing import collate_packed
 
 CPU = torch.device("cpu")
 

@@ -31,7 +31,7 @@ def test_an_orphaned_job_is_taken_over_by_a_worker_on_its_own(database):
             model_source=str(MODEL_DIR),
             training_file_id=f.id,
             seed=1,
-            spec=resolve_spec(body),
+            spec=resolve_spec(body).stored(),
             status=JobStatus.running,
             attempt=1,
             lease_expires_at=utcnow() - timedelta(seconds=5),  # its worker stopped renewing: it died

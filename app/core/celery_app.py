@@ -14,7 +14,7 @@ from celery import Celery
 from app.core.settings import Settings, get_settings
 
 TRAIN_TASK = "ftaas.train"
-COMPARE_TASK = "ftaas.compare"  # worker/compare.py: base vs jobs on the same prompts, same queue and worker
+COMPARE_TASK = "ftaas.compare"  # worker/tasks/comparisons.py: base vs jobs on the same prompts, same queue and worker
 
 
 def broker_options(settings: Settings) -> dict:
@@ -44,8 +44,9 @@ def broker_options(settings: Settings) -> dict:
 
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    # `include`: the worker (celery -A worker.tasks) imports the comparison task module at start-up.
-    celery = Celery("ftaas", broker=settings.broker_url, include=["worker.compare"])
+    # The worker (`celery -A worker.tasks`) registers its tasks by importing that package; the API only sends
+    # tasks by name (TRAIN_TASK, COMPARE_TASK) and never imports the worker.
+    celery = Celery("ftaas", broker=settings.broker_url)
     celery.conf.update(
         broker_transport_options=broker_options(settings),
         broker_connection_retry_on_startup=True,

@@ -40,3 +40,8 @@ def loc_to_param(loc: tuple[Any, ...]) -> str:
         if not (p.startswith(("literal[", "function-", "constrained-", "list[")) or p in ("int", "float", "str"))
     ]
     return ".".join(parts) or "body"
+
+
+def error_body(code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """The stored error of a failed job or comparison, as the API returns it: {code, message, param}."""
+    return {"code": code, "message": message[:2000], "param": param}

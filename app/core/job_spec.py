@@ -167,29 +167,54 @@ class JobCreate(Strict):
 BASE_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "prompt_tuning": 3e-2, "full": 2e-5, "auto": 2e-4}
 
 
-def resolve_spec(body: JobCreate) -> dict[str, Any]:
-    """The complete training specification the worker runs, with every 'auto' made concrete."""
+class ResolvedHyperparameters(Strict):
+    n_epochs: int = Field(..., ge=1)
+    batch_size: int | Auto  # auto here: the worker sizes the micro-batch, one micro-batch per optimizer step
+    learning_rate_multiplier: float
+
+
+class JobSpec(Strict):
+    """The resolved specification: what the API validated, with every `auto` it can decide made concrete.
+    Stored on the job row (Job.spec, as JSON) and read back by the worker as this same model, so the API's
+    validation is the worker's contract. The worker may still decide adapter.type and
+    training.micro_batch_size `auto` on its GPU; it writes those choices back into the row."""
+
+    hyperparameters: ResolvedHyperparameters
+    adapter: AdapterSpec
+    training: TrainingSpec
+    evaluation: EvaluationSpec
+
+    @classmethod
+    def of(cls, stored: JobSpec | dict[str, Any]) -> JobSpec:
+        """A job's spec as stored on its row (or already a JobSpec)."""
+        return stored if isinstance(stored, cls) else cls.model_validate(stored)
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON the job row keeps."""
+        return self.model_dump(mode="json")
+
+
+def resolve_spec(body: JobCreate) -> JobSpec:
+    """The complete training specification the worker runs, with every 'auto' the API can decide made concrete."""
     hp = body.hyperparameters or body.method.supervised.hyperparameters
     n_epochs = 3 if hp.n_epochs == "auto" else hp.n_epochs
     micro_auto = body.training.micro_batch_size == "auto"
     # batch_size auto = 8, unless the micro-batch is left to the worker too: then one micro-batch per step.
     batch_size = ("auto" if micro_auto else 8) if hp.batch_size == "auto" else hp.batch_size
     multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
-    adapter = body.adapter.model_dump()
-    if adapter["alpha"] is None:
-        adapter["alpha"] = 2 * adapter["r"]
-    training = body.training.model_dump()
-    if training["learning_rate"] is None:
-        training["learning_rate"] = BASE_LEARNING_RATE[body.adapter.type] * multiplier
-    if training["micro_batch_size"] is None:
-        training["micro_batch_size"] = batch_size
-    return {
-        "hyperparameters": {
-            "n_epochs": n_epochs,
-            "batch_size": batch_size,
-            "learning_rate_multiplier": multiplier,
-        },
-        "adapter": adapter,
-        "training": training,
-        "evaluation": body.evaluation.model_dump(),
-    }
+    adapter = body.adapter
+    if adapter.alpha is None:
+        adapter = adapter.model_copy(update={"alpha": 2 * adapter.r})
+    training = body.training
+    if training.learning_rate is None:
+        training = training.model_copy(update={"learning_rate": BASE_LEARNING_RATE[adapter.type] * multiplier})
+    if training.micro_batch_size is None:
+        training = training.model_copy(update={"micro_batch_size": batch_size})
+    return JobSpec(
+        hyperparameters=ResolvedHyperparameters(
+            n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=multiplier
+        ),
+        adapter=adapter,
+        training=training,
+        evaluation=body.evaluation,
+    )

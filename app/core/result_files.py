@@ -10,7 +10,7 @@ import io
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core.settings import get_settings
+from app.core.storage import upload_path
 from app.core.tables import Checkpoint, File, Job, JobEvent, new_id
 
 RESULTS_PURPOSE = "fine-tune-results"
@@ -52,9 +52,9 @@ def attach_result_file(session: Session, job: Job) -> File:
     in the transaction that marks the job succeeded)."""
     content, num_rows = step_metrics_csv(session, job.id)
     file_id = new_id("file")
-    uploads = get_settings().uploads_dir
-    uploads.mkdir(parents=True, exist_ok=True)
-    (uploads / file_id).write_bytes(content)
+    path = upload_path(file_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
     row = File(
         id=file_id,
         tenant_id=job.tenant_id,

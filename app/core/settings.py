@@ -87,8 +87,8 @@ class Settings(BaseSettings):
     fused_kernels: bool = Field(
         True,
         description="on GPUs, Liger Kernel's fused RMSNorm, SwiGLU, RoPE and linear+cross-entropy when installed, "
-        "ftaas' fused LoRA linear layers (worker/fast_lora.py) and variable-length attention over packed rows "
-        "(worker/varlen_attention.py)",
+        "ftaas' fused LoRA linear layers (worker/training/kernels/fast_lora.py) and variable-length attention "
+        "over packed rows (worker/training/kernels/varlen_attention.py)",
     )
     torch_threads: int | None = Field(
         None,

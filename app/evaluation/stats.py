@@ -19,12 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.core.metrics import LOWER_IS_BETTER
+from app.core.metrics import LOWER_IS_BETTER, PERPLEXITY_LOSS_CAP
 
 TOKEN_WEIGHTED = frozenset({"eval_loss", "perplexity", "token_accuracy"})
 BOOTSTRAP_SAMPLES = 2000
 CONFIDENCE = 0.95
-_PPL_CAP = 50.0  # the worker caps the loss in exp() the same way
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ def _value(metric: str, cols: RowColumns, idx: np.ndarray) -> np.ndarray:
             if metric == "token_accuracy":
                 return np.nansum(cols.c[idx], axis=-1) / tokens
             loss = np.nansum(cols.a[idx], axis=-1) / tokens
-        return np.exp(np.minimum(loss, _PPL_CAP)) if metric == "perplexity" else loss
+        return np.exp(np.minimum(loss, PERPLEXITY_LOSS_CAP)) if metric == "perplexity" else loss
     with np.errstate(invalid="ignore"):
         return np.nanmean(cols.a[idx], axis=-1)
 

@@ -15,6 +15,7 @@ from app.api.downloads import Download
 from app.api.openapi import error_responses
 from app.api.pagination import list_page, page_of
 from app.core.errors import ApiError
+from app.core.storage import upload_path
 from app.core.tables import TERMINAL_STATUSES, File, Job, new_id, utcnow
 from app.datasets import DatasetValidationError, check_column_mapping, validate_file
 from app.files.presenters import file_public
@@ -81,9 +82,9 @@ def upload_file(
     client_name = os.path.basename((file.filename or "upload").replace("\\", "/")).replace("\x00", "")[:255]
 
     file_id = new_id("file")
-    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
     # The stored name is the server-made id: nothing the client sends becomes a path.
-    dest = settings.uploads_dir / file_id
+    dest = upload_path(file_id, settings)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         size, sha256 = _store_upload(file, str(dest), settings.max_upload_bytes)
         try:
@@ -155,7 +156,7 @@ def get_file(file: OwnedFile) -> FilePublic:
     summary="The file's bytes, as uploaded (Range resumes a download)",
 )
 def file_content(file: OwnedFile, settings: SettingsDep) -> Download:
-    path = settings.uploads_dir / file.storage_name
+    path = upload_path(file.storage_name, settings)
     if not path.is_file():  # FileResponse would raise (a 500) on a missing path
         raise ApiError(404, f"The content of file {file.id} is missing from storage", code="file_content_missing")
     return Download(path, media_type="application/octet-stream", filename=file.filename)
@@ -183,5 +184,5 @@ def delete_file(file: OwnedFile, session: SessionDep, settings: SettingsDep) -> 
     # Soft delete: finished jobs keep pointing at the row; the bytes go now.
     file.deleted_at = utcnow()
     session.commit()
-    (settings.uploads_dir / file.storage_name).unlink(missing_ok=True)
+    upload_path(file.storage_name, settings).unlink(missing_ok=True)
     return FileDeleted(id=file.id)

@@ -12,6 +12,7 @@ from app.api.downloads import Download
 from app.api.openapi import error_responses
 from app.api.presenting import unix
 from app.core.errors import ApiError
+from app.core.storage import JobFiles
 from app.core.tables import Checkpoint, Evaluation, EvaluationRow, JobStatus
 from app.evaluation.schemas import EvaluationPublic, EvaluationSample
 from app.jobs.schemas import SelectionPublic
@@ -117,7 +118,7 @@ def download_adapter(
                 code="checkpoint_not_found",
             )
         name, digest, label = ckpt.adapter_name, ckpt.adapter_sha256, f"step-{step}"
-    path = settings.jobs_dir / name
+    path = JobFiles(job.id, settings).resolve(name)
     if not path.is_file():
         raise ApiError(404, f"The adapter archive of job {job.id} is missing from storage", code="adapter_missing")
     return Download(

@@ -96,7 +96,7 @@ def build_job(
         suffix=body.suffix,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31 - 1),
         metadata_=body.metadata,
-        spec=resolve_spec(body),
+        spec=resolve_spec(body).stored(),
         status=JobStatus.queued,
         sweep_id=sweep_id,
     )

@@ -2,7 +2,7 @@
 
 It runs as a daemon thread in every API process (started by the app's lifespan, so `ftaas serve`, the
 embedded `scripts/serve.sh` and the tests' live service all have one), not in the Celery worker, whose main
-process must not run threads (worker/tasks.py: Reconciler) and which may be on a GPU host without a way out.
+process must not run threads (worker/tasks/reconciler.py: Reconciler) and which may be on a GPU host without a way out.
 Several dispatchers (API replicas) share the outbox safely: a delivery is claimed by a conditional UPDATE
 that sets a lease (portable: Postgres and SQLite), and an attempt's result is written only under the claim's
 token, so a dispatcher whose lease lapsed (it hung, or died) cannot overwrite its successor's result.

@@ -24,11 +24,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from worker.data import IGNORE
-from worker.varlen_attention import NAME as VARLEN
-from worker.varlen_attention import attention_implementation, boundaries
-from worker.varlen_attention import available as varlen_available
-from worker.varlen_attention import register as register_varlen
+from worker.training.data import IGNORE
+from worker.training.kernels.varlen_attention import NAME as VARLEN
+from worker.training.kernels.varlen_attention import attention_implementation, boundaries
+from worker.training.kernels.varlen_attention import available as varlen_available
+from worker.training.kernels.varlen_attention import register as register_varlen
 
 log = logging.getLogger("ftaas.loss")
 
@@ -46,7 +46,7 @@ def model_loss(model, batch: dict) -> torch.Tensor:
 
 def _parts(model):
     """(decoder, head) of a causal LM, through peft's wrappers; None where the split is not known to be exact."""
-    from worker.modeling import is_peft
+    from worker.training.modeling import is_peft
 
     if is_peft(model):
         if model.peft_config[model.active_adapter].is_prompt_learning:
@@ -98,7 +98,7 @@ def _packed_on_gpu(batch: dict) -> bool:
     """A packed batch (position ids, no attention mask) on a GPU that has varlen attention, and the setting."""
     if "attention_mask" in batch or "position_ids" not in batch:
         return False
-    from worker.modeling import fused_kernels_enabled
+    from worker.training.modeling import fused_kernels_enabled
 
     if not (varlen_available(batch["input_ids"].device) and fused_kernels_enabled()):
         return False
@@ -113,7 +113,7 @@ def completion_loss(model, batch: dict) -> torch.Tensor:
     # Not under gradient checkpointing: its recomputation in backward runs outside this forward's switch of
     # attention implementation, so it would recompute a different graph.
     if _packed_on_gpu(batch) and not getattr(decoder, "gradient_checkpointing", False):
-        # Packed rows as variable-length sequences: no block-diagonal mask (worker/varlen_attention.py).
+        # Packed rows as variable-length sequences: no block-diagonal mask (kernels/varlen_attention.py).
         with attention_implementation(decoder.config, VARLEN):
             hidden = decoder(**inputs, use_cache=False, **boundaries(batch["position_ids"])).last_hidden_state
     else:

@@ -9,8 +9,6 @@ are atomic on disk and resumable mid-epoch.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,12 +17,12 @@ from pathlib import Path
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from worker.data import IGNORE, Example
-from worker.loss import loss_fn_for
-from worker.modeling import is_peft, mixed_precision, peak_memory_bytes
-from worker.packing import collate_packed
-
-COMPLETE_MARKER = "COMPLETE"
+from app.core.job_spec import JobSpec
+from worker.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from worker.training.data import IGNORE, Example
+from worker.training.loss import loss_fn_for
+from worker.training.modeling import mixed_precision, peak_memory_bytes
+from worker.training.packing import collate_packed
 
 
 class StopTraining(Exception):
@@ -39,10 +37,11 @@ class TrainingInterrupted(Exception):
         self.step = step
 
 
-def packs(spec: dict) -> bool:
+def packs(spec: JobSpec | dict) -> bool:
     """Whether a job's micro-batches are packed. Prompt tuning prepends virtual tokens to each row, which
     packed examples cannot share."""
-    return bool(spec["training"].get("packing", False)) and spec["adapter"]["type"] != "prompt_tuning"
+    spec = JobSpec.of(spec)
+    return spec.training.packing and spec.adapter.type != "prompt_tuning"
 
 
 @dataclass
@@ -63,27 +62,28 @@ class TrainConfig:
     pack_length: int | None = None  # pack each micro-batch into rows of this many tokens; None = pad instead
 
     @classmethod
-    def from_spec(cls, spec: dict, seed: int, checkpoint_every_s: float) -> TrainConfig:
-        hp, tr, ev = spec["hyperparameters"], spec["training"], spec["evaluation"]
-        micro = tr["micro_batch_size"]
+    def from_spec(cls, spec: JobSpec | dict, seed: int, checkpoint_every_s: float) -> TrainConfig:
+        """The loop's settings from a job's spec, whose batch sizes are concrete by now (auto resolved)."""
+        spec = JobSpec.of(spec)
+        hp, tr, ev = spec.hyperparameters, spec.training, spec.evaluation
+        micro = tr.micro_batch_size
         # batch_size is the examples per optimizer step; accumulate micro-batches to reach it.
-        accum = max(1, math.ceil(hp["batch_size"] / micro)) * tr["gradient_accumulation_steps"]
+        accum = max(1, math.ceil(hp.batch_size / micro)) * tr.gradient_accumulation_steps
         return cls(
-            n_epochs=hp["n_epochs"],
+            n_epochs=hp.n_epochs,
             micro_batch_size=micro,
             grad_accum=accum,
-            learning_rate=tr["learning_rate"],
-            lr_scheduler=tr["lr_scheduler"],
-            warmup_ratio=tr["warmup_ratio"],
-            weight_decay=tr["weight_decay"],
-            max_grad_norm=tr["max_grad_norm"],
-            logging_steps=tr["logging_steps"],
+            learning_rate=tr.learning_rate,
+            lr_scheduler=tr.lr_scheduler,
+            warmup_ratio=tr.warmup_ratio,
+            weight_decay=tr.weight_decay,
+            max_grad_norm=tr.max_grad_norm,
+            logging_steps=tr.logging_steps,
             seed=seed,
             checkpoint_every_s=checkpoint_every_s,
-            eval_every_steps=ev.get("eval_every_steps"),
-            early_stopping_patience=ev.get("early_stopping_patience"),
-            # Prompt tuning prepends virtual tokens to each row, which packed examples cannot share.
-            pack_length=tr["max_seq_length"] if packs(spec) else None,
+            eval_every_steps=ev.eval_every_steps,
+            early_stopping_patience=ev.early_stopping_patience,
+            pack_length=tr.max_seq_length if packs(spec) else None,
         )
 
 
@@ -123,113 +123,31 @@ def micro_batches(examples: list[Example], size: int, seed: int, epoch: int) -> 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's own file name, as in a saved adapter
 FULL_WEIGHTS = "model.safetensors"  # full fine-tuning: every weight of the plain model
 EVALUATED_MARKER = "EVALUATED"  # evaluated on the held-out rows: its weights stay on disk for download
-TRAINER_STATE = "trainer_state.pt"
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(path.name.split("-")[1])
-
-
-def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    """The newest checkpoint a run can resume from: complete, and still holding its trainer state."""
-    done = [p for p in ckpt_root.glob("step-*") if (p / COMPLETE_MARKER).is_file() and (p / TRAINER_STATE).is_file()]
-    return max(done, key=checkpoint_step, default=None)
-
-
-def weights_file(folder: Path) -> Path | None:
-    """The trainable weights a checkpoint holds (adapter or full model), None if there are none."""
-    return next((folder / n for n in (ADAPTER_WEIGHTS, FULL_WEIGHTS) if (folder / n).is_file()), None)
-
-
-def save_trainable_weights(model, folder: Path) -> None:
-    from safetensors.torch import save_file, save_model
-
-    if is_peft(model):
-        from peft import get_peft_model_state_dict
-
-        weights = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
-        save_file(weights, str(folder / ADAPTER_WEIGHTS))
-    else:
-        # save_model, not save_file: it writes shared tensors (tied input/output embeddings) once.
-        save_model(model, str(folder / FULL_WEIGHTS))
-
-
-def load_trainable_weights(folder: Path, model) -> None:
-    """Put a checkpoint's trainable weights (saved by save_trainable_weights) back into the model."""
-    from safetensors.torch import load_file, load_model
-
-    if is_peft(model):
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
-    else:
-        load_model(model, str(folder / FULL_WEIGHTS), device=str(next(model.parameters()).device))
-
-
-def save_checkpoint(
-    ckpt_root: Path, model, optimizer, scheduler, state: dict, keep: int = 2, evaluated: bool = False
-) -> Path:
-    """Write to a temp dir, then rename: a crash mid-write never leaves a checkpoint that looks complete.
-
-    `state` holds step, trained_tokens, the best checkpoint so far and the other loop figures a resumed
-    run needs. The newest `keep` checkpoints stay whole. Older evaluated ones (and the best) keep their
-    weights, so each evaluated step can be packaged for download, and lose their optimizer and trainer
-    state (for a full fine-tune, twice the weights' size); older unevaluated ones are deleted.
-    """
-    step = state["step"]
-    final = ckpt_root / f"step-{step}"
-    tmp = ckpt_root / f".tmp-step-{step}-{os.getpid()}"
-    for stale in ckpt_root.glob(".tmp-step-*"):  # half-written by an attempt that was killed mid-write
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_trainable_weights(model, tmp)
-    torch.save(
-        {
-            **state,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        },
-        tmp / TRAINER_STATE,
-    )
-    if evaluated:
-        (tmp / EVALUATED_MARKER).write_text(str(step))
-    (tmp / COMPLETE_MARKER).write_text(str(step))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    best = (state.get("best") or {}).get("step")
-    older = sorted((p for p in ckpt_root.glob("step-*") if p != final), key=checkpoint_step)
-    for old in older[: max(0, len(older) - (keep - 1))]:
-        if (old / EVALUATED_MARKER).is_file() or old.name == f"step-{best}":
-            (old / TRAINER_STATE).unlink(missing_ok=True)
-        else:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNG; returns the saved state (step, trained_tokens, best...)."""
-    load_trainable_weights(path, model)
-    # Our own file, but read as data only: tensors, numbers, strings and containers (the optimizer's and
-    # scheduler's state are just that), so a tampered checkpoint cannot run code when unpickled.
-    saved = torch.load(path / TRAINER_STATE, weights_only=True)
-    optimizer.load_state_dict(saved.pop("optimizer"))
-    scheduler.load_state_dict(saved.pop("scheduler"))
-    torch.set_rng_state(saved.pop("rng_cpu"))
-    rng_cuda = saved.pop("rng_cuda", None)
-    if rng_cuda is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng_cuda)
-    return saved
 
 
 def is_better(value: float, best: dict | None, higher_is_better: bool) -> bool:
     if best is None:
         return True
     return value > best["value"] if higher_is_better else value < best["value"]
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """What a training run did, for the job row, its events and the choice of the shipped checkpoint."""
+
+    steps: int  # the last step trained (== total_steps unless stopped early)
+    total_steps: int
+    epoch: float
+    trained_tokens: int  # loss tokens, every attempt included
+    seconds: float  # this attempt's wall time in the loop, evaluations included
+    train_seconds: float  # training time of every attempt, evaluations excluded
+    peak_memory_bytes: int
+    resumed_from: int  # the step this attempt resumed at (0: from the start)
+    stopped_early: int | None  # the step early stopping ended training at
+    bad_evals: int
+    best_step: int | None  # the best evaluated checkpoint by the selection metric (None: no selection)
+    best_value: float | None
+    best_path: Path | None
 
 
 def train(
@@ -241,14 +159,14 @@ def train(
     ckpt_root: Path,
     hooks: Hooks,
     selection: tuple[str, bool] | None = None,
-) -> dict:
-    """Train, resuming from the last complete checkpoint under ckpt_root. Returns summary figures.
+) -> TrainSummary:
+    """Train, resuming from the last complete checkpoint under ckpt_root.
 
     The model is evaluated (hooks.on_evaluate) at each epoch end, or every cfg.eval_every_steps steps, and
     always at the last step; every evaluation is a checkpoint. `selection` = (metric, higher_is_better)
     picks the best of them: the summary names it (best_step, best_value, best_path) so the caller can ship
     that one. With cfg.early_stopping_patience, training stops after that many evaluations in a row
-    without a strictly better value (summary["stopped_early"] = the step).
+    without a strictly better value (summary.stopped_early = the step).
     """
     from transformers import get_scheduler
 
@@ -372,21 +290,21 @@ def train(
             raise TrainingInterrupted(step)
     model.eval()
     best = state["best"]
-    return {
-        "steps": step,
-        "total_steps": total_steps,
-        "epoch": step / steps_per_epoch,
-        "trained_tokens": trained_tokens,
-        "seconds": time.monotonic() - t0,
-        "train_seconds": prior_seconds + time.monotonic() - t0 - eval_seconds,
-        "peak_memory_bytes": max(state["peak_memory_bytes"], peak_memory_bytes(device)),
-        "resumed_from": start_step,
-        "stopped_early": state["stopped_early"],
-        "bad_evals": state["bad_evals"],
-        "best_step": best["step"] if best else None,
-        "best_value": best["value"] if best else None,
-        "best_path": ckpt_root / f"step-{best['step']}" if best else None,
-    }
+    return TrainSummary(
+        steps=step,
+        total_steps=total_steps,
+        epoch=step / steps_per_epoch,
+        trained_tokens=trained_tokens,
+        seconds=time.monotonic() - t0,
+        train_seconds=prior_seconds + time.monotonic() - t0 - eval_seconds,
+        peak_memory_bytes=max(state["peak_memory_bytes"], peak_memory_bytes(device)),
+        resumed_from=start_step,
+        stopped_early=state["stopped_early"],
+        bad_evals=state["bad_evals"],
+        best_step=best["step"] if best else None,
+        best_value=best["value"] if best else None,
+        best_path=ckpt_root / f"step-{best['step']}" if best else None,
+    )
 
 
 def _track_best(

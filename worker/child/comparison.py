@@ -1,12 +1,12 @@
-"""Qualitative comparison: the base model and each chosen job generate on the same prompts, side by side.
+"""Qualitative comparison, the child side: the base model and each chosen job generate on the same prompts.
 
-The Celery task `ftaas.compare` runs on the training queue, claims the comparison row (queued -> running,
-atomically, so a second delivery does nothing) and runs `python -m worker.compare ID` as a child: CUDA
-lives only there, as for training. The child loads each distinct base model once (4-bit for QLoRA jobs,
-unquantized otherwise), generates greedily with it, then applies each job's adapter from the folder the
-training child left at jobs_dir/<job_id>/adapter, generates, and removes the adapter again before the next
-job. A full fine-tune's folder holds a whole model, which is loaded on its own. Prompts are formatted as the
-job's training formatted them. The child writes the results, or `failed` with {code, message}.
+The Celery task (worker/tasks/comparisons.py) claims the comparison row and runs `python -m worker.child
+compare ID`: CUDA lives only in the child, as for training. The child loads each distinct base model once
+(4-bit for QLoRA jobs, unquantized otherwise), generates greedily with it, then applies each job's adapter
+from the job's adapter folder (app.core.storage.JobFiles.adapter_dir), generates, and removes the adapter
+again before the next job. A full fine-tune's folder holds a whole model, which is loaded on its own.
+Prompts are formatted as the job's training formatted them. The child writes the results, or `failed` with
+{code, message}.
 
 Stored `results` (the API turns it into one entry per prompt):
     {"source": "prompts" | "held_out_rows", "held_out_job_id": str | None, "references": [str] | None,
@@ -19,22 +19,20 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
-import subprocess
-import sys
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import update
-
-from app.core.celery_app import COMPARE_TASK
 from app.core.db import get_sessionmaker
+from app.core.errors import error_body
+from app.core.job_spec import AdapterSpec, JobSpec
+from app.core.job_state import claim_comparison, finish_comparison
 from app.core.settings import get_settings
-from app.core.tables import Comparison, ComparisonStatus, File, Job, utcnow
+from app.core.storage import JobFiles
+from app.core.tables import Comparison, ComparisonStatus, File, Job
 from app.datasets.records import format_instruction
-from worker.tasks import celery, last_lines
+from worker.child.process import prepare_process, prepare_torch
 
 log = logging.getLogger("ftaas.compare")
 
@@ -57,85 +55,45 @@ class JobInfo:
     job_id: str
     model: str  # as the client named it
     model_source: str
-    adapter: dict  # the job's spec["adapter"]
+    adapter: AdapterSpec
     shape: str  # the training file's shape: chat, prompt_completion, instruction, text
     max_seq_length: int
-    batch_size: int | str  # the job's evaluation.batch_size: rows or "auto" (worker.evaluation sizes it)
+    batch_size: int | str  # the job's evaluation.batch_size: rows or "auto" (worker.evaluation.generation sizes it)
     fine_tuned_model: str | None
     folder: Path
 
     @property
     def adapter_type(self) -> str:
-        return self.adapter["type"]
+        return self.adapter.type
 
     @property
     def base_key(self) -> tuple[str, str | None]:
         """One base load per (model, quantization): QLoRA jobs get the 4-bit base they were trained on."""
-        return self.model_source, self.adapter.get("compute_dtype") if self.adapter_type == "qlora" else None
+        return self.model_source, self.adapter.compute_dtype if self.adapter_type == "qlora" else None
 
 
 # ---------------------------------------------------------------- database side (no torch)
 
 
-def _log_path(comparison_id: str) -> Path:
-    return get_settings().artifacts_dir / "comparisons" / f"{comparison_id}.log"
-
-
-def claim_comparison(session, comparison_id: str, *, take_over_running: bool = False) -> bool:
-    """queued -> running, atomically: only one delivery of the task gets to run it.
-
-    take_over_running: also claim a running one. For a message the broker delivers again because the worker
-    that ran it died (acks_late + reject_on_worker_lost): there is no lease on comparisons, so without this
-    the comparison would stay running for ever. At worst a comparison is generated twice; the first final
-    write wins (finish_comparison only writes over a running row)."""
-    claimable = [ComparisonStatus.queued] + ([ComparisonStatus.running] if take_over_running else [])
-    result = session.execute(
-        update(Comparison)
-        .where(Comparison.id == comparison_id, Comparison.status.in_(claimable))
-        .values(status=ComparisonStatus.running)
-    )
-    session.commit()
-    return result.rowcount == 1
-
-
-def finish_comparison(
-    session, comparison_id: str, status: ComparisonStatus, *, results: dict | None = None, error: dict | None = None
-) -> bool:
-    """Write the final state, only over a running comparison (a finished one is never overwritten)."""
-    values: dict = {"status": status, "error": error, "finished_at": utcnow()}
-    if results is not None:
-        values["results"] = results
-    result = session.execute(
-        update(Comparison)
-        .where(Comparison.id == comparison_id, Comparison.status == ComparisonStatus.running)
-        .values(**values)
-    )
-    session.commit()
-    return result.rowcount == 1
-
-
-def _error(code: str, message: str) -> dict:
-    return {"code": code, "message": message[:2000], "param": None}
-
-
-def load_job_infos(session, job_ids: list[str], jobs_dir: Path) -> list[JobInfo]:
+def load_job_infos(session, job_ids: list[str]) -> list[JobInfo]:
     infos = []
     for job_id in job_ids:
         job = session.get(Job, job_id)
         if job is None:
             raise ComparisonError("job_not_found", f"job {job_id} no longer exists")
         shape = session.get(File, job.training_file_id).shape
+        spec = JobSpec.of(job.spec)
         infos.append(
             JobInfo(
                 job_id=job.id,
                 model=job.model,
                 model_source=job.model_source,
-                adapter=job.spec["adapter"],
+                adapter=spec.adapter,
                 shape=shape,
-                max_seq_length=job.spec["training"]["max_seq_length"],
-                batch_size=job.spec["evaluation"]["batch_size"],
+                max_seq_length=spec.training.max_seq_length,
+                batch_size=spec.evaluation.batch_size,
                 fine_tuned_model=job.fine_tuned_model,
-                folder=jobs_dir / job.id / "adapter",
+                folder=JobFiles(job.id).adapter_dir,
             )
         )
     return infos
@@ -146,7 +104,7 @@ def run_comparison(comparison_id: str) -> str:
 
     The Celery task claims the row first and runs this in a child; called directly on a queued row (tests,
     a manual run), it claims the row itself."""
-    settings, Session = get_settings(), get_sessionmaker()
+    Session = get_sessionmaker()
     with Session() as s:
         row = s.get(Comparison, comparison_id)
         if row is None or row.status not in (ComparisonStatus.queued, ComparisonStatus.running):
@@ -157,9 +115,9 @@ def run_comparison(comparison_id: str) -> str:
         prompts, max_new_tokens = list(row.prompts), row.max_new_tokens
         stored = dict(row.results or {})
         try:
-            infos = load_job_infos(s, list(row.job_ids), settings.jobs_dir)
+            infos = load_job_infos(s, list(row.job_ids))
         except ComparisonError as exc:
-            finish_comparison(s, comparison_id, ComparisonStatus.failed, error=_error(exc.code, str(exc)))
+            finish_comparison(s, comparison_id, ComparisonStatus.failed, error=error_body(exc.code, str(exc)))
             return ComparisonStatus.failed
     started = time.monotonic()
     try:
@@ -167,7 +125,7 @@ def run_comparison(comparison_id: str) -> str:
     except ComparisonError as exc:
         log.warning("comparison %s failed: %s", comparison_id, exc)
         with Session() as s:
-            finish_comparison(s, comparison_id, ComparisonStatus.failed, error=_error(exc.code, str(exc)))
+            finish_comparison(s, comparison_id, ComparisonStatus.failed, error=error_body(exc.code, str(exc)))
         return ComparisonStatus.failed
     except Exception as exc:  # noqa: BLE001 - any failure ends the comparison, with its reason
         traceback.print_exc()
@@ -176,7 +134,7 @@ def run_comparison(comparison_id: str) -> str:
                 s,
                 comparison_id,
                 ComparisonStatus.failed,
-                error=_error("comparison_failed", f"{type(exc).__name__}: {exc}"),
+                error=error_body("comparison_failed", f"{type(exc).__name__}: {exc}"),
             )
         return ComparisonStatus.failed
     results = {
@@ -241,7 +199,7 @@ def _release(device) -> None:
 def _load_full_model(folder: Path, device):
     from transformers import AutoModelForCausalLM
 
-    from worker.modeling import check_model_source, train_dtype
+    from worker.training.modeling import check_model_source, train_dtype
 
     check_model_source(str(folder))
     model = AutoModelForCausalLM.from_pretrained(
@@ -259,9 +217,15 @@ def generate_outputs(infos: list[JobInfo], prompts: list[str], max_new_tokens: i
     """Greedy outputs of each distinct base model and of each job, in the order of `infos`."""
     from peft import PeftModel
 
-    from worker.data import Formatter
-    from worker.evaluation import generate, generation_batch_size
-    from worker.modeling import ModelRefused, check_adapter_source, load_base_model, load_tokenizer, pick_device
+    from worker.evaluation.generation import generate, generation_batch_size
+    from worker.training.data import Formatter
+    from worker.training.modeling import (
+        ModelRefused,
+        check_adapter_source,
+        load_base_model,
+        load_tokenizer,
+        pick_device,
+    )
 
     def gen_batch(info: JobInfo) -> int:
         return generation_batch_size(info.batch_size, device)
@@ -288,7 +252,7 @@ def generate_outputs(infos: list[JobInfo], prompts: list[str], max_new_tokens: i
         def load_base(first=first):
             # 4-bit for a QLoRA group; otherwise the plain base in the adapters' dtype (a full fine-tune's
             # own model is loaded separately).
-            spec = first.adapter if first.base_key[1] is not None else {**first.adapter, "type": "lora"}
+            spec = first.adapter if first.base_key[1] is not None else first.adapter.model_copy(update={"type": "lora"})
             try:
                 model = load_base_model(first.model_source, spec, device)
             except ModelRefused as exc:
@@ -337,55 +301,14 @@ def generate_outputs(infos: list[JobInfo], prompts: list[str], max_new_tokens: i
     }
 
 
-# ---------------------------------------------------------------- Celery task and child entry point
-
-
-def spawn_child(comparison_id: str) -> tuple[subprocess.Popen, Path]:
-    """A fresh interpreter, not a fork: CUDA must never be initialised in the worker itself."""
-    log_path = _log_path(comparison_id)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as out:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "worker.compare", comparison_id], stdout=out, stderr=subprocess.STDOUT
-        )
-    return child, log_path
-
-
-@celery.task(name=COMPARE_TASK, bind=True)
-def compare(self, comparison_id: str) -> str:
-    Session = get_sessionmaker()
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-    with Session() as s:
-        if not claim_comparison(s, comparison_id, take_over_running=redelivered):
-            log.info("comparison %s is not queued (finished or taken); nothing to do", comparison_id)
-            return "skipped"
-    log.info("comparison %s: starting child", comparison_id)
-    child, log_path = spawn_child(comparison_id)
-    code = child.wait()
-    with Session() as s:
-        # Still running: the child died without writing its outcome (an exception escaped, a kill, OOM).
-        last_line = (last_lines(log_path).strip().splitlines() or [f"exit code {code}"])[-1][:500]
-        reason = f"comparison child exited with code {code}: {last_line}"
-        if finish_comparison(s, comparison_id, ComparisonStatus.failed, error=_error("comparison_crashed", reason)):
-            return "failed"
-    return "done"
+# ---------------------------------------------------------------- child entry point
 
 
 def main(argv: list[str]) -> int:
+    """`python -m worker.child compare COMPARISON_ID` (see worker/child/__main__.py)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s compare %(levelname)s %(message)s")
     settings = get_settings()
-    if settings.hf_offline:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
-    from worker.modeling import attention_without_per_shape_plans
-
-    attention_without_per_shape_plans()
+    prepare_process(settings)
+    prepare_torch(settings)
     run_comparison(argv[0])
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from worker.data import IGNORE, Example
+from worker.training.data import IGNORE, Example
 
 
 def pack(examples: list[Example], row_len: int) -> list[list[Example]]:

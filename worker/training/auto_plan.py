@@ -9,8 +9,9 @@ import math
 
 import torch
 
-from worker.loss import loss_fn_for
-from worker.modeling import mixed_precision
+from app.core.job_spec import JobSpec
+from worker.training.loss import loss_fn_for
+from worker.training.modeling import mixed_precision
 
 GPU_BUDGET = 0.85  # share of the card a plan may fill; the rest absorbs fragmentation and evaluation
 LORA_WEIGHTS_SHARE = 0.5  # bf16 weights may take up to half the card, leaving the rest for activations
@@ -92,11 +93,15 @@ def choose_micro_batch(
     return micro, why
 
 
-def with_micro_batch(spec: dict, micro: int) -> dict:
+def with_micro_batch(spec: JobSpec | dict, micro: int) -> JobSpec:
     """The spec with a concrete micro-batch; batch_size auto then means one micro-batch per optimizer step."""
-    hp = spec["hyperparameters"]
-    return {
-        **spec,
-        "training": {**spec["training"], "micro_batch_size": micro},
-        "hyperparameters": {**hp, "batch_size": micro if hp["batch_size"] == "auto" else hp["batch_size"]},
-    }
+    spec = JobSpec.of(spec)
+    hp = spec.hyperparameters
+    return spec.model_copy(
+        update={
+            "training": spec.training.model_copy(update={"micro_batch_size": micro}),
+            "hyperparameters": hp.model_copy(
+                update={"batch_size": micro if hp.batch_size == "auto" else hp.batch_size}
+            ),
+        }
+    )

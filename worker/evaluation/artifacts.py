@@ -10,12 +10,13 @@ import shutil
 import tarfile
 from pathlib import Path
 
+from app.core.job_spec import JobSpec
 from app.core.metrics import METRIC_NAMES
 
 
 def model_card(
     job: dict,
-    spec: dict,
+    spec: JobSpec | dict,
     base: dict | None,
     tuned: dict | None,
     params: tuple[int, int],
@@ -23,7 +24,8 @@ def model_card(
 ) -> str:
     """The archive's README.md. `step`: the card of one evaluated checkpoint, `tuned` being its metrics."""
     trainable, total = params
-    kind = spec["adapter"]["type"]
+    spec = JobSpec.of(spec)
+    kind = spec.adapter.type
     full = kind == "full"
     lines = [
         "---",
@@ -62,7 +64,14 @@ def model_card(
         b, t = (base or {}).get(key), (tuned or {}).get(key)
         if b is not None or t is not None:
             lines.append(f"| {key} | {_fmt(b)} | {_fmt(t)} |")
-    lines += ["", "## Training settings", "```json", json.dumps({"seed": job["seed"], **spec}, indent=2), "```", ""]
+    lines += [
+        "",
+        "## Training settings",
+        "```json",
+        json.dumps({"seed": job["seed"], **spec.stored()}, indent=2),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from app.core.job_spec import AdapterSpec
+
 
 class ModelRefused(Exception):
     """A base model that ftaas will not load (unsafe format, remote code, too large for full fine-tuning)."""
@@ -125,9 +127,15 @@ def check_full_size(source: str, max_params: int) -> None:
         )
 
 
-def build_quantization_config(adapter: dict):
+def adapter_spec(adapter: AdapterSpec | dict) -> AdapterSpec:
+    """The job spec's adapter settings; a plain dict (scripts, tests) is validated into the same model."""
+    return adapter if isinstance(adapter, AdapterSpec) else AdapterSpec.model_validate(adapter)
+
+
+def build_quantization_config(adapter: AdapterSpec | dict):
     """QLoRA: 4-bit NF4 with double quantization; matmuls in compute_dtype (bf16 by default)."""
-    if adapter["type"] != "qlora":
+    adapter = adapter_spec(adapter)
+    if adapter.type != "qlora":
         return None
     from transformers import BitsAndBytesConfig
 
@@ -135,38 +143,37 @@ def build_quantization_config(adapter: dict):
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=getattr(torch, adapter["compute_dtype"]),
+        bnb_4bit_compute_dtype=getattr(torch, adapter.compute_dtype),
     )
 
 
-def build_peft_config(adapter: dict, tokenizer_name: str | None = None, eos_token_id: int | None = None):
+def build_peft_config(adapter: AdapterSpec | dict, tokenizer_name: str | None = None, eos_token_id: int | None = None):
     from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType
 
-    if adapter["type"] in ("lora", "qlora"):
+    adapter = adapter_spec(adapter)
+    if adapter.type in ("lora", "qlora"):
         return LoraConfig(
             task_type=TaskType.CAUSAL_LM,
-            r=adapter["r"],
-            lora_alpha=adapter["alpha"],
-            lora_dropout=adapter["dropout"],
-            target_modules=adapter["target_modules"],
+            r=adapter.r,
+            lora_alpha=adapter.alpha,
+            lora_dropout=adapter.dropout,
+            target_modules=adapter.target_modules,
             bias="none",
             # Base models often never trained their EOS row (llama2.c's stories models, many pretrain-only
             # checkpoints): LoRA on the linear layers alone then cannot learn to stop. peft's trainable
             # tokens train just that row, tied output head included.
-            trainable_token_indices=[eos_token_id]
-            if adapter.get("train_eos_token", True) and eos_token_id is not None
-            else None,
+            trainable_token_indices=[eos_token_id] if adapter.train_eos_token and eos_token_id is not None else None,
         )
-    if adapter["type"] == "prompt_tuning":
-        init_text = adapter.get("prompt_tuning_init_text")
+    if adapter.type == "prompt_tuning":
+        init_text = adapter.prompt_tuning_init_text
         return PromptTuningConfig(
             task_type=TaskType.CAUSAL_LM,
-            num_virtual_tokens=adapter["num_virtual_tokens"],
+            num_virtual_tokens=adapter.num_virtual_tokens,
             prompt_tuning_init=PromptTuningInit.TEXT if init_text else PromptTuningInit.RANDOM,
             prompt_tuning_init_text=init_text,
             tokenizer_name_or_path=tokenizer_name if init_text else None,
         )
-    raise ValueError(f"unknown adapter type {adapter['type']}")
+    raise ValueError(f"unknown adapter type {adapter.type}")
 
 
 def load_tokenizer(source: str):
@@ -179,20 +186,21 @@ def load_tokenizer(source: str):
     return tok
 
 
-def load_base_model(source: str, adapter: dict, device: torch.device, max_full_params: int | None = None):
+def load_base_model(source: str, adapter: AdapterSpec | dict, device: torch.device, max_full_params: int | None = None):
     """The frozen base model on `device`, 4-bit quantized for QLoRA (wrap_for_training unfreezes it for full).
 
     max_full_params: for a full fine-tuning job, refuse (ModelRefused) models with more parameters.
     """
     from transformers import AutoModelForCausalLM
 
+    adapter = adapter_spec(adapter)
     check_model_source(source)
-    if adapter["type"] == "full" and max_full_params is not None:
+    if adapter.type == "full" and max_full_params is not None:
         check_full_size(source, max_full_params)
     quant = build_quantization_config(adapter)
     model = AutoModelForCausalLM.from_pretrained(
         source,
-        dtype=train_dtype(device, adapter["type"]) if quant is None else getattr(torch, adapter["compute_dtype"]),
+        dtype=train_dtype(device, adapter.type) if quant is None else getattr(torch, adapter.compute_dtype),
         quantization_config=quant,
         device_map={"": device.index if device.type == "cuda" and device.index is not None else str(device)},
         use_safetensors=True,
@@ -236,22 +244,23 @@ def fused_kernels_enabled() -> bool:
 
 def wrap_for_training(
     model,
-    adapter: dict,
+    adapter: AdapterSpec | dict,
     tokenizer_source: str,
     gradient_checkpointing: bool,
     eos_token_id: int | None = None,
 ):
     """The model the training loop optimizes: a peft model around the frozen base, or for full fine-tuning
     the plain model with every weight trainable."""
+    adapter = adapter_spec(adapter)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     on_gpu = next(model.parameters()).device.type == "cuda"
     if on_gpu and fused_kernels_enabled():
-        from worker.fused_kernels import apply_fused_kernels
+        from worker.training.kernels.fused import apply_fused_kernels
 
-        trains_eos_row = adapter["type"] in ("lora", "qlora") and adapter.get("train_eos_token", True)
+        trains_eos_row = adapter.type in ("lora", "qlora") and adapter.train_eos_token
         apply_fused_kernels(model, fused_cross_entropy=not trains_eos_row)
-    if adapter["type"] == "full":
+    if adapter.type == "full":
         for param in model.parameters():
             param.requires_grad_(True)
         return model
@@ -268,7 +277,7 @@ def wrap_for_training(
             if hasattr(module, "cast_input_dtype_enabled"):
                 module.cast_input_dtype_enabled = False
         if fused_kernels_enabled():
-            from worker.fast_lora import fuse_lora_layers
+            from worker.training.kernels.fast_lora import fuse_lora_layers
 
             fuse_lora_layers(peft_model)  # base matmul and adapter in one autograd function: fewer passes
     return peft_model

@@ -2,7 +2,7 @@
 
 A packed row holds several examples that must not see each other. Given only position ids, transformers
 builds a block-diagonal [rows, 1, length, length] mask for SDPA, and with an arbitrary mask SDPA can use
-neither its flash kernel nor (once we keep it off its cuDNN backend, see worker.modeling) anything but the
+neither its flash kernel nor (once we keep it off its cuDNN backend, see worker.training.modeling) anything but the
 memory-efficient kernel, which computes every masked-out block too: 20% of a 1B LoRA step on an H200. Here
 the rows are flattened into one token stream with cumulative sequence boundaries, and each example attends
 causally to itself only, with no mask and no wasted blocks. The boundaries come from the position ids

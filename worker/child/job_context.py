@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from app.core.db import get_sessionmaker
 from app.core.job_state import add_event, fenced, finish_job, update_job
 from app.core.settings import get_settings
+from app.core.storage import JobFiles
 from app.core.tables import Job, JobStatus, utcnow
 
 log = logging.getLogger("ftaas.child")
@@ -65,8 +66,8 @@ class JobContext:
         self.job_id, self.attempt = job_id, attempt
         self.Session = get_sessionmaker()
         self.parent = os.getppid()
-        self.workdir = self.settings.jobs_dir / job_id
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.files = JobFiles(job_id, self.settings)
+        self.files.root.mkdir(parents=True, exist_ok=True)
         self._last_progress = 0.0
         self._last_check = 0.0
         self._deferred: list[Callable[[Session], None]] = []  # writes made while the database was away

@@ -1,0 +1,3 @@
+"""The processes a worker spawns for its GPU work (`python -m worker.child ...`): a training run and a
+comparison run. CUDA is initialised only here, so a crash, an out-of-memory or a kill -9 takes down the
+child and never the worker. Importing this package imports nothing heavy."""

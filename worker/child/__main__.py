@@ -1,0 +1,25 @@
+"""The one child entry point: `python -m worker.child train JOB_ID ATTEMPT` or `... compare COMPARISON_ID`,
+spawned by worker.tasks.supervise.spawn_child."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = "usage: python -m worker.child train JOB_ID ATTEMPT | compare COMPARISON_ID"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "train":
+        from worker.child.recipe import main as train_main
+
+        return train_main(argv[1:])
+    if len(argv) == 2 and argv[0] == "compare":
+        from worker.child.comparison import main as compare_main
+
+        return compare_main(argv[1:])
+    print(USAGE, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,27 @@
+"""Process set-up shared by the training and the comparison child."""
+
+from __future__ import annotations
+
+import os
+
+from app.core.settings import Settings
+
+
+def prepare_process(settings: Settings) -> None:
+    """Environment read when torch and the Hugging Face libraries load: call before importing them."""
+    if settings.hf_offline:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Packed micro-batches change shape every step; expandable segments keep the CUDA caching allocator from
+    # fragmenting (and from synchronising on frees to make room).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+
+def prepare_torch(settings: Settings) -> None:
+    """CPU threads (several workers on one CPU host split its cores) and attention without per-shape plans."""
+    import torch
+
+    from worker.training.modeling import attention_without_per_shape_plans
+
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    attention_without_per_shape_plans()

@@ -1,0 +1,391 @@
+"""The training child: `python -m worker.child train JOB_ID ATTEMPT`, spawned by the training task per attempt.
+
+One attempt of one job is a recipe, read top to bottom as pytorch/torchtune's recipes read: load data, load
+model, evaluate base, train, evaluate tuned, package. Each phase is a method; what one phase hands the next
+lives on the recipe. CUDA lives only in this process, so a crash, an out-of-memory or a kill -9 takes it down
+and not the worker. Every database write is fenced on (status='running', attempt) through the JobContext: a
+cancelled or re-claimed job ignores this process from then on, and the process notices and stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import traceback
+from contextlib import suppress
+
+from sqlalchemy import select
+
+from app.core.job_spec import JobSpec
+from app.core.metrics import metrics_for_selection, selection_for
+from app.core.naming import fine_tuned_name
+from app.core.settings import get_settings
+from app.core.storage import upload_path
+from app.core.tables import Checkpoint, Evaluation, File, Job, JobStatus
+from app.datasets import iter_records
+from worker.child.job_context import (
+    EXIT_CRASH,
+    EXIT_DONE,
+    EXIT_INTERRUPTED,
+    Interrupted,
+    JobContext,
+    LostJob,
+    UserError,
+)
+from worker.child.process import prepare_process, prepare_torch
+from worker.child.stored_results import (
+    record_checkpoint,
+    record_checkpoint_archive,
+    store_base_eval,
+    store_tuned_eval,
+)
+
+log = logging.getLogger("ftaas.child")
+
+
+def load_records(file_row: File) -> list[dict]:
+    path = upload_path(file_row.storage_name)
+    if not path.is_file():
+        raise UserError("file_missing", f"file {file_row.id} is no longer stored")
+    return list(
+        iter_records(
+            path,
+            file_row.format,
+            column_mapping=file_row.column_mapping,
+            completion_separator=file_row.completion_separator,
+        )
+    )
+
+
+class TrainingRecipe:
+    """One attempt of one job. `run` calls the phases in order; a resumed attempt goes through the same
+    phases (its base evaluation is kept, its training resumes from the last checkpoint)."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        self.ctx, self.settings = ctx, ctx.settings
+        self.evaluations: dict = {}  # this attempt's checkpoint evaluations (EvalResult), by step
+
+    def run(self) -> None:
+        import torch
+
+        prepare_torch(self.settings)
+        self.read_job()
+        torch.manual_seed(self.job.seed)
+        self.load_data()
+        self.load_model()
+        self.evaluate_base()
+        self.prepare_training()
+        summary = self.train()
+        tuned = self.evaluate_tuned(summary)
+        self.package(summary, tuned)
+
+    # ------------------------------------------------------------------------------------------- phases
+
+    def read_job(self) -> None:
+        with self.ctx.Session() as s:
+            self.job = s.get(Job, self.ctx.job_id)
+            self.train_file = s.get(File, self.job.training_file_id)
+            self.val_file = s.get(File, self.job.validation_file_id) if self.job.validation_file_id else None
+            self.has_base_eval = s.scalar(
+                select(Evaluation.id).where(Evaluation.job_id == self.job.id, Evaluation.subject == "base")
+            )
+        self.spec = JobSpec.of(self.job.spec)
+
+    def load_data(self) -> None:
+        from worker.evaluation.evaluate import EvalSet
+        from worker.training.data import Formatter, split_rows
+        from worker.training.modeling import ModelRefused, load_tokenizer, pick_device
+
+        ctx, spec, ev_spec = self.ctx, self.spec, self.spec.evaluation
+        ctx.progress({"phase": "loading_data"}, force=True)
+        rows = load_records(self.train_file)
+        if self.val_file is not None:
+            train_rows, val_rows = rows, load_records(self.val_file)
+        else:
+            train_rows, val_rows = split_rows(rows, spec.training.validation_split, self.job.seed)
+        if not train_rows or not val_rows:
+            raise UserError(
+                "too_few_rows", f"training file {self.train_file.id} needs at least 2 rows (one is held out)"
+            )
+        self.device = pick_device()
+        try:
+            self.tokenizer = load_tokenizer(self.job.model_source)  # checks the model directory before reading
+        except ModelRefused as exc:
+            raise UserError(exc.code, str(exc)) from exc
+        fmt = Formatter(self.tokenizer, spec.training.max_seq_length)
+        examples = [fmt.example(r) for r in train_rows]
+        self.train_examples = [e for e in examples if e.num_loss_tokens > 0]
+        if not self.train_examples:
+            raise UserError("no_trainable_tokens", "every row's completion was cut off by max_seq_length")
+        self.eval_set = EvalSet.build(fmt, val_rows[: ev_spec.max_rows])
+        # The shipped checkpoint is picked by the selection metric; checkpoint evaluations measure every
+        # requested metric and whatever the selection metric needs.
+        self.selection = selection_for(ev_spec.model_dump(), bool(self.eval_set.gen_rows))
+        self.ckpt_metrics = sorted(set(ev_spec.metrics) | metrics_for_selection(self.selection))
+        ctx.event(
+            f"Data: {len(self.train_examples)} training rows, {len(self.eval_set.rows)} evaluation rows "
+            f"({self.train_file.shape}); device {self.device}"
+        )
+
+    def load_model(self) -> None:
+        from worker.evaluation.metrics import get_bertscorer, resolve_bertscore_model
+        from worker.training.auto_plan import choose_adapter_type
+        from worker.training.modeling import ModelRefused, count_params_of_config, load_base_model
+
+        ctx, job = self.ctx, self.job
+        ctx.progress({"phase": "loading_model"}, force=True)
+        if self.spec.adapter.type == "auto":
+            kind, why = choose_adapter_type(count_params_of_config(job.model_source), self.device)
+            adapter = self.spec.adapter.model_copy(update={"type": kind})
+            self.spec = self.spec.model_copy(update={"adapter": adapter})
+            ctx.update(spec=self.spec.stored())  # a resumed attempt reads the choice back instead of choosing again
+            ctx.event(f"adapter auto: {kind} ({why})")
+        try:
+            self.model = load_base_model(
+                job.model_source, self.spec.adapter, self.device, self.settings.full_finetune_max_params
+            )
+        except ModelRefused as exc:
+            raise UserError(exc.code, str(exc)) from exc
+        self.bertscorer = None
+        if "bertscore" in self.ckpt_metrics and self.eval_set.gen_rows:
+            name, layers = resolve_bertscore_model(self.settings.bertscore_model, self.settings.bertscore_num_layers)
+            self.bertscorer = get_bertscorer(name, layers, str(self.device))
+
+    def evaluate_base(self) -> None:
+        if self.has_base_eval:  # a resumed attempt keeps the base measurement it already made
+            return
+        self.ctx.progress({"phase": "evaluating_base"}, force=True)
+        base = self.evaluate_model(self.spec.evaluation.metrics)
+        store_base_eval(self.ctx, base, self.eval_set)
+        self.ctx.event("Base model evaluated", type="metrics", data={"subject": "base", **base.metrics})
+
+    def prepare_training(self) -> None:
+        """The adapter (or the full model) made trainable, and the micro-batch sized when it is `auto`."""
+        from worker.training.auto_plan import choose_micro_batch, with_micro_batch
+        from worker.training.loop import packs
+        from worker.training.modeling import count_params, wrap_for_training
+
+        ctx, spec = self.ctx, self.spec
+        self.model = wrap_for_training(
+            self.model,
+            spec.adapter,
+            self.job.model_source,
+            spec.training.gradient_checkpointing,
+            self.tokenizer.eos_token_id,
+        )
+        self.params = count_params(self.model)
+        ctx.update(trainable_params=self.params[0], total_params=self.params[1])
+        if spec.training.micro_batch_size == "auto":
+            micro, why = choose_micro_batch(
+                self.model,
+                [len(e.input_ids) for e in self.train_examples],
+                spec.training.max_seq_length,
+                packs(spec),
+                self.params[0],
+                self.device,
+            )
+            self.spec = with_micro_batch(spec, micro)
+            ctx.update(spec=self.spec.stored())
+            ctx.event(f"micro_batch_size auto: {why}")
+        ctx.event(f"{self.spec.adapter.type}: {self.params[0]:,} trainable parameters of {self.params[1]:,}")
+
+    def train(self):
+        """The training loop, resumed from the job's last checkpoint; returns its TrainSummary."""
+        from worker.training.checkpoints import checkpoint_step, latest_checkpoint, load_trainable_weights
+        from worker.training.loop import Hooks, TrainConfig, TrainingInterrupted, train
+
+        ctx, selection = self.ctx, self.selection
+        hooks = Hooks(
+            on_progress=ctx.progress,
+            on_log=lambda d: ctx.event(f"Step {d['step']}: train_loss {d['train_loss']:.4f}", type="metrics", data=d),
+            on_checkpoint=lambda *args: record_checkpoint(ctx, *args),
+            on_evaluate=self.evaluate_checkpoint,
+            should_stop=ctx.should_stop,
+            interrupt_requested=lambda: ctx.interrupt_requested,
+        )
+        cfg = TrainConfig.from_spec(self.spec, self.job.seed, self.settings.checkpoint_every_s)
+        if cfg.early_stopping_patience and selection is None:
+            ctx.event("early_stopping_patience is ignored: selection_metric 'last' has no metric to stop on")
+        ckpt_root = ctx.files.checkpoints
+        resume = latest_checkpoint(ckpt_root)
+        if resume is not None:
+            ctx.event(f"Resuming from the checkpoint of step {checkpoint_step(resume)}")
+        ctx.in_training = True
+        try:
+            summary = train(
+                self.model,
+                self.train_examples,
+                cfg,
+                self.tokenizer.pad_token_id,
+                self.device,
+                ckpt_root,
+                hooks,
+                selection,
+            )
+        except TrainingInterrupted as exc:
+            raise Interrupted(str(exc)) from exc
+        finally:
+            ctx.in_training = False
+        if ctx.interrupt_requested:  # asked during the last step: its checkpoint is saved, the rest can wait
+            raise Interrupted("training finished; evaluation and packaging are left to the next attempt")
+        if summary.stopped_early is not None:
+            ctx.event(
+                f"Stopped early at step {summary.stopped_early} of {summary.total_steps}: "
+                f"{cfg.early_stopping_patience} evaluations in a row without a better {selection[0]}"
+            )
+        ctx.event(
+            f"Training done: {summary.steps} steps in {summary.seconds:.1f}s"
+            + (f" (resumed at step {summary.resumed_from})" if summary.resumed_from else "")
+        )
+        # The final step is always evaluated, so its weights are on disk like the best one's.
+        self.ship_step = summary.best_step if summary.best_step is not None else summary.steps
+        load_trainable_weights(ckpt_root / f"step-{self.ship_step}", self.model)
+        if self.ship_step != summary.steps:
+            ctx.event(
+                f"Shipping the checkpoint of step {self.ship_step}: best {selection[0]} "
+                f"{summary.best_value:.4f} of the evaluated checkpoints"
+            )
+        return summary
+
+    def evaluate_tuned(self, summary):
+        self.ctx.progress({"phase": "evaluating"}, force=True)
+        wanted = self.spec.evaluation.metrics
+        # The shipped checkpoint was evaluated during training on the same rows with the same weights: reuse
+        # that result when this attempt made it with exactly the requested metrics; measure again otherwise.
+        tuned = self.evaluations.get(self.ship_step) if set(self.ckpt_metrics) == set(wanted) else None
+        if tuned is None:
+            tuned = self.evaluate_model(wanted)
+        store_tuned_eval(self.ctx, tuned, self.eval_set)
+        self.ctx.event("Fine-tuned model evaluated", type="metrics", data={"subject": "tuned", **tuned.metrics})
+        return tuned
+
+    def package(self, summary, tuned) -> None:
+        """The shipped adapter's folder and archive, an archive per evaluated checkpoint, and the job's end."""
+        from worker.evaluation.artifacts import package_adapter
+        from worker.training.modeling import peak_memory_bytes
+
+        ctx, files = self.ctx, self.ctx.files
+        ctx.progress({"phase": "packaging"}, force=True)
+        with ctx.Session() as s:
+            self.base_metrics = s.scalar(
+                select(Evaluation.metrics).where(Evaluation.job_id == self.job.id, Evaluation.subject == "base")
+            )
+        name = fine_tuned_name(self.job)
+        archive, digest, size = package_adapter(
+            self.model, self.tokenizer, files.adapter_dir, files.adapter_archive, self.card(name, tuned.metrics)
+        )
+        self.package_checkpoints(name)
+        ok = ctx.finish(
+            JobStatus.succeeded,
+            fine_tuned_model=name,
+            phase="done",
+            trained_tokens=summary.trained_tokens,
+            train_seconds=summary.train_seconds,
+            peak_memory_bytes=max(summary.peak_memory_bytes, peak_memory_bytes(self.device)),
+            adapter_name=files.relative(archive),
+            adapter_sha256=digest,
+            adapter_bytes=size,
+            step=summary.steps,
+            epoch=summary.epoch,
+        )
+        if not ok:
+            raise LostJob
+
+    # ------------------------------------------------------------------------------------------- helpers
+
+    def evaluate_model(self, metrics: list[str]):
+        """The model as it is now (base, checkpoint, tuned) on the evaluation rows."""
+        from worker.evaluation.evaluate import evaluate
+
+        return evaluate(
+            self.model,
+            self.tokenizer,
+            loss_examples=self.eval_set.loss_examples,
+            gen_rows=self.eval_set.gen_rows,
+            spec=self.spec.evaluation.model_copy(update={"metrics": metrics}),
+            device=self.device,
+            bertscorer=self.bertscorer,
+        )
+
+    def evaluate_checkpoint(self, step: int, epoch: float) -> dict:
+        result = self.evaluations[step] = self.evaluate_model(self.ckpt_metrics)
+        shown = ("eval_loss", "rougeL", "bertscore_f1", self.selection[0] if self.selection else "eval_loss")
+        self.ctx.event(
+            f"Step {step} (epoch {epoch:.2f}) evaluated: "
+            + ", ".join(f"{k} {result.metrics[k]:.4f}" for k in dict.fromkeys(shown) if k in result.metrics),
+            type="metrics",
+            data={"step": step, "epoch": round(epoch, 4), **result.metrics},
+        )
+        return result.metrics
+
+    def card(self, name: str, metrics: dict, step: int | None = None) -> str:
+        from worker.evaluation.artifacts import model_card
+
+        job_info = {"id": self.job.id, "model": self.job.model, "fine_tuned_model": name, "seed": self.job.seed}
+        return model_card(job_info, self.spec, self.base_metrics, metrics, self.params, step=step)
+
+    def package_checkpoints(self, name: str) -> None:
+        """An archive for every evaluated checkpoint whose weights are on disk, for GET .../adapter?step=N.
+        Loads each checkpoint's weights into the model: called after the shipped model is packaged."""
+        from worker.evaluation.artifacts import package_adapter
+        from worker.training.checkpoints import load_trainable_weights, weights_file
+
+        ctx, files = self.ctx, self.ctx.files
+        with ctx.Session() as s:
+            rows = s.execute(
+                select(Checkpoint.step, Checkpoint.dir_name, Checkpoint.metrics, Checkpoint.adapter_name)
+                .where(Checkpoint.job_id == ctx.job_id, Checkpoint.evaluated.is_(True))
+                .order_by(Checkpoint.step)
+            ).all()
+        out_dir = files.checkpoint_archives
+        for step, dir_name, metrics, done in rows:
+            if done and files.resolve(done).is_file():  # packaged by an earlier attempt
+                continue
+            if weights_file(files.resolve(dir_name)) is None:
+                continue
+            load_trainable_weights(files.resolve(dir_name), self.model)
+            metrics = {k: v for k, v in (metrics or {}).items() if k != "train_loss"}
+            archive, digest, size = package_adapter(
+                self.model,
+                self.tokenizer,
+                out_dir / f".step-{step}",
+                out_dir / f"step-{step}.tar.gz",
+                self.card(name, metrics, step=step),
+                keep_folder=False,
+            )
+            record_checkpoint_archive(ctx, step, archive, digest, size)
+
+
+def run(ctx: JobContext) -> None:
+    TrainingRecipe(ctx).run()
+
+
+def main(argv: list[str]) -> int:
+    """`python -m worker.child train JOB_ID ATTEMPT` (see worker/child/__main__.py); returns the exit code the
+    training task reads."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s child %(levelname)s %(message)s")
+    job_id, attempt = argv[0], int(argv[1])
+    prepare_process(get_settings())
+    ctx = JobContext(job_id, attempt)
+    signal.signal(signal.SIGTERM, ctx.on_sigterm)
+    try:
+        run(ctx)
+        return EXIT_DONE
+    except Interrupted as exc:
+        log.info("job %s attempt %s interrupted by a shutdown: %s", job_id, attempt, exc)
+        with suppress(Exception):  # the job may no longer be ours
+            ctx.event(f"Attempt {attempt} interrupted by its worker's shutdown: {exc}")
+        return EXIT_INTERRUPTED
+    except LostJob:
+        log.info("job %s attempt %s is no longer ours; stopping", job_id, attempt)
+        return EXIT_DONE
+    except UserError as exc:
+        ctx.finish(JobStatus.failed, error={"code": exc.code, "message": str(exc), "param": None})
+        return EXIT_DONE
+    except Exception as exc:  # noqa: BLE001 - report, then let the parent decide on a retry
+        traceback.print_exc()
+        try:
+            ctx.event(f"Attempt {attempt} crashed: {type(exc).__name__}: {exc}", level="error")
+        except Exception:  # noqa: BLE001 - the database may be the thing that failed
+            pass
+        return EXIT_CRASH

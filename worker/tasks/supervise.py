@@ -1,0 +1,122 @@
+"""Child processes of the worker: one way to start them (a fresh interpreter running `python -m worker.child`,
+its output in a log file) for training and comparisons, and the supervision of a training child: the lease
+renewed while it runs, a cancel acted on at once, a shutdown passed on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from sqlalchemy import select
+
+from app.core.db import get_sessionmaker
+from app.core.job_state import renew_lease
+from app.core.settings import get_settings
+from app.core.tables import Job, JobStatus
+
+log = logging.getLogger("ftaas.worker")
+
+CHILD_MODULE = "worker.child"  # `python -m worker.child train JOB ATTEMPT` or `... compare ID`
+CANCEL_GRACE_S = 10.0  # how long a child of a job claimed by another attempt may take to stop by itself
+CANCEL_POLL_S = 1.0  # how often the supervisor looks for a cancel between heartbeats
+
+
+def spawn_child(args: list[str], log_path: Path) -> subprocess.Popen:
+    """A fresh interpreter, not a fork: CUDA must never be initialised in the worker itself. Its output is
+    appended to `log_path` (one file per training attempt, one per comparison)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", CHILD_MODULE, *args], stdout=out, stderr=subprocess.STDOUT)
+
+
+def is_training_child(cmdline: list[str], job_id: str | None = None) -> bool:
+    """Whether a process's command line is `python -m worker.child train ...` (of `job_id`, when given)."""
+    return cmdline[1:4] == ["-m", CHILD_MODULE, "train"] and (job_id is None or job_id in cmdline[4:5])
+
+
+def last_lines(path: Path, n: int = 40) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 16384))
+            return b"\n".join(fh.read().splitlines()[-n:]).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def supervise(job_id: str, attempt: int, child: subprocess.Popen) -> int:
+    """Renew the lease while the child runs. A cancelled job's child is killed at once: its writes are fenced
+    already, there is nothing to save, and the user wants the GPU back; a job claimed by another attempt gets
+    CANCEL_GRACE_S to stop by itself first."""
+    settings, Session = get_settings(), get_sessionmaker()
+    lost_since, last_beat = None, time.monotonic()
+    while child.poll() is None:
+        try:  # wakes as soon as the child exits
+            child.wait(timeout=min(settings.heartbeat_s, CANCEL_POLL_S))
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            with Session() as s:
+                status = s.scalar(select(Job.status).where(Job.id == job_id))
+                if status == JobStatus.cancelled:
+                    log.info("job %s was cancelled: stopping its training child", job_id)
+                    child.kill()
+                    child.wait()
+                    break
+                if time.monotonic() - last_beat < settings.heartbeat_s and lost_since is None:
+                    continue
+                ours = renew_lease(s, job_id, attempt, settings.lease_s)
+                last_beat = time.monotonic()
+        except Exception:  # the database is away: keep training, try again next beat
+            log.warning("heartbeat for %s failed", job_id, exc_info=True)
+            continue
+        if ours:
+            lost_since = None
+        elif lost_since is None:
+            lost_since = time.monotonic()
+        elif time.monotonic() - lost_since > CANCEL_GRACE_S and child.poll() is None:
+            log.warning("job %s: no longer this attempt's and its child did not stop; killing it", job_id)
+            child.kill()
+    return child.returncode
+
+
+@contextmanager
+def passing_shutdown_to(child: subprocess.Popen):
+    """While the task supervises `child`, a SIGTERM to this pool process (systemd and Kubernetes signal every
+    process of the worker; Celery resets pool processes to die of it) goes on to the child, which checkpoints
+    and exits with EXIT_INTERRUPTED; this process stays to release the job."""
+    from billiard.process import current_process
+
+    if threading.current_thread() is not threading.main_thread() or current_process().name == "MainProcess":
+        yield  # not a prefork pool process (a test calling the task, a solo pool): Celery's handler stays
+        return
+
+    def forward(_signum, _frame):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def training_children(parent) -> list:
+    """Training children (`python -m worker.child train ...`) under `parent` (a psutil.Process), at any depth."""
+    import psutil
+
+    found = []
+    for proc in parent.children(recursive=True):
+        with suppress(psutil.Error):
+            if is_training_child(proc.cmdline()):
+                found.append(proc)
+    return found

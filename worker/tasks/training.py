@@ -1,0 +1,89 @@
+"""The training task: claim the job, run its training child, keep the lease alive, decide on retries.
+
+The message carries only the job id. The task re-reads the row and claims it atomically, so a second
+delivery of the same message (Redis redelivery, a reconciler's resend) does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+from app.core.celery_app import TRAIN_TASK
+from app.core.db import get_sessionmaker
+from app.core.job_state import (
+    claim_job,
+    counted_attempts,
+    finish_job,
+    pause_after_checkpoint,
+    release_for_retry,
+)
+from app.core.settings import get_settings
+from app.core.storage import JobFiles
+from app.core.tables import Job, JobStatus
+from worker.child.job_context import EXIT_INTERRUPTED
+from worker.tasks.runtime import celery, worker_name
+from worker.tasks.supervise import last_lines, passing_shutdown_to, spawn_child, supervise
+
+log = logging.getLogger("ftaas.worker")
+
+
+@celery.task(name=TRAIN_TASK, bind=True)
+def train(self, job_id: str) -> str:
+    settings, Session = get_settings(), get_sessionmaker()
+    with Session() as s:
+        attempt = claim_job(s, job_id, worker_name(), settings.lease_s)
+        counted = counted_attempts(s, job_id, attempt) if attempt is not None else 0
+    if attempt is None:
+        log.info("job %s is not claimable (finished, cancelled or held); nothing to do", job_id)
+        return "skipped"
+    if counted > settings.max_attempts:
+        with Session() as s:
+            finish_job(
+                s,
+                job_id,
+                attempt,
+                JobStatus.failed,
+                error={
+                    "code": "too_many_attempts",
+                    "message": f"gave up after {settings.max_attempts} attempts",
+                    "param": None,
+                },
+            )
+        return "failed"
+    log.info("job %s attempt %s: starting training child", job_id, attempt)
+    log_path = JobFiles(job_id).attempt_log(attempt)
+    child = spawn_child(["train", job_id, str(attempt)], log_path)
+    with passing_shutdown_to(child):
+        code = supervise(job_id, attempt, child)
+    stderr_tail = last_lines(log_path)
+    with Session() as s:
+        job = s.get(Job, job_id)
+        still_ours = job is not None and job.status == JobStatus.running and job.attempt == attempt
+        paused_by_user = still_ours and job.pause_requested
+    if not still_ours:
+        return "done"
+    if code == EXIT_INTERRUPTED and paused_by_user:  # POST .../pause: checkpointed, stays off
+        with Session() as s:
+            pause_after_checkpoint(s, job_id, attempt)
+        return "paused"
+    if code == EXIT_INTERRUPTED:  # the worker is shutting down: the child saved a checkpoint and stopped
+        with Session() as s:
+            release_for_retry(s, job_id, attempt, "its worker shut down; checkpoint saved", interrupted=True)
+        celery.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue_name)  # for the next worker
+        return "interrupted"
+    # The child ended without writing a final state: it crashed (an exception, an OOM kill, a signal).
+    if code < 0:  # killed by a signal (the kernel's OOM killer, kill -9, ...)
+        reason = f"training child was killed by signal {signal.Signals(-code).name}"
+    else:
+        last_line = (stderr_tail.strip().splitlines() or [f"exit code {code}"])[-1][:500]
+        reason = f"training child exited with code {code}: {last_line}"
+    with Session() as s:
+        if counted < settings.max_attempts:
+            release_for_retry(s, job_id, attempt, reason)
+            celery.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue_name)
+            return "retrying"
+        finish_job(
+            s, job_id, attempt, JobStatus.failed, error={"code": "training_crashed", "message": reason, "param": None}
+        )
+    return "failed"
