@@ -359,17 +359,20 @@ def test_a_stream_through_the_test_transaction(client, auth, db_session, acme, t
 
 
 @pytest.mark.e2e
-def test_a_real_job_streams_its_metrics_while_it_trains_and_the_stream_ends_with_it():
+def test_a_real_job_streams_its_metrics_while_it_trains_and_the_stream_ends_with_it(tmp_path):
     """One small LoRA job on the tiny Llama, watched from its creation to its end through one stream."""
+    rows = tmp_path / "train.jsonl"
+    with open(DATASETS / "wikisql" / "train.jsonl") as fh:
+        rows.write_text("".join(fh.readlines()[:500]))
     with running_service(workers=1) as service:
         c = client_for(service)
-        train = upload(c, DATASETS / "wikisql" / "train.jsonl", completion_separator="\nA: ")
+        train = upload(c, rows, completion_separator="\nA: ")
         body = {
             "model": "stories260k",
             "training_file": train["id"],
             "seed": 7,
             "adapter": {"type": "lora", "r": 8},
-            # one epoch of about 57 steps, a metrics event every 4: some 30 s of training on 2 cores
+            # 500 rows: one epoch of about 30 steps, a metrics event every 4: some 15 s of training on 2 cores
             "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 16}}},
             "training": {"learning_rate": 5e-3, "logging_steps": 4},
             "evaluation": {"metrics": ["perplexity"], "max_rows": 10},

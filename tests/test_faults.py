@@ -79,7 +79,8 @@ def test_a_job_killed_mid_training_and_resumed_ends_as_if_never_interrupted(data
         "training": {"learning_rate": 0.005},
         "evaluation": {"metrics": ["perplexity"], "max_rows": 30},
     }
-    rows, val = sql_rows("train.jsonl", 240), sql_rows("test.jsonl", 30)
+    # 120 rows x 2 epochs of batch 8: 30 steps, a checkpoint every 2 s and at the first epoch's end (step 15)
+    rows, val = sql_rows("train.jsonl", 120), sql_rows("test.jsonl", 30)
     straight = run_job(body, rows, val, "\nA: ", via_main=True)
 
     job_id = running_job_row(body, rows, val, "\nA: ")
@@ -141,10 +142,17 @@ def child_pids(job_id: str) -> list[int]:
     return pids
 
 
+CANCELS = 6  # half cancelled before training, half in training
+
+
 def test_cancel_stops_a_running_job_within_seconds_and_a_queued_one_never_starts():
-    """10 jobs on one worker, each cancelled at a different moment after it starts (loading, base
+    """6 jobs on one worker, each cancelled at a different moment after it starts (loading, base
     evaluation, training): the API answers `cancelled` at once, the child is gone within seconds (p95 <= 10 s),
-    and nothing more is written for the job. Then a job cancelled while queued is never started."""
+    and nothing more is written for the job. Then a job cancelled while queued is never started.
+
+    Three cancels before training (at 0, 2.5 and 5 s after the child appears: starting, loading, evaluating
+    the base model) and three in training, at different steps. With fewer samples the p95 is not looser:
+    statistics.quantiles extrapolates past the largest stop for 6 samples as it did for 10."""
     import statistics
 
     env = {"FTAAS_TORCH_THREADS": "1", "FTAAS_HEARTBEAT_S": "5"}
@@ -157,19 +165,19 @@ def test_cancel_stops_a_running_job_within_seconds_and_a_queued_one_never_starts
     stops, phases = [], []
     with running_service(extra_env=env) as svc, client_for(svc) as c:
         train = upload(c, DATASETS / "wikisql" / "train.jsonl", completion_separator="\nA: ")
-        for i in range(10):
+        for i in range(CANCELS):
             job_id = c.post(JOBS, json={**body, "training_file": train["id"]}).json()["id"]
             deadline = time.monotonic() + 120
             while not child_pids(job_id):
                 assert time.monotonic() < deadline, "the job never started"
                 time.sleep(0.1)
-            if i < 5:  # early: starting, loading the data or the model, evaluating the base model
-                time.sleep(i * 1.5)
+            if i < CANCELS // 2:  # early: starting, loading the data or the model, evaluating the base model
+                time.sleep(i * 2.5)
             else:  # in training, at different steps
                 while c.get(f"{JOBS}/{job_id}").json()["progress"]["phase"] != "training":
                     assert time.monotonic() < deadline, "the job never reached training"
                     time.sleep(0.2)
-                time.sleep((i - 5) * 0.7)
+                time.sleep((i - CANCELS // 2) * 1.0)
             phases.append(c.get(f"{JOBS}/{job_id}").json()["progress"])
             t = time.monotonic()
             r = c.post(f"{JOBS}/{job_id}/cancel")
@@ -195,20 +203,23 @@ def test_cancel_stops_a_running_job_within_seconds_and_a_queued_one_never_starts
         queued_events = events_of(c, queued)
     p95 = statistics.quantiles(stops, n=20)[-1] if len(stops) > 1 else stops[0]
     print(
-        f"\n[faults] cancel of 10 running jobs: child gone after median {statistics.median(stops):.2f}s, "
+        f"\n[faults] cancel of {len(stops)} running jobs: child gone after median {statistics.median(stops):.2f}s, "
         f"p95 {p95:.2f}s, max {max(stops):.2f}s; phases at cancel: "
         f"{[(p['phase'], p['step']) for p in phases]}"
     )
     assert p95 <= 10.0
-    assert sum(p["phase"] == "training" for p in phases) >= 5
+    assert sum(p["phase"] == "training" for p in phases) >= CANCELS // 2
     assert not any("started" in e for e in queued_events), queued_events
     assert not child_pids(queued)
 
 
 def test_children_killed_halfway_lose_no_job_and_redo_at_most_one_checkpoint_interval():
-    """kill -9 of the training child at about half way, 10 jobs on 2 workers: every job succeeds on its second
+    """kill -9 of the training child at about half way, 4 jobs on 2 workers: every job succeeds on its second
     attempt, no job ever has two children at once (sampled every 50 ms), and each resumed from a checkpoint
-    no more than one checkpoint interval behind the step it was killed at."""
+    no more than one checkpoint interval behind the step it was killed at.
+
+    4 jobs, not more: two run while two wait in the queue, so each worker has a queued job when its child is
+    killed and the retry competes with it, as with any number of jobs; every job is killed and checked alike."""
     import os
     import re
     import signal
@@ -228,7 +239,7 @@ def test_children_killed_halfway_lose_no_job_and_redo_at_most_one_checkpoint_int
         train = upload(c, DATASETS / "wikisql" / "test.jsonl", completion_separator="\nA: ")
         body["training_file"] = train["id"]
         body["validation_file"] = train["id"]
-        ids = [c.post(JOBS, json=body).json()["id"] for _ in range(10)]
+        ids = [c.post(JOBS, json=body).json()["id"] for _ in range(4)]
 
         def watch():  # never two children of one job at once
             while not stop.is_set():
@@ -276,8 +287,9 @@ def test_children_killed_halfway_lose_no_job_and_redo_at_most_one_checkpoint_int
         allowed.append(math.ceil(rate * (3 + 1.2)))
         redone.append(at_kill - resumed[0])
     print(
-        f"\n[faults] 10 children killed at about half way: {sum(r[1] == 'succeeded' for r in report)} succeeded "
-        f"on attempt 2, 0 lost, {len(double)} with two children at once; steps redone per job {redone} "
+        f"\n[faults] {len(report)} children killed at about half way: "
+        f"{sum(r[1] == 'succeeded' for r in report)} succeeded on attempt 2, 0 lost, {len(double)} with two "
+        f"children at once; steps redone per job {redone} "
         f"(one 3 s checkpoint interval is {allowed} steps)"
     )
     assert not double
@@ -391,7 +403,10 @@ def wait_for_training_step(c, job_id: str, fraction: float, timeout: float = 300
         time.sleep(0.2)
 
 
-# Jobs of 125 steps (1,000 rows, batch 8) with a checkpoint every 3 s: long enough to be hit mid-training.
+# Jobs of 68 steps (600 rows less the 10% held out, batch 8) with a checkpoint every 3 s: long enough to be hit
+# mid-training (about 0.5 s a step on one thread of these 2 cores: the 30% mark is some 10 s in, and 70% of the
+# steps, some 25 s, are left for the 12 s database outage).
+LONG_JOB_ROWS = 600
 LONG_JOB = {
     "model": "stories260k",
     "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 8}}},
@@ -401,7 +416,15 @@ LONG_JOB = {
 }
 
 
-def test_a_killed_worker_s_job_resumes_on_the_next_worker_within_the_lease():
+def long_job_rows(folder):
+    """The first LONG_JOB_ROWS rows of WikiSQL's training file, as a file to upload."""
+    path = folder / "train.jsonl"
+    with open(DATASETS / "wikisql" / "train.jsonl") as fh:
+        path.write_text("".join(fh.readlines()[:LONG_JOB_ROWS]))
+    return path
+
+
+def test_a_killed_worker_s_job_resumes_on_the_next_worker_within_the_lease(tmp_path):
     """kill -9 of a whole worker (Celery main process, pool process, training child) at about half way, then
     a new worker on the host: the job resumes from its last complete checkpoint, and sooner than the lease
     (60 s) would let it. The broker's visibility timeout (hours) plays no part."""
@@ -410,7 +433,7 @@ def test_a_killed_worker_s_job_resumes_on_the_next_worker_within_the_lease():
 
     env = {"FTAAS_TORCH_THREADS": "1", "FTAAS_CHECKPOINT_EVERY_S": "3", "FTAAS_LEASE_S": "60"}
     with running_service(extra_env=env) as svc, client_for(svc) as c:
-        train = upload(c, DATASETS / "wikisql" / "train.jsonl", completion_separator="\nA: ")
+        train = upload(c, long_job_rows(tmp_path), completion_separator="\nA: ")
         job_id = c.post(JOBS, json={**LONG_JOB, "training_file": train["id"]}).json()["id"]
         p = wait_for_training_step(c, job_id, 0.5)
         tree = worker_tree(svc["workers"][0].pid)
@@ -436,7 +459,7 @@ def test_a_killed_worker_s_job_resumes_on_the_next_worker_within_the_lease():
     assert recovery < 60.0, restarted_log[-3000:]
 
 
-def test_sigterm_to_a_worker_checkpoints_its_job_and_the_next_worker_resumes_it_with_no_step_lost():
+def test_sigterm_to_a_worker_checkpoints_its_job_and_the_next_worker_resumes_it_with_no_step_lost(tmp_path):
     """SIGTERM to the worker's main process (as `docker stop` sends it), then to every process of the worker
     at once (as systemd and Kubernetes do): each time the training child saves a checkpoint at the end of
     its step and stops, the worker puts the job back in the queue and exits, and the next worker resumes at
@@ -447,7 +470,7 @@ def test_sigterm_to_a_worker_checkpoints_its_job_and_the_next_worker_resumes_it_
     env = {"FTAAS_TORCH_THREADS": "1", "FTAAS_CHECKPOINT_EVERY_S": "3", "FTAAS_MAX_ATTEMPTS": "1"}
     report = []
     with running_service(extra_env=env) as svc, client_for(svc) as c:
-        train = upload(c, DATASETS / "wikisql" / "train.jsonl", completion_separator="\nA: ")
+        train = upload(c, long_job_rows(tmp_path), completion_separator="\nA: ")
         job_id = c.post(JOBS, json={**LONG_JOB, "training_file": train["id"]}).json()["id"]
         worker = svc["workers"][0]
         for attempt, (fraction, whole_tree) in enumerate([(0.3, False), (0.6, True)], start=1):
@@ -500,7 +523,7 @@ def committed_ids(db_url: str) -> dict[str, set]:
         engine.dispose()
 
 
-def test_a_database_restart_mid_training_loses_nothing_and_the_api_says_503_meanwhile():
+def test_a_database_restart_mid_training_loses_nothing_and_the_api_says_503_meanwhile(tmp_path):
     """Postgres (a private server) stopped the hard way (immediate: no shutdown checkpoint, as in a crash)
     mid-training for 12 s, then started again: the training child trains on through the outage and writes its
     events and checkpoint rows once the database is back, the API answers 503 with Retry-After while it is
@@ -516,7 +539,7 @@ def test_a_database_restart_mid_training_loses_nothing_and_the_api_says_503_mean
     env = {"FTAAS_TORCH_THREADS": "1", "FTAAS_CHECKPOINT_EVERY_S": "3"}
     try:
         with running_service(extra_env=env, pg_admin_url=pg.admin_url) as svc, client_for(svc) as c:
-            train = upload(c, DATASETS / "wikisql" / "train.jsonl", completion_separator="\nA: ")
+            train = upload(c, long_job_rows(tmp_path), completion_separator="\nA: ")
             job_id = c.post(JOBS, json={**LONG_JOB, "training_file": train["id"]}).json()["id"]
             p = wait_for_training_step(c, job_id, 0.3)
             db_url = svc["env"]["FTAAS_DATABASE_URL"]

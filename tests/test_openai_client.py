@@ -20,7 +20,7 @@ from tests.e2e_service import running_service, worker_logs
 
 pytestmark = pytest.mark.e2e
 
-# 1,000 rows, batch 8: 125 steps, a checkpoint every 2 s, long enough to be paused half way on 2 cores
+# 500 rows, batch 8: 63 steps, a checkpoint every 2 s, long enough to be paused half way on 2 cores
 EXTENSIONS = {
     "adapter": {"type": "lora", "r": 8, "target_modules": "all-linear"},
     "training": {"learning_rate": 0.005},
@@ -56,7 +56,7 @@ def test_the_official_openai_client_works_unmodified():
         client = OpenAI(base_url=f"{svc['base']}/v1", api_key=svc["key"], max_retries=0, timeout=60)
         logs = lambda: worker_logs(svc)  # noqa: E731
         source = (DATASETS / "wikisql" / "train.jsonl").read_text().splitlines()
-        train_bytes = chat_jsonl(source[:1000])
+        train_bytes = chat_jsonl(source[:500])
         valid_bytes = chat_jsonl((DATASETS / "wikisql" / "test.jsonl").read_text().splitlines()[:40])
 
         # ---- files: create, retrieve, list, content, delete
