@@ -151,6 +151,7 @@ def reclaim_jobs_of_dead_predecessors() -> list[str]:
                         proc.kill()
                         proc.wait(timeout=10)
             end_lease_of_dead_holder(s, job_id, name)
+        s.commit()
     return [job_id for job_id, _ in dead]
 
 
