@@ -89,22 +89,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def api_server(host: str, port: int, loglevel: str):
-    """uvicorn's server (what uvicorn.run would run), which also ends the open live event streams when it is
-    asked to stop: uvicorn's graceful shutdown waits for every open response, and a stream is open until its
-    job ends or FTAAS_EVENT_STREAM_MAX_S. Its client reconnects, with Last-Event-ID, to a server still up."""
-    import uvicorn
-
-    from app.jobs.event_stream import SHUTTING_DOWN
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame) -> None:  # uvicorn's SIGINT/SIGTERM handler
-            SHUTTING_DOWN.set()
-            super().handle_exit(sig, frame)
-
-    return Server(uvicorn.Config("app.main:app", host=host, port=port, log_level=loglevel))
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.core.settings import get_settings
 
@@ -123,10 +107,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     try:
-        server = api_server(args.host, args.port, args.loglevel)
-        server.run()
-        if not server.started:  # as uvicorn.run: the port was taken, or the app did not start
-            sys.exit(3)
+        from app.api.server import run, web_workers
+
+        workers = web_workers(settings, args.workers)
+        if workers > 1:
+            print(f"{workers} API processes (FTAAS_WEB_WORKERS or --workers to change)", flush=True)
+        if not run(args.host, args.port, args.loglevel, workers):
+            sys.exit(3)  # as uvicorn.run: the port was taken, or the app did not start
     finally:
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
@@ -154,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embedded", action="store_true", help="migrate and start a worker alongside (default on SQLite)")
     p.add_argument("--no-worker", action="store_true", help="embedded mode without the worker")
     p.add_argument("--loglevel", default="info")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="API processes (default: FTAAS_WEB_WORKERS, else one per core on Postgres)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run one Celery training worker (one per GPU)")

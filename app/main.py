@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app.api import health
+from app.api.admission import AdmissionMiddleware
 from app.api.background import background_lifespan
 from app.api.errors import install_error_handlers
 from app.api.input_guard import NulGuardMiddleware
@@ -41,6 +42,13 @@ def create_app() -> FastAPI:
     install_error_handlers(app, routes=[route for router in routers for route in router.routes])
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(NulGuardMiddleware)
+    # outermost: a request waits for its turn before anything else runs (app/api/admission.py)
+    app.add_middleware(
+        AdmissionMiddleware,
+        capacity=settings.max_concurrent_requests or settings.db_pool_size,
+        per_tenant=settings.tenant_concurrent_requests,
+        wait_s=settings.admission_wait_s,
+    )
     for router in routers:
         app.include_router(router)
     return app

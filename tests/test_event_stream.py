@@ -26,7 +26,7 @@ from app.core.db import get_engine, get_sessionmaker
 from app.core.job_state import add_event
 from app.core.settings import get_settings
 from app.core.tables import ApiKey, File, Job, JobEvent, JobStatus, Tenant, utcnow
-from app.jobs import event_stream
+from app.jobs import event_stream, job_watch
 from app.jobs.schemas import EventPublic, JobPublic
 from tests.conftest import DATASETS, REPORT, make_file_row
 from tests.e2e_service import client_for, running_service, upload, worker_logs
@@ -270,9 +270,10 @@ def test_without_stream_the_json_list_is_unchanged(live_client, world):
 def test_a_stream_holds_no_connection_between_polls_and_stops_polling_when_the_client_leaves(
     live_client, world, monkeypatch
 ):
-    polls = []
-    read_since = event_stream.read_since
-    monkeypatch.setattr(event_stream, "read_since", lambda *a: polls.append(1) or read_since(*a))
+    polls, reads = [], []  # the process's watcher polling the job's stamp; the stream reading the job
+    read_stamps, read_since = job_watch.read_stamps, event_stream.read_since
+    monkeypatch.setattr(job_watch, "read_stamps", lambda *a: polls.append(1) or read_stamps(*a))
+    monkeypatch.setattr(event_stream, "read_since", lambda *a: reads.append(1) or read_since(*a))
     # A second engine, outside the app's pool, looks at what the app holds.
     watcher = create_engine(get_settings().database_url, poolclass=NullPool)
     held_transactions = text(
@@ -283,20 +284,21 @@ def test_a_stream_holds_no_connection_between_polls_and_stops_polling_when_the_c
     with stream(live_client, world) as r:
         reader = SseReader(r)  # kept: dropping the reader closes the response, as a client that leaves
         reader.until("status")  # the request's own session is done with; the stream polls
-        before = len(polls)
+        before, reads_before = len(polls), len(reads)
         with watcher.connect() as conn:
             for _ in range(20):
                 checked_out.append(get_engine().pool.checkedout())
                 in_transaction.append(conn.execute(held_transactions).scalar())
                 time.sleep(0.05)
-        assert len(polls) - before >= 10  # it kept polling all along
+        assert len(polls) - before >= 10  # the watcher kept polling all along
+        assert len(reads) - reads_before <= 1  # and the stream, its job unchanged, read nothing (one: the first poll)
     watcher.dispose()
     assert min(checked_out) == 0, checked_out  # between polls no connection is out of the pool
     assert max(in_transaction) == 0, in_transaction  # and none sits in an open transaction
     time.sleep(0.2)
     after_close = len(polls)
     time.sleep(0.5)
-    assert len(polls) == after_close  # the client left: no more polls
+    assert len(polls) == after_close  # the client left: its process's watcher, with nobody to watch for, stopped
 
 
 def test_an_idle_stream_sends_keepalives_and_closes_at_its_lifetime(live_client, world, monkeypatch):

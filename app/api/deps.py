@@ -5,39 +5,71 @@ An object of another tenant is a 404, decided here and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
+from anyio.lowlevel import RunVar
 from fastapi import Depends, Path, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.api.admission import KEY_TENANTS
 from app.core.db import get_sessionmaker
 from app.core.errors import ApiError, not_found
 from app.core.settings import Settings, get_settings
-from app.core.tables import Comparison, File, Job, Sweep, Tenant, WebhookEndpoint
+from app.core.tables import ApiKey, Comparison, File, Job, Sweep, Tenant, WebhookEndpoint
 from app.sweeps.share_links import check_token
 from app.tenants.rate_limit import retry_after
-from app.tenants.service import tenant_for_key
+from app.tenants.service import hash_key, tenant_for_key
 
 
-def session_scope() -> Iterator[Session]:
-    """FastAPI dependency: one session per request."""
-    with get_sessionmaker()() as session:
+async def session_scope() -> AsyncIterator[Session]:
+    """FastAPI dependency: one session per request. Async: making a session does no I/O, so it takes no thread
+    (each hop to AnyIO's pool costs about as much as a query); its first query connects, in the sync route or
+    dependency that makes it. Closing gives the connection back (a ROLLBACK): in a thread of its own limiter, so
+    that it never waits behind requests for a thread, and shielded, so a client that leaves cannot skip it.
+    A session whose route already ended its transaction closes on the spot."""
+    session = get_sessionmaker()()
+    try:
         yield session
+    finally:
+        if session.in_transaction():
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(session.close, limiter=_closing_threads())
+        else:
+            session.close()  # it holds no connection (never used, or ended by its route): nothing to wait for
 
 
-SessionDep = Annotated[Session, Depends(session_scope)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+_CLOSERS: RunVar[anyio.CapacityLimiter] = RunVar("ftaas_session_closers")
+
+
+def _closing_threads() -> anyio.CapacityLimiter:
+    """Threads for closing sessions, apart from the request threads; one limiter per event loop, as AnyIO's own."""
+    try:
+        return _CLOSERS.get()
+    except LookupError:
+        _CLOSERS.set(limiter := anyio.CapacityLimiter(8))
+        return limiter
+
+
+async def settings_dep() -> Settings:
+    return get_settings()  # async: a sync dependency would cost a thread hop for a cached object
+
+
+# scope="function": the session closes, its connection back in the pool, as soon as the route returns, not after
+# the response is sent (a download or a slow client would hold a connection all along; app/api/admission.py).
+SessionDep = Annotated[Session, Depends(session_scope, scope="function")]
+SettingsDep = Annotated[Settings, Depends(settings_dep)]
 
 _bearer = HTTPBearer(auto_error=False, description="an API key made by `ftaas create-key --tenant NAME`")
 
 
-def get_current_tenant(
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Tenant:
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def api_key(credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is None or not credentials.credentials:
         raise ApiError(
             401,
@@ -45,12 +77,23 @@ def get_current_tenant(
             code="missing_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    tenant = tenant_for_key(session, credentials.credentials)
+    return credentials.credentials
+
+
+def authenticated(session: Session, key: str) -> Tenant:
+    tenant = tenant_for_key(session, key)
     if tenant is None:
         raise ApiError(
             401, "Invalid or revoked API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
         )
-    wait = retry_after(tenant.id)
+    admitted(key, tenant.id)
+    return tenant
+
+
+def admitted(key: str, tenant_id: str) -> None:
+    """A valid key of this tenant: its requests share the tenant's turns from now on, and the rate limit counts."""
+    KEY_TENANTS.remember(hash_key(key), tenant_id)
+    wait = retry_after(tenant_id)
     if wait is not None:
         raise ApiError(
             429,
@@ -58,7 +101,10 @@ def get_current_tenant(
             code="rate_limit_exceeded",
             headers={"Retry-After": str(wait)},
         )
-    return tenant
+
+
+def get_current_tenant(session: SessionDep, credentials: Credentials) -> Tenant:
+    return authenticated(session, api_key(credentials))
 
 
 CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]
@@ -82,8 +128,20 @@ def owned_job(session: Session, tenant: Tenant, job_id: str, param: str = "job_i
     return job
 
 
-def get_owned_job(session: SessionDep, tenant: CurrentTenant, job_id: Annotated[str, Path()]) -> Job:
-    return owned_job(session, tenant, job_id)
+def get_owned_job(session: SessionDep, credentials: Credentials, job_id: Annotated[str, Path()]) -> Job:
+    """The key's check and the job in one query, the status read being what pollers send most (issue 13); a key
+    that finds no job is then told apart: 401 if it is not valid, 404 if the job is not its tenant's."""
+    key = api_key(credentials)
+    job = session.scalar(
+        select(Job)
+        .join(ApiKey, ApiKey.tenant_id == Job.tenant_id)
+        .where(Job.id == job_id, ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+    )
+    if job is None:
+        authenticated(session, key)
+        raise not_found("fine-tuning job", job_id, "job_id", code="job_not_found")
+    admitted(key, job.tenant_id)
+    return job
 
 
 def get_owned_comparison(
@@ -131,6 +189,18 @@ def get_viewable_sweep(
 
 OwnedFile = Annotated[File, Depends(get_owned_file)]
 OwnedJob = Annotated[Job, Depends(get_owned_job)]
+
+
+def get_job_as_read(session: SessionDep, credentials: Credentials, job_id: Annotated[str, Path()]) -> Job:
+    """The job as read now, detached, its transaction ended in this same thread: for a route that only presents
+    it (async, so no further thread hop; the session then closes without one either)."""
+    job = get_owned_job(session, credentials, job_id)
+    session.expunge(job)
+    session.rollback()
+    return job
+
+
+JobAsRead = Annotated[Job, Depends(get_job_as_read)]
 OwnedComparison = Annotated[Comparison, Depends(get_owned_comparison)]
 OwnedSweep = Annotated[Sweep, Depends(get_owned_sweep)]
 ViewableSweep = Annotated[Sweep, Depends(get_viewable_sweep)]

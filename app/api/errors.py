@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Route
 
@@ -98,4 +99,12 @@ def install_error_handlers(app: FastAPI, routes: Iterable[BaseRoute] = ()) -> No
             "The service's database is unavailable; retry shortly",
             code="database_unavailable",
             headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+        )
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_timeout(_request: Request, _exc: Exception) -> JSONResponse:
+        # No database connection came free within FTAAS_DB_POOL_TIMEOUT_S: the process is overloaded. Admission
+        # (app/api/admission.py) makes this rare; when it happens the client retries, nothing waited 30 s.
+        return error_response(
+            503, "The server is at capacity; retry shortly", code="server_busy", headers={"Retry-After": "1"}
         )

@@ -25,7 +25,7 @@ class Readiness(BaseModel):
 
 
 @router.get("/healthz", response_model=Liveness, summary="The process answers")
-def healthz() -> Liveness:
+async def healthz() -> Liveness:  # async: answered on the event loop, never waiting for a thread or the database
     return Liveness()
 
 

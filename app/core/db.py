@@ -28,8 +28,16 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    # pre_ping: a Postgres restart must not leave dead connections in the pool.
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # pre_ping: a Postgres restart must not leave dead connections in the pool. A short pool timeout: a request
+    # that cannot have a connection soon answers 503 (app/api/errors.py) rather than holding its thread for 30 s.
+    settings = get_settings()
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_overflow,
+        pool_timeout=settings.db_pool_timeout_s,
+    )
 
 
 @lru_cache

@@ -59,6 +59,32 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(
         1200, ge=0, description="requests per tenant per minute before 429 with Retry-After (0: no limit)"
     )
+    web_workers: int | None = Field(
+        None,
+        ge=1,
+        description="API server processes of `ftaas serve`; unset: one per usable core on Postgres, one on the "
+        "embedded SQLite defaults",
+    )
+    db_pool_size: int = Field(10, ge=1, description="database connections each API or worker process keeps")
+    db_pool_overflow: int = Field(5, ge=0, description="connections a process may open past db_pool_size at peaks")
+    db_pool_timeout_s: float = Field(
+        3.0, gt=0, description="longest wait for a database connection; then 503 with Retry-After, never a hang"
+    )
+    max_concurrent_requests: int | None = Field(
+        None,
+        ge=1,
+        description="requests one API process works on at once (others wait their turn, up to admission_wait_s); "
+        "unset: db_pool_size, so that every admitted request has its connection",
+    )
+    tenant_concurrent_requests: int = Field(
+        6, ge=1, description="requests of one tenant one API process works on at once, so no tenant takes them all"
+    )
+    admission_wait_s: float = Field(
+        10.0,
+        gt=0,
+        description="longest wait for a turn; then 429 (the tenant's own requests fill its share) or 503 (the "
+        "process is full), both with Retry-After",
+    )
     max_active_jobs_per_tenant: int = Field(
         32,
         ge=0,

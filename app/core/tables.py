@@ -13,6 +13,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -163,8 +164,10 @@ class Job(Base):
 
 class JobEvent(Base):
     __tablename__ = "job_events"
+    # read by job in id order: the list, the live streams and their watcher (migration 0006)
+    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     level: Mapped[str] = mapped_column(String(10), default="info")
     type: Mapped[str] = mapped_column(String(10), default="message")  # message | metrics

@@ -19,9 +19,11 @@ Framing: FastAPI's own SSE support (fastapi.sse, FastAPI >= 0.135): its EventSou
 without stream=true; sse-starlette would add a dependency for the same framing and a ping timer, which this
 poll loop has anyway.
 
-No database connection is held for the stream's life: every poll is one short session (the job row, then
+No database connection is held for the stream's life: every read is one short session (the job row, then
 its events after the last one sent), run in the threadpool, and the request's own session is released
-before the stream starts. Reading `id > last sent` in id order never skips nor repeats an event, because a
+before the stream starts. A stream reads when its job changed: the process's one watcher (app/jobs/job_watch.py)
+polls the change stamps of every streamed job in one query, so an idle stream costs no query.
+Reading `id > last sent` in id order never skips nor repeats an event, because a
 job's events become visible in id order: every writer of a job's events changes the job row in the same
 transaction first (app/job_state.py, the cancel/pause/resume routes, the sweep cancel, the training child's
 fenced transactions), so the row lock serializes them, and an id is drawn only after the previous writer
@@ -38,22 +40,20 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import anyio
 from fastapi import Depends
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.core.db import get_sessionmaker
 from app.core.settings import get_settings
 from app.core.tables import TERMINAL_STATUSES, Job, JobEvent
+from app.jobs.job_watch import NO_POLL, UNREAD, JobWatch, SessionFactory, watch_for
 from app.jobs.presenters import event_public, job_public
 from app.jobs.schemas import EventPublic, JobPublic
 
@@ -65,8 +65,6 @@ MAX_EVENT_ID = 2**31 - 1  # event ids are 32-bit; a larger resume point comes af
 EVENT_ID = re.compile(r"ftevent-[0-9]+")
 # Set by `ftaas serve` when the server is asked to stop (app/cli.py): every stream ends at its next poll.
 SHUTTING_DOWN = threading.Event()
-
-SessionFactory = Callable[[], AbstractContextManager[Session]]
 
 
 def stream_sessions() -> SessionFactory:
@@ -118,16 +116,31 @@ def job_message(name: str, job: JobPublic) -> bytes:
 
 async def job_events(sessions: SessionFactory, job_id: str, after_id: int) -> AsyncIterator[bytes]:
     settings = get_settings()  # read per stream, so a changed setting applies to the next stream
+    watch = watch_for(sessions, settings.event_stream_poll_s)
+    watch.follow(job_id)
+    try:
+        async for message in _messages(sessions, watch, job_id, after_id, settings.event_stream_max_s):
+            yield message
+    finally:
+        watch.leave(job_id)
+
+
+async def _messages(
+    sessions: SessionFactory, watch: JobWatch, job_id: str, after_id: int, max_s: float
+) -> AsyncIterator[bytes]:
     started = last_sent = time.monotonic()
     shown: tuple[str, str | None] | None = None  # the (status, phase) last sent
-    away = False  # the database was unreachable at the last poll
+    away = False  # the database was unreachable at the last read
+    read_now, stamp = True, None  # read at once; then whenever the watcher's stamp of the job moves
     while True:
-        try:
-            poll = await run_in_threadpool(read_since, sessions, job_id, after_id)
-        except (OperationalError, InterfaceError) as exc:  # the database is away: keep the stream, read again
-            if not away:
-                log.warning("event stream of %s: database unreachable: %s", job_id, str(exc).splitlines()[0][:200])
-            poll, away = None, True
+        poll = None
+        if read_now:
+            try:
+                poll = await run_in_threadpool(read_since, sessions, job_id, after_id)
+            except (OperationalError, InterfaceError) as exc:  # the database is away: keep the stream, read again
+                if not away:
+                    log.warning("event stream of %s: database unreachable: %s", job_id, str(exc).splitlines()[0][:200])
+                away = True
         if poll is not None:
             away = False
             if poll.job is None:
@@ -146,7 +159,7 @@ async def job_events(sessions: SessionFactory, job_id: str, after_id: int) -> As
                     yield job_message("status", poll.job)
                     shown, last_sent = state, time.monotonic()
         now = time.monotonic()
-        left = started + settings.event_stream_max_s - now
+        left = started + max_s - now
         if left <= 0 or SHUTTING_DOWN.is_set():
             why = "stream lifetime reached" if left <= 0 else "server shutting down"
             yield format_sse_event(comment=f"{why}; reconnect with Last-Event-ID")
@@ -154,8 +167,12 @@ async def job_events(sessions: SessionFactory, job_id: str, after_id: int) -> As
         if now - last_sent >= KEEPALIVE_S:
             yield KEEPALIVE_COMMENT
             last_sent = now
-        if poll is None or poll.caught_up:
-            await anyio.sleep(min(settings.event_stream_poll_s, left))
+        if poll is not None and not poll.caught_up:
+            continue  # a backlog: the next batch at once
+        seen = await watch.next_stamp(job_id, timeout=min(left, KEEPALIVE_S))
+        # read when the job changed since the last poll, or when the watcher could not tell (or is behind)
+        read_now = away or seen in (UNREAD, NO_POLL) or seen != stamp
+        stamp = seen
 
 
 def event_stream_response(sessions: SessionFactory, job_id: str, after_id: int) -> EventSourceResponse:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.sse import EventSourceResponse
 from sqlalchemy import select
 
-from app.api.deps import CurrentTenant, OwnedJob, SessionDep, SettingsDep
+from app.api.deps import CurrentTenant, JobAsRead, OwnedJob, SessionDep, SettingsDep
 from app.api.openapi import error_responses
 from app.api.pagination import list_page, page_of
 from app.core.errors import ApiError
@@ -92,9 +93,27 @@ def list_jobs(
     return JobList(**list_page([job_public(r) for r in rows], has_more))
 
 
-@router.get("/{job_id}", response_model=JobPublic, summary="A job: status, progress, ETA, error, result")
-def get_job(job: OwnedJob) -> JobPublic:
-    return job_public(job)
+@router.get(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses={304: {"description": "Not modified: the job is as it was when its ETag was sent in If-None-Match"}},
+    summary="A job: status, progress, ETA, error, result",
+    description="The answer carries an `ETag`; a poller that sends it back in `If-None-Match` gets `304 Not "
+    "Modified` with no body until the job changes.",
+)
+async def get_job(
+    job: JobAsRead,
+    if_none_match: Annotated[
+        str, Header(alias="If-None-Match", description="the ETag of the job as last read: 304 if unchanged")
+    ] = None,
+) -> Response:
+    # async: presenting a loaded row does no I/O, so no thread hop; the body is written here once, for its ETag
+    body = job_public(job).model_dump_json().encode()
+    etag = f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if if_none_match and (if_none_match.strip() == "*" or etag in if_none_match.replace("W/", "").split(", ")):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @router.post(

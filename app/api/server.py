@@ -1,0 +1,68 @@
+"""The production HTTP server: uvicorn with one or several processes, whose stop also ends the live event streams.
+
+Several processes: uvicorn's own supervisor (`workers=N`: one listening socket, N spawned processes, a dead one
+replaced), not gunicorn, since uvicorn already is a dependency and its supervisor does here what gunicorn's
+would. Each process has its own database pool, admission turns (app/api/admission.py) and background work
+(webhooks, sweep decisions), which are safe to run several times.
+
+uvicorn's graceful shutdown waits for every open response, and a live event stream is open until its job ends
+or FTAAS_EVENT_STREAM_MAX_S. So each process, once serving, chains its own step onto uvicorn's SIGINT/SIGTERM
+handler: set SHUTTING_DOWN, and every stream ends at its next poll (its client reconnects, with Last-Event-ID,
+to a server still up). Done from the app's lifespan, which runs in every process, since uvicorn's supervisor
+builds the processes' servers itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+from app.core.settings import Settings
+from app.jobs.event_stream import SHUTTING_DOWN
+
+
+def run(host: str, port: int, loglevel: str, workers: int) -> bool:
+    """What uvicorn.run does; False when a single process could not start (the port taken, the app failing)."""
+    import uvicorn
+
+    config = uvicorn.Config("app.main:app", host=host, port=port, log_level=loglevel, workers=workers)
+    if workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return True
+    server = uvicorn.Server(config)
+    server.run()
+    return server.started
+
+
+def end_streams_on_exit_signal() -> None:
+    """Chain SHUTTING_DOWN.set() before the process's SIGINT/SIGTERM handlers (uvicorn's, when it serves)."""
+    if threading.current_thread() is not threading.main_thread():  # a test client's app: no signals to chain
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if getattr(previous, "ends_streams", False):
+            continue
+
+        def handler(signum, frame, previous=previous):
+            SHUTTING_DOWN.set()
+            if callable(previous):
+                previous(signum, frame)
+            elif previous == signal.SIG_DFL:
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
+
+        handler.ends_streams = True
+        signal.signal(sig, handler)
+
+
+def web_workers(settings: Settings, requested: int | None = None) -> int:
+    """--workers, else FTAAS_WEB_WORKERS, else one per usable core on Postgres and one on the embedded SQLite
+    defaults (one database file, with the embedded worker beside it)."""
+    if requested or settings.web_workers:
+        return requested or settings.web_workers
+    if settings.database_url.startswith("sqlite"):
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,451 @@
+"""Load on a live API: concurrent pollers of one job's status, a mixed load, and open event streams.
+
+    python bench/load.py                       # starts its own `ftaas serve` on Postgres and Redis
+    python bench/load.py --clients 200 --seconds 30
+    python bench/load.py --url http://host:8000 --key sk-... --job ftjob-...   # an existing server
+
+Each phase runs N clients for --seconds, each a keep-alive connection looping on its request, and prints
+throughput, latency p50/p95/p99, answers by status (and client-side errors: timeouts, resets), the slowest
+/healthz seen during the phase (a separate process probes it every 50 ms on its own connection), the time the
+service took after the phase to answer a status read at normal latency again, and the database's connections
+left idle in transaction. The phases:
+  pollers-N   N clients GET /v1/fine_tuning/jobs/{id}                           (--clients, default 1,50,200,1000)
+  mixed-N     N clients: 70% pollers, 10% downloads of a file, 10% event pages, 5% uploads, 5% job creations
+  streams-N   N open live event streams (?stream=true) and N pollers beside them  (--streams, default 200)
+
+Its own service (no --url): a fresh Postgres database on FTAAS_BENCH_PG_ADMIN_URL (default the local one), Redis
+on FTAAS_BENCH_REDIS_URL, the tiny model of ../shared, no training worker (the job stays queued: a status read
+costs the same), the per-tenant rate limit off (FTAAS_RATE_LIMIT_PER_MINUTE=0) to measure the server itself, and
+`ftaas serve` with its production defaults unless --env NAME=VALUE says otherwise.
+
+The load generator is aiohttp in one process (--procs to spread the clients over more), on the same machine:
+on a small machine it competes with the server for the cores, and the figures say so by the CPU each side used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MODEL_DIR = SHARED / "models" / "stories260k"
+TRAIN_ROWS = SHARED / "datasets" / "wikisql" / "train.jsonl"
+PG_ADMIN_URL = os.environ.get("FTAAS_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("FTAAS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+REQUEST_TIMEOUT_S = 30.0
+NORMAL_FACTOR = 3.0  # "back to normal": a status read within 3x (and 20 ms of) the 1-client median again
+
+
+# ---------------------------------------------------------------- the service under test
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def admin_sql(sql: str, admin_url: str = PG_ADMIN_URL):
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            result = conn.execute(text(sql))
+            return result.all() if result.returns_rows else None
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class Target:
+    url: str
+    key: str
+    job_id: str
+    file_id: str
+    database: str | None = None  # for the idle-in-transaction count, when we made it
+    pids: list[int] = field(default_factory=list)  # the server's processes, for their CPU time
+
+
+@contextmanager
+def own_service(extra_env: dict[str, str], log_dir: Path):
+    """`ftaas serve` on a database of its own, with a tenant, a file and a queued job to read."""
+    import httpx
+
+    run = uuid.uuid4().hex[:8]
+    db = f"ftaas_load_{run}"
+    admin_sql(f'CREATE DATABASE "{db}"')
+    env = {
+        **os.environ,
+        "FTAAS_DATABASE_URL": PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + db,
+        "FTAAS_BROKER_URL": REDIS_URL,
+        "FTAAS_QUEUE_NAME": f"gpu-load-{run}",
+        "FTAAS_ARTIFACTS_DIR": str(log_dir / "artifacts"),
+        "FTAAS_DATA_DIR": str(log_dir / "data"),
+        "FTAAS_ALLOWED_MODELS": str(MODEL_DIR),
+        "FTAAS_RATE_LIMIT_PER_MINUTE": "0",
+        "FTAAS_MAX_ACTIVE_JOBS_PER_TENANT": "0",
+        "FTAAS_HF_OFFLINE": "true",
+        "PYTHONUNBUFFERED": "1",
+        **extra_env,
+    }
+    cli = [sys.executable, "-m", "app.cli"]
+    subprocess.run([*cli, "migrate"], env=env, cwd=ROOT, check=True, capture_output=True)
+    key = subprocess.run(
+        [*cli, "create-key", "--tenant", "load", "--quiet"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    port = free_port()
+    log = open(log_dir / "api.log", "w")
+    server = subprocess.Popen(
+        [*cli, "serve", "--port", str(port), "--loglevel", "warning"], env=env, cwd=ROOT, stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start: see {log_dir / 'api.log'}")
+            time.sleep(0.2)
+        auth = {"Authorization": f"Bearer {key}"}
+        rows = "".join(TRAIN_ROWS.read_text().splitlines(keepends=True)[:200])
+        f = httpx.post(
+            f"{url}/v1/files",
+            headers=auth,
+            files={"file": ("train.jsonl", rows.encode())},
+            data={"purpose": "fine-tune"},
+        )
+        f.raise_for_status()
+        job = httpx.post(
+            f"{url}/v1/fine_tuning/jobs", headers=auth, json={"model": str(MODEL_DIR), "training_file": f.json()["id"]}
+        )
+        job.raise_for_status()
+        yield Target(url, key, job.json()["id"], f.json()["id"], database=db, pids=server_pids(server.pid))
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+        admin_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+def server_pids(pid: int) -> list[int]:
+    import psutil
+
+    proc = psutil.Process(pid)
+    return [pid, *(c.pid for c in proc.children(recursive=True))]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def idle_in_transaction(database: str | None) -> int | None:
+    if database is None:
+        return None
+    rows = admin_sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '%s' AND state LIKE 'idle in transaction%%'" % database
+    )
+    return int(rows[0][0])
+
+
+# ---------------------------------------------------------------- the clients
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+
+    def add(self, status: str, seconds: float) -> None:
+        self.statuses[status] += 1
+        self.latencies.append(seconds)
+
+
+async def _one(session, method: str, url: str, tally: Tally, **kw) -> None:
+    import aiohttp
+
+    t0 = time.perf_counter()
+    try:
+        async with session.request(method, url, **kw) as r:
+            await r.read()
+            tally.add(str(r.status), time.perf_counter() - t0)
+    except asyncio.TimeoutError:
+        tally.add("timeout", time.perf_counter() - t0)
+    except aiohttp.ClientError as exc:
+        tally.add(type(exc).__name__, time.perf_counter() - t0)
+
+
+async def _stream(session, url: str, stop_at: float, tally: Tally) -> None:
+    """An open live event stream, read until the phase ends; counts how it opened."""
+    import aiohttp
+
+    t0 = time.perf_counter()
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as r:
+            tally.add(f"stream-{r.status}", time.perf_counter() - t0)
+            while time.monotonic() < stop_at:
+                try:
+                    await asyncio.wait_for(r.content.readany(), timeout=max(0.01, stop_at - time.monotonic()))
+                except asyncio.TimeoutError:
+                    break
+    except aiohttp.ClientError as exc:
+        tally.add(f"stream-{type(exc).__name__}", time.perf_counter() - t0)
+
+
+def _client_kinds(phase: str, n: int) -> list[str]:
+    if phase == "pollers":
+        return ["poll"] * n
+    if phase == "streams":
+        return ["stream"] * n + ["poll"] * n
+    # mixed
+    shares = [("download", 0.10), ("events", 0.10), ("upload", 0.05), ("create", 0.05)]
+    kinds = [k for k, share in shares for _ in range(max(1, round(n * share)))]
+    return ["poll"] * max(1, n - len(kinds)) + kinds
+
+
+async def _run_clients(target: Target, kinds: list[str], seconds: float) -> dict[str, Tally]:
+    import aiohttp
+
+    auth = {"Authorization": f"Bearer {target.key}"}
+    upload_rows = TRAIN_ROWS.read_bytes()[:20_000].rsplit(b"\n", 1)[0] + b"\n"
+    stop_at = time.monotonic() + seconds
+    tallies: dict[str, Tally] = {}
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    async with aiohttp.ClientSession(target.url, headers=auth, connector=connector, timeout=timeout) as session:
+
+        async def client(kind: str) -> None:
+            tally = tallies.setdefault(kind, Tally())
+            if kind == "stream":
+                await _stream(session, f"/v1/fine_tuning/jobs/{target.job_id}/events?stream=true", stop_at, tally)
+                return
+            while time.monotonic() < stop_at:
+                if kind == "poll":
+                    await _one(session, "GET", f"/v1/fine_tuning/jobs/{target.job_id}", tally)
+                elif kind == "download":
+                    await _one(session, "GET", f"/v1/files/{target.file_id}/content", tally)
+                elif kind == "events":
+                    await _one(session, "GET", f"/v1/fine_tuning/jobs/{target.job_id}/events?limit=20", tally)
+                elif kind == "upload":
+                    form = aiohttp.FormData()
+                    form.add_field("purpose", "fine-tune")
+                    form.add_field("file", upload_rows, filename="train.jsonl")
+                    await _one(session, "POST", "/v1/files", tally, data=form)
+                elif kind == "create":
+                    body = {"model": str(MODEL_DIR), "training_file": target.file_id}
+                    await _one(session, "POST", "/v1/fine_tuning/jobs", tally, json=body)
+
+        await asyncio.gather(*(client(k) for k in kinds))
+    return tallies
+
+
+def _client_process(target: Target, kinds: list[str], seconds: float, out) -> None:
+    cpu0 = time.process_time()
+    tallies = asyncio.run(_run_clients(target, kinds, seconds))
+    out.put({"cpu_s": time.process_time() - cpu0, **{k: (t.latencies, dict(t.statuses)) for k, t in tallies.items()}})
+
+
+# ---------------------------------------------------------------- the prober
+
+
+def _probe_process(target: Target, until: float, out) -> None:
+    """Every 50 ms, on connections of its own: /healthz, then a status read. (wall time, path, seconds, status)."""
+    import http.client
+
+    host, port = target.url.split("://", 1)[1].split(":")
+    samples = []
+    auth = {"Authorization": f"Bearer {target.key}"}
+    conns: dict[str, http.client.HTTPConnection] = {}
+    while time.time() < until:
+        for name, path, headers in (
+            ("healthz", "/healthz", {}),
+            ("status", f"/v1/fine_tuning/jobs/{target.job_id}", auth),
+        ):
+            t0 = time.perf_counter()
+            try:
+                conn = conns.get(name) or http.client.HTTPConnection(host, int(port), timeout=REQUEST_TIMEOUT_S)
+                conns[name] = conn
+                conn.request("GET", path, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                status = str(resp.status)
+            except Exception as exc:  # noqa: BLE001 - every failure is a sample
+                conns.pop(name, None)
+                status = type(exc).__name__
+            samples.append((time.time(), name, time.perf_counter() - t0, status))
+        time.sleep(0.05)
+    out.put(samples)
+
+
+# ---------------------------------------------------------------- a phase
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def run_phase(target: Target, phase: str, n: int, seconds: float, procs: int, normal_s: float) -> dict:
+    kinds = _client_kinds(phase, n)
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    cpu0, t_start = cpu_seconds(target.pids), time.time()
+    settle_s = 10.0
+    prober = ctx.Process(target=_probe_process, args=(target, t_start + seconds + settle_s, out))
+    prober.start()
+    shards = [kinds[i::procs] for i in range(procs)]
+    workers = [ctx.Process(target=_client_process, args=(target, shard, seconds, out)) for shard in shards if shard]
+    for w in workers:
+        w.start()
+    results = [out.get() for _ in range(len(workers) + 1)]
+    for w in [*workers, prober]:
+        w.join()
+    samples = next(r for r in results if isinstance(r, list))
+    burst_end = max(t_start + seconds, max((s[0] for s in samples if s[0] <= t_start + seconds + 1), default=0))
+    server_cpu = cpu_seconds(target.pids) - cpu0
+
+    merged: dict[str, Tally] = {}
+    client_cpu = 0.0
+    for r in results:
+        if isinstance(r, dict):
+            client_cpu += r.pop("cpu_s")
+            for kind, (lat, statuses) in r.items():
+                t = merged.setdefault(kind, Tally())
+                t.latencies += lat
+                t.statuses.update(statuses)
+    during = [s for s in samples if s[0] <= t_start + seconds]
+    health = [s[2] for s in during if s[1] == "healthz"]
+    # recovery: from the end of the load, the time until every later status read is back to normal
+    threshold = max(NORMAL_FACTOR * normal_s, normal_s + 0.020)
+    after = [s for s in samples if s[1] == "status" and s[0] > t_start + seconds]
+    recovered_at = None
+    for i, s in enumerate(after):
+        if all(x[2] <= threshold and x[3] == "200" for x in after[i:]):
+            recovered_at = s[0]
+            break
+    row = {
+        "phase": f"{phase}-{n}",
+        "seconds": seconds,
+        "kinds": {
+            kind: {
+                "requests": len(t.latencies),
+                "per_s": round(len(t.latencies) / seconds, 1),
+                "p50_ms": round(1000 * pct(t.latencies, 0.50), 1),
+                "p95_ms": round(1000 * pct(t.latencies, 0.95), 1),
+                "p99_ms": round(1000 * pct(t.latencies, 0.99), 1),
+                "statuses": dict(sorted(t.statuses.items())),
+            }
+            for kind, t in sorted(merged.items())
+        },
+        "healthz_max_ms": round(1000 * max(health), 1) if health else None,
+        "healthz_p99_ms": round(1000 * pct(health, 0.99), 1) if health else None,
+        "healthz_failed": sum(1 for s in during if s[1] == "healthz" and s[3] != "200"),
+        "recovery_s": None if recovered_at is None else round(max(0.0, recovered_at - (t_start + seconds)), 2),
+        "server_cpu_s": round(server_cpu, 1),
+        "client_cpu_s": round(client_cpu, 1),
+        "idle_in_transaction": idle_in_transaction(target.database),
+        "burst_end": burst_end,
+    }
+    return row
+
+
+def print_row(row: dict) -> None:
+    for kind, k in row["kinds"].items():
+        statuses = ", ".join(f"{s}: {c}" for s, c in k["statuses"].items())
+        print(
+            f"| {row['phase']} | {kind} | {k['requests']} | {k['per_s']} | {k['p50_ms']} / {k['p95_ms']} / "
+            f"{k['p99_ms']} | {statuses} |",
+            flush=True,
+        )
+    print(
+        f"|   | healthz max {row['healthz_max_ms']} ms (p99 {row['healthz_p99_ms']}, failed {row['healthz_failed']}); "
+        f"back to normal {row['recovery_s']} s after; CPU in {row['seconds']} s: server {row['server_cpu_s']} s, "
+        f"load generator {row['client_cpu_s']} s; "
+        f"idle in transaction after: {row['idle_in_transaction']} |",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url")
+    p.add_argument("--key")
+    p.add_argument("--job", help="the job whose status the pollers read (with --url)")
+    p.add_argument("--file", help="a file to download (with --url)")
+    p.add_argument("--clients", default="1,50,200,1000", help="poller counts, comma separated")
+    p.add_argument("--mixed", default="200", help="client counts of the mixed phase ('' for none)")
+    p.add_argument("--streams", default="200", help="open event streams beside as many pollers ('' for none)")
+    p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--procs", type=int, default=1, help="load generator processes")
+    p.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server it starts")
+    p.add_argument("--json", help="write the rows here too")
+    args = p.parse_args(argv)
+
+    def counts(s: str) -> list[int]:
+        return [int(x) for x in s.split(",") if x.strip()]
+
+    with tempfile.TemporaryDirectory(prefix="ftaas-load-") as tmp:
+        if args.url:
+            ctx = nullcontext(Target(args.url, args.key, args.job, args.file))
+        else:
+            ctx = own_service(dict(e.split("=", 1) for e in args.env), Path(tmp))
+        with ctx as target:
+            print(f"target {target.url}, job {target.job_id}; {os.cpu_count()} cores here", flush=True)
+            print("| phase | clients do | requests | per s | p50 / p95 / p99 ms | answers |")
+            print("| --- | --- | --- | --- | --- | --- |")
+            rows = []
+            baseline = run_phase(target, "pollers", 1, min(5.0, args.seconds), args.procs, normal_s=0.05)
+            normal_s = baseline["kinds"]["poll"]["p50_ms"] / 1000
+            print_row(baseline)
+            rows.append(baseline)
+            plan = [("pollers", n) for n in counts(args.clients) if n != 1]
+            plan += [("mixed", n) for n in counts(args.mixed)] + [("streams", n) for n in counts(args.streams)]
+            for phase, n in plan:
+                row = run_phase(target, phase, n, args.seconds, args.procs, normal_s)
+                print_row(row)
+                rows.append(row)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
