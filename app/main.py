@@ -43,12 +43,7 @@ def create_app() -> FastAPI:
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(NulGuardMiddleware)
     # outermost: a request waits for its turn before anything else runs (app/api/admission.py)
-    app.add_middleware(
-        AdmissionMiddleware,
-        capacity=settings.max_concurrent_requests or settings.db_pool_size,
-        per_tenant=settings.tenant_concurrent_requests,
-        wait_s=settings.admission_wait_s,
-    )
+    app.add_middleware(AdmissionMiddleware)
     for router in routers:
         app.include_router(router)
     return app

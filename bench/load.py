@@ -4,7 +4,8 @@
     python bench/load.py --clients 200 --seconds 30
     python bench/load.py --url http://host:8000 --key sk-... --job ftjob-...   # an existing server
 
-Each phase runs N clients for --seconds, each a keep-alive connection looping on its request, and prints
+Each phase runs N clients for --seconds, each a keep-alive connection looping on its request (waiting the
+Retry-After of a 429 or 503 first, as the openai client does), and prints
 throughput, latency p50/p95/p99, answers by status (and client-side errors: timeouts, resets), the slowest
 /healthz seen during the phase (a separate process probes it every 50 ms on its own connection), the time the
 service took after the phase to answer a status read at normal latency again, and the database's connections
@@ -12,6 +13,7 @@ left idle in transaction. The phases:
   pollers-N   N clients GET /v1/fine_tuning/jobs/{id}                           (--clients, default 1,50,200,1000)
   mixed-N     N clients: 70% pollers, 10% downloads of a file, 10% event pages, 5% uploads, 5% job creations
   streams-N   N open live event streams (?stream=true) and N pollers beside them  (--streams, default 200)
+  leavers-N   N pollers and N/10 clients that hang up mid-request (--leavers, default none; the load test's)
 
 Its own service (no --url): a fresh Postgres database on FTAAS_BENCH_PG_ADMIN_URL (default the local one), Redis
 on FTAAS_BENCH_REDIS_URL, the tiny model of ../shared, no training worker (the job stays queued: a status read
@@ -29,159 +31,20 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import socket
-import statistics
-import subprocess
+import random
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-MODEL_DIR = SHARED / "models" / "stories260k"
-TRAIN_ROWS = SHARED / "datasets" / "wikisql" / "train.jsonl"
-PG_ADMIN_URL = os.environ.get("FTAAS_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("FTAAS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere: bench.* and app.*
+from bench.load_service import MODEL_DIR, TRAIN_ROWS, Target, cpu_seconds, idle_in_transaction, own_service
+
 REQUEST_TIMEOUT_S = 30.0
 NORMAL_FACTOR = 3.0  # "back to normal": a status read within 3x (and 20 ms of) the 1-client median again
-
-
-# ---------------------------------------------------------------- the service under test
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def admin_sql(sql: str, admin_url: str = PG_ADMIN_URL):
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            result = conn.execute(text(sql))
-            return result.all() if result.returns_rows else None
-    finally:
-        engine.dispose()
-
-
-@dataclass
-class Target:
-    url: str
-    key: str
-    job_id: str
-    file_id: str
-    database: str | None = None  # for the idle-in-transaction count, when we made it
-    pids: list[int] = field(default_factory=list)  # the server's processes, for their CPU time
-
-
-@contextmanager
-def own_service(extra_env: dict[str, str], log_dir: Path):
-    """`ftaas serve` on a database of its own, with a tenant, a file and a queued job to read."""
-    import httpx
-
-    run = uuid.uuid4().hex[:8]
-    db = f"ftaas_load_{run}"
-    admin_sql(f'CREATE DATABASE "{db}"')
-    env = {
-        **os.environ,
-        "FTAAS_DATABASE_URL": PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + db,
-        "FTAAS_BROKER_URL": REDIS_URL,
-        "FTAAS_QUEUE_NAME": f"gpu-load-{run}",
-        "FTAAS_ARTIFACTS_DIR": str(log_dir / "artifacts"),
-        "FTAAS_DATA_DIR": str(log_dir / "data"),
-        "FTAAS_ALLOWED_MODELS": str(MODEL_DIR),
-        "FTAAS_RATE_LIMIT_PER_MINUTE": "0",
-        "FTAAS_MAX_ACTIVE_JOBS_PER_TENANT": "0",
-        "FTAAS_HF_OFFLINE": "true",
-        "PYTHONUNBUFFERED": "1",
-        **extra_env,
-    }
-    cli = [sys.executable, "-m", "app.cli"]
-    subprocess.run([*cli, "migrate"], env=env, cwd=ROOT, check=True, capture_output=True)
-    key = subprocess.run(
-        [*cli, "create-key", "--tenant", "load", "--quiet"],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    port = free_port()
-    log = open(log_dir / "api.log", "w")
-    server = subprocess.Popen(
-        [*cli, "serve", "--port", str(port), "--loglevel", "warning"], env=env, cwd=ROOT, stdout=log, stderr=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start: see {log_dir / 'api.log'}")
-            time.sleep(0.2)
-        auth = {"Authorization": f"Bearer {key}"}
-        rows = "".join(TRAIN_ROWS.read_text().splitlines(keepends=True)[:200])
-        f = httpx.post(
-            f"{url}/v1/files",
-            headers=auth,
-            files={"file": ("train.jsonl", rows.encode())},
-            data={"purpose": "fine-tune"},
-        )
-        f.raise_for_status()
-        job = httpx.post(
-            f"{url}/v1/fine_tuning/jobs", headers=auth, json={"model": str(MODEL_DIR), "training_file": f.json()["id"]}
-        )
-        job.raise_for_status()
-        yield Target(url, key, job.json()["id"], f.json()["id"], database=db, pids=server_pids(server.pid))
-    finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
-        admin_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-
-
-def server_pids(pid: int) -> list[int]:
-    import psutil
-
-    proc = psutil.Process(pid)
-    return [pid, *(c.pid for c in proc.children(recursive=True))]
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def idle_in_transaction(database: str | None) -> int | None:
-    if database is None:
-        return None
-    rows = admin_sql(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = '%s' AND state LIKE 'idle in transaction%%'" % database
-    )
-    return int(rows[0][0])
 
 
 # ---------------------------------------------------------------- the clients
@@ -205,7 +68,9 @@ async def _one(session, method: str, url: str, tally: Tally, **kw) -> None:
         async with session.request(method, url, **kw) as r:
             await r.read()
             tally.add(str(r.status), time.perf_counter() - t0)
-    except asyncio.TimeoutError:
+            if r.status in (429, 503) and r.headers.get("Retry-After", "").isdigit():
+                await asyncio.sleep(int(r.headers["Retry-After"]))  # as a well-behaved client (the openai one) does
+    except TimeoutError:
         tally.add("timeout", time.perf_counter() - t0)
     except aiohttp.ClientError as exc:
         tally.add(type(exc).__name__, time.perf_counter() - t0)
@@ -222,7 +87,7 @@ async def _stream(session, url: str, stop_at: float, tally: Tally) -> None:
             while time.monotonic() < stop_at:
                 try:
                     await asyncio.wait_for(r.content.readany(), timeout=max(0.01, stop_at - time.monotonic()))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
     except aiohttp.ClientError as exc:
         tally.add(f"stream-{type(exc).__name__}", time.perf_counter() - t0)
@@ -231,6 +96,8 @@ async def _stream(session, url: str, stop_at: float, tally: Tally) -> None:
 def _client_kinds(phase: str, n: int) -> list[str]:
     if phase == "pollers":
         return ["poll"] * n
+    if phase == "leavers":  # pollers, and a tenth as many clients that hang up before their answer comes
+        return ["poll"] * n + ["leave"] * max(1, n // 10)
     if phase == "streams":
         return ["stream"] * n + ["poll"] * n
     # mixed
@@ -258,6 +125,9 @@ async def _run_clients(target: Target, kinds: list[str], seconds: float) -> dict
             while time.monotonic() < stop_at:
                 if kind == "poll":
                     await _one(session, "GET", f"/v1/fine_tuning/jobs/{target.job_id}", tally)
+                elif kind == "leave":
+                    leave = aiohttp.ClientTimeout(total=0.002 + 0.02 * random.random())
+                    await _one(session, "GET", f"/v1/fine_tuning/jobs/{target.job_id}", tally, timeout=leave)
                 elif kind == "download":
                     await _one(session, "GET", f"/v1/files/{target.file_id}/content", tally)
                 elif kind == "events":
@@ -323,12 +193,14 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def run_phase(target: Target, phase: str, n: int, seconds: float, procs: int, normal_s: float) -> dict:
+def run_phase(
+    target: Target, phase: str, n: int, seconds: float, procs: int, normal_s: float, settle_s: float = 10.0
+) -> dict:
+    """One phase: its clients for `seconds`, the prober until `settle_s` after (for the recovery time)."""
     kinds = _client_kinds(phase, n)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     cpu0, t_start = cpu_seconds(target.pids), time.time()
-    settle_s = 10.0
     prober = ctx.Process(target=_probe_process, args=(target, t_start + seconds + settle_s, out))
     prober.start()
     shards = [kinds[i::procs] for i in range(procs)]
@@ -381,7 +253,7 @@ def run_phase(target: Target, phase: str, n: int, seconds: float, procs: int, no
         "recovery_s": None if recovered_at is None else round(max(0.0, recovered_at - (t_start + seconds)), 2),
         "server_cpu_s": round(server_cpu, 1),
         "client_cpu_s": round(client_cpu, 1),
-        "idle_in_transaction": idle_in_transaction(target.database),
+        "idle_in_transaction": idle_in_transaction(target),
         "burst_end": burst_end,
     }
     return row
@@ -413,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", default="1,50,200,1000", help="poller counts, comma separated")
     p.add_argument("--mixed", default="200", help="client counts of the mixed phase ('' for none)")
     p.add_argument("--streams", default="200", help="open event streams beside as many pollers ('' for none)")
+    p.add_argument("--leavers", default="", help="poller counts with a tenth more clients that hang up mid-request")
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--procs", type=int, default=1, help="load generator processes")
     p.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server it starts")
@@ -438,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(baseline)
             plan = [("pollers", n) for n in counts(args.clients) if n != 1]
             plan += [("mixed", n) for n in counts(args.mixed)] + [("streams", n) for n in counts(args.streams)]
+            plan += [("leavers", n) for n in counts(args.leavers)]
             for phase, n in plan:
                 row = run_phase(target, phase, n, args.seconds, args.procs, normal_s)
                 print_row(row)

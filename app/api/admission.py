@@ -6,13 +6,19 @@ connections, threads block on the pool while the requests that hold the connecti
 API stops until the pool's timeout, and a burst of pollers kept it stopped for minutes (issue 13). Letting in
 no more requests than there are connections breaks that cycle: an admitted request always gets a connection
 and a thread; the others wait here, on the event loop, holding neither, for up to admission_wait_s, and then
-answer 503 (the process is full) or 429 (the tenant's own requests fill its share), both with Retry-After.
+answer 503 (the process is full) or 429 (the tenant's own requests fill its share), both with Retry-After. A
+tenant with tenant_waiting_requests already waiting is told 429 at once, so a flood queues no backlog that
+would outlast it; a waiting request without a body whose client hangs up leaves the queue without running.
 
 A turn ends when the response starts: by then the route and its session (closed right after the route,
 app/api/deps.py) are done with the database. So a live event stream or a long download holds a turn only
-until its first byte. The tenant is known from the API key before any query: a key seen before maps to its
-tenant (remembered at authentication, app/api/deps.py); a new or unknown key is its own share until then.
-/healthz and the OpenAPI pages touch no database and are never held.
+until its first byte; a stream's later reads take a turn each (app/jobs/event_stream.py). The tenant is known
+from the API key before any query: a key seen before maps to its tenant (remembered at authentication,
+app/api/deps.py); a new or unknown key is its own share until then. /healthz and the OpenAPI pages touch no
+database and are never held.
+
+Hand-written rather than FastAPI's `Depends(max_concurrency=...)`: that one waits without a bound and knows no
+tenants, and the wait must end in a 503 or 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -21,8 +27,12 @@ import asyncio
 import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.settings import get_settings
 
 UNHELD_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 RETRY_AFTER_S = 1
@@ -59,96 +69,195 @@ def bearer_hash(scope: Scope) -> str | None:
     return None
 
 
-class Shares:
-    """One semaphore per share, dropped when nobody holds or waits for it."""
+class Refused(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status, self.code, self.message = status, code, message
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._sems: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
 
-    async def acquire(self, share: str, timeout: float) -> bool:
-        sem, users = self._sems.setdefault(share, (asyncio.Semaphore(self.size), [0]))
+class Left(Exception):
+    """The client hung up while its request waited: nothing to run, nobody to answer."""
+
+
+class Gate:
+    """One event loop's turns: `capacity` in all, `per_tenant` for each share, and at most `waiting` of a
+    share waiting. asyncio primitives belong to one loop: a server has one, tests start several in turn."""
+
+    def __init__(self, capacity: int, per_tenant: int, waiting: int, wait_s: float) -> None:
+        self.capacity = asyncio.Semaphore(capacity)
+        self.per_tenant, self.waiting, self.wait_s = per_tenant, waiting, wait_s
+        self.shares: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}  # share -> (its turns, [holders+waiters])
+
+    async def enter(self, share: str | None, client_left: asyncio.Future | None = None) -> Callable[[], None]:
+        """Wait for a turn (the share's, then the process's); returns the function that gives it back (once,
+        however often called). Raises Refused when none comes within wait_s, Left when `client_left` completes
+        first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        if share is None:
+            if not await _acquire(self.capacity, self.wait_s, client_left):
+                raise Refused(503, "server_busy", "The server is at capacity")
+            return _once(self.capacity.release)
+        sem, users = self.shares.setdefault(share, (asyncio.Semaphore(self.per_tenant), [0]))
+        if users[0] >= self.per_tenant + self.waiting:
+            raise Refused(429, "too_many_concurrent_requests", "Too many requests of this tenant at once")
         users[0] += 1
-        if await acquire_within(sem, timeout):
-            return True
-        self._leave(share)
-        return False
 
-    def release(self, share: str) -> None:
-        self._sems[share][0].release()
-        self._leave(share)
+        def leave_share() -> None:
+            users[0] -= 1
+            if users[0] == 0:
+                del self.shares[share]
 
-    def _leave(self, share: str) -> None:
-        users = self._sems[share][1]
-        users[0] -= 1
-        if users[0] == 0:
-            del self._sems[share]
+        try:
+            if not await _acquire(sem, deadline - loop.time(), client_left):
+                raise Refused(429, "too_many_concurrent_requests", "Too many requests of this tenant at once")
+        except BaseException:
+            leave_share()
+            raise
+        try:
+            if not await _acquire(self.capacity, deadline - loop.time(), client_left):
+                raise Refused(503, "server_busy", "The server is at capacity")
+        except BaseException:
+            sem.release()
+            leave_share()
+            raise
+
+        def release() -> None:
+            self.capacity.release()
+            sem.release()
+            leave_share()
+
+        return _once(release)
+
+    @asynccontextmanager
+    async def turn(self, share: str | None = None) -> AsyncIterator[None]:
+        release = await self.enter(share)
+        try:
+            yield
+        finally:
+            release()
 
 
-async def acquire_within(sem: asyncio.Semaphore, timeout: float) -> bool:
-    try:
-        async with asyncio.timeout(max(timeout, 0.001)):  # a cancelled acquire gives its grant back
-            await sem.acquire()
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    done = False
+
+    def once() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            fn()
+
+    return once
+
+
+async def _acquire(sem: asyncio.Semaphore, timeout: float, client_left: asyncio.Future | None) -> bool:
+    """True once acquired; False after `timeout`; Left if the client hangs up first."""
+    if not sem.locked():
+        await sem.acquire()
         return True
-    except TimeoutError:
-        return False
+    acquiring = asyncio.ensure_future(sem.acquire())
+    waits = {acquiring} if client_left is None else {acquiring, client_left}
+    done, _ = await asyncio.wait(waits, timeout=max(timeout, 0.001), return_when=asyncio.FIRST_COMPLETED)
+    if acquiring in done:
+        return True
+    acquiring.cancel()  # asyncio's Semaphore passes a grant on when its waiter is cancelled
+    try:
+        await acquiring
+        sem.release()  # granted just before the cancel took
+    except asyncio.CancelledError:
+        pass
+    if client_left is not None and client_left in done:
+        raise Left
+    return False
+
+
+_gates: dict[asyncio.AbstractEventLoop, Gate] = {}
+
+
+def gate() -> Gate:
+    """The running event loop's gate, sized by the settings."""
+    loop = asyncio.get_running_loop()
+    found = _gates.get(loop)
+    if found is None:
+        for old in [old for old in _gates if old.is_closed()]:
+            del _gates[old]
+        s = get_settings()
+        found = _gates[loop] = Gate(
+            s.max_concurrent_requests or s.db_pool_size,
+            s.tenant_concurrent_requests,
+            s.tenant_waiting_requests,
+            s.admission_wait_s,
+        )
+    return found
 
 
 class AdmissionMiddleware:
-    def __init__(self, app: ASGIApp, *, capacity: int, per_tenant: int, wait_s: float) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.capacity_size, self.per_tenant, self.wait_s = capacity, per_tenant, wait_s
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _state_for(self, loop: asyncio.AbstractEventLoop) -> None:
-        # asyncio primitives belong to one event loop; a server has one, tests start several in turn
-        if loop is not self._loop:
-            self._loop = loop
-            self.capacity = asyncio.Semaphore(self.capacity_size)
-            self.tenants = Shares(self.per_tenant)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNHELD_PATHS:
             await self.app(scope, receive, send)
             return
-        loop = asyncio.get_running_loop()
-        self._state_for(loop)
-        deadline = loop.time() + self.wait_s
         key = bearer_hash(scope)
         share = KEY_TENANTS.share_of(key) if key else None
-        if share is not None and not await self.tenants.acquire(share, self.wait_s):
-            await refuse(send, 429, "too_many_concurrent_requests", "Too many requests of this tenant at once")
-            return
-        if not await acquire_within(self.capacity, deadline - loop.time()):
-            if share is not None:
-                self.tenants.release(share)
-            await refuse(send, 503, "server_busy", "The server is at capacity")
-            return
-        turn = Turn(self, share)
-
-        async def send_and_end_turn(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                turn.end()
-            await send(message)
-
+        watch = await DisconnectWatch.start(scope, receive)
         try:
-            await self.app(scope, receive, send_and_end_turn)
+            try:
+                release = await gate().enter(share, watch.left if watch else None)
+            except Refused as refused:
+                await refuse(send, refused.status, refused.code, refused.message)
+                return
+            except Left:
+                return
+
+            async def send_and_end_turn(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    release()  # the route and its session are done: a stream or a download goes on unheld
+                await send(message)
+
+            try:
+                await self.app(scope, watch.receive if watch else receive, send_and_end_turn)
+            finally:
+                release()
         finally:
-            turn.end()
+            if watch:
+                watch.close()
 
 
-class Turn:
-    """An admitted request's place, given back once: at its response's start, or when it ends without one."""
+class DisconnectWatch:
+    """For a request without a body: its one body message read ahead, then the next receive() kept running
+    while the request waits, which completes (http.disconnect) if the client hangs up. The app then reads the
+    same messages through `receive`."""
 
-    def __init__(self, admission: AdmissionMiddleware, share: str | None) -> None:
-        self.admission, self.share, self.held = admission, share, True
+    def __init__(self, first: Message, receive: Receive) -> None:
+        self.first: Message | None = first
+        self.left: asyncio.Future = asyncio.ensure_future(receive())
 
-    def end(self) -> None:
-        if self.held:
-            self.held = False
-            self.admission.capacity.release()
-            if self.share is not None:
-                self.admission.tenants.release(self.share)
+    @classmethod
+    async def start(cls, scope: Scope, receive: Receive) -> DisconnectWatch | None:
+        headers = dict(scope.get("headers", ()))
+        if headers.get(b"content-length", b"0") not in (b"0", b"") or b"transfer-encoding" in headers:
+            return None
+        first = await receive()
+        if first["type"] != "http.request" or first.get("more_body"):
+            return None if first["type"] != "http.disconnect" else cls._gone(first)
+        return cls(first, receive)
+
+    @classmethod
+    def _gone(cls, message: Message) -> DisconnectWatch:
+        watch = cls.__new__(cls)
+        watch.first, watch.left = None, asyncio.get_running_loop().create_future()
+        watch.left.set_result(message)
+        return watch
+
+    async def receive(self) -> Message:
+        if self.first is not None:
+            first, self.first = self.first, None
+            return first
+        return await asyncio.shield(self.left)
+
+    def close(self) -> None:
+        self.left.cancel()
 
 
 async def refuse(send: Send, status: int, code: str, message: str) -> None:

@@ -58,11 +58,17 @@ def end_streams_on_exit_signal() -> None:
         signal.signal(sig, handler)
 
 
+# The most processes the default gives: each holds up to db_pool_size + db_pool_overflow connections, and
+# Postgres allows 100 by default; a larger host sets FTAAS_WEB_WORKERS (and max_connections) deliberately.
+AUTO_WORKERS_MAX = 4
+
+
 def web_workers(settings: Settings, requested: int | None = None) -> int:
-    """--workers, else FTAAS_WEB_WORKERS, else one per usable core on Postgres and one on the embedded SQLite
-    defaults (one database file, with the embedded worker beside it)."""
+    """--workers, else FTAAS_WEB_WORKERS, else one per usable core (at most AUTO_WORKERS_MAX) on Postgres, and one
+    on the embedded SQLite defaults (one database file, with the embedded worker beside it)."""
     if requested or settings.web_workers:
         return requested or settings.web_workers
     if settings.database_url.startswith("sqlite"):
         return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cores, AUTO_WORKERS_MAX)

@@ -62,8 +62,8 @@ class Settings(BaseSettings):
     web_workers: int | None = Field(
         None,
         ge=1,
-        description="API server processes of `ftaas serve`; unset: one per usable core on Postgres, one on the "
-        "embedded SQLite defaults",
+        description="API server processes of `ftaas serve`; unset: one per usable core (at most 4) on Postgres, one "
+        "on the embedded SQLite defaults",
     )
     db_pool_size: int = Field(10, ge=1, description="database connections each API or worker process keeps")
     db_pool_overflow: int = Field(5, ge=0, description="connections a process may open past db_pool_size at peaks")
@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     )
     tenant_concurrent_requests: int = Field(
         6, ge=1, description="requests of one tenant one API process works on at once, so no tenant takes them all"
+    )
+    tenant_waiting_requests: int = Field(
+        200,
+        ge=0,
+        description="requests of one tenant that may wait for a turn in one API process; past it 429 at once",
     )
     admission_wait_s: float = Field(
         10.0,

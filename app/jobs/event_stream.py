@@ -50,6 +50,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
+from app.api.admission import Refused, gate
 from app.core.db import get_sessionmaker
 from app.core.settings import get_settings
 from app.core.tables import TERMINAL_STATUSES, Job, JobEvent
@@ -133,10 +134,13 @@ async def _messages(
     away = False  # the database was unreachable at the last read
     read_now, stamp = True, None  # read at once; then whenever the watcher's stamp of the job moves
     while True:
-        poll = None
+        poll, refused = None, False
         if read_now:
             try:
-                poll = await run_in_threadpool(read_since, sessions, job_id, after_id)
+                async with gate().turn():  # a read like a request's: it waits its turn (app/api/admission.py)
+                    poll = await run_in_threadpool(read_since, sessions, job_id, after_id)
+            except Refused:  # the process is full: this stream reads at the next poll
+                refused = True
             except (OperationalError, InterfaceError) as exc:  # the database is away: keep the stream, read again
                 if not away:
                     log.warning("event stream of %s: database unreachable: %s", job_id, str(exc).splitlines()[0][:200])
@@ -171,7 +175,7 @@ async def _messages(
             continue  # a backlog: the next batch at once
         seen = await watch.next_stamp(job_id, timeout=min(left, KEEPALIVE_S))
         # read when the job changed since the last poll, or when the watcher could not tell (or is behind)
-        read_now = away or seen in (UNREAD, NO_POLL) or seen != stamp
+        read_now = away or refused or seen in (UNREAD, NO_POLL) or seen != stamp
         stamp = seen
 
 

@@ -25,6 +25,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.api.admission import Refused, gate
 from app.core.tables import Job, JobEvent
 
 log = logging.getLogger("ftaas.events")
@@ -82,9 +83,12 @@ class JobWatch:
             if not job_ids:
                 break
             try:
-                stamps = await run_in_threadpool(read_stamps, self.sessions, job_ids)
+                async with gate().turn():
+                    stamps = await run_in_threadpool(read_stamps, self.sessions, job_ids)
                 self.stamps.update({k: v for k, v in stamps.items() if k in self.followers})
                 self._away = False
+            except Refused:  # the process is full: the stamps stay as they were, and streams wait a poll more
+                pass
             except (OperationalError, InterfaceError) as exc:  # the database is away: streams wait, and so do we
                 if not self._away:
                     log.warning("event streams' watcher: database unreachable: %s", str(exc).splitlines()[0][:200])
