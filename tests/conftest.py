@@ -186,6 +186,20 @@ def _purge_test_queue():
         pass
 
 
+# Each folder of tests/ is a layer of the code, and its name is the marker of every test in it (registered in
+# pyproject.toml): `-m worker`, `-m "not e2e and not faults"`. A test elsewhere that starts the live service
+# carries the e2e mark by hand, so that leaving out e2e leaves out every slow run.
+FOLDER_MARKERS = ("unit", "api", "worker", "e2e", "faults", "contract", "deploy")
+
+
+def pytest_collection_modifyitems(items):
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        folder = Path(item.path).resolve().relative_to(tests).parts[0]
+        if folder in FOLDER_MARKERS:
+            item.add_marker(folder)
+
+
 # Figures the tests measure (time to succeed, metrics), printed at the end of the run.
 REPORT: list[str] = []
 # A test's own figure line, printed as "[faults] ...", "[rate] ...": gathered into REPORT from the captured
