@@ -7,9 +7,11 @@ The environment is set before anything from app/ is imported, since settings are
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
+import tarfile
 import uuid
 from contextlib import nullcontext
 from pathlib import Path
@@ -173,6 +175,18 @@ def acme(db_session, auth):
 def train_file(db_session, acme):
     """A prompt/completion training file row of acme's."""
     return make_file_row(db_session, acme)
+
+
+@pytest.fixture
+def archive() -> bytes:
+    """A real small tar.gz holding stand-in adapter files."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in (("adapter_model.safetensors", os.urandom(4096)), ("adapter_config.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 @pytest.fixture(scope="session", autouse=True)

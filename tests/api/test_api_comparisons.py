@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 
 from app.core.job_spec import JobCreate, resolve_spec
 from app.core.tables import Comparison, ComparisonStatus, EvaluationRow, File, Job, JobStatus, Tenant, new_id, utcnow
-from tests.conftest import DATASETS, MODEL_DIR, REDIS_URL, TEST_ENV, make_file_row
+from tests.conftest import DATASETS, MODEL_DIR, REDIS_URL, TEST_ENV
+from tests.helpers.factories import make_file_row
 from tests.helpers.generation import forward_greedy
 
 CMP = "/v1/comparisons"

@@ -7,75 +7,18 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
-from app.core.job_spec import JobCreate, resolve_spec
-from app.core.tables import Checkpoint, Evaluation, EvaluationRow, File, Job, JobStatus, Selection, Tenant, utcnow
-from tests.conftest import MODEL_DIR, TEST_ENV
+from app.core.tables import Checkpoint, JobStatus, Selection
+from tests.conftest import TEST_ENV
+from tests.helpers.factories import finished_job, store_adapter
 
 JOBS = "/v1/fine_tuning/jobs"
 JOBS_DIR = Path(TEST_ENV["FTAAS_ARTIFACTS_DIR"]) / "jobs"
-
-
-def make_job(
-    db_session,
-    tenant: Tenant,
-    file: File,
-    *,
-    status: JobStatus = JobStatus.succeeded,
-    base: dict | None = None,
-    tuned: dict | None = None,
-    rows: int = 0,
-    num_samples: int = 3,
-    adapter_type: str = "lora",
-    skipped: dict | None = None,
-) -> Job:
-    body = JobCreate(
-        model="stories260k",
-        training_file=file.id,
-        adapter={"type": adapter_type},
-        evaluation={"num_samples": num_samples},
-    )
-    job = Job(
-        tenant_id=tenant.id,
-        model="stories260k",
-        model_source=str(MODEL_DIR),
-        training_file_id=file.id,
-        seed=1,
-        spec=resolve_spec(body).stored(),
-        status=status,
-    )
-    db_session.add(job)
-    db_session.flush()
-    if status == JobStatus.succeeded:
-        job.fine_tuned_model = f"ft:stories260k:{tenant.name}::{job.id}"
-        job.finished_at = utcnow()
-    for subject, metrics in (("base", base), ("tuned", tuned)):
-        if metrics is not None:
-            details = {"skipped": skipped} if skipped else None
-            db_session.add(
-                Evaluation(job_id=job.id, subject=subject, metrics=metrics, num_rows=max(rows, 1), details=details)
-            )
-    for i in range(rows):
-        db_session.add(
-            EvaluationRow(
-                job_id=job.id,
-                row_index=i,
-                prompt=f"prompt {i}",
-                reference=f"ref {i}",
-                base_output=f"base {i}",
-                tuned_output=f"tuned {i}",
-                base_scores={"rougeL": 0.1},
-                tuned_scores={"rougeL": 0.5},
-            )
-        )
-    db_session.commit()
-    return job
 
 
 # ------------------------------------------------------------------ evaluation
@@ -84,7 +27,7 @@ def make_job(
 def test_evaluation_complete_with_delta_and_samples(client, auth, db_session, acme, train_file):
     base = {"rougeL": 0.25, "perplexity": 30.0, "token_accuracy": 0.4}
     tuned = {"rougeL": 0.75, "perplexity": 12.0, "token_accuracy": 0.7, "bertscore_f1": 0.9}
-    job = make_job(db_session, acme, train_file, base=base, tuned=tuned, rows=5, num_samples=3)
+    job = finished_job(db_session, acme, train_file, base=base, tuned=tuned, rows=5, num_samples=3)
 
     r = client.get(f"{JOBS}/{job.id}/evaluation", headers=auth)
     assert r.status_code == 200, r.text
@@ -120,7 +63,7 @@ def test_evaluation_complete_with_delta_and_samples(client, auth, db_session, ac
 
 def test_evaluation_partial_with_only_base(client, auth, db_session, acme, train_file):
     skipped = {"bertscore": "encoder not available"}
-    job = make_job(
+    job = finished_job(
         db_session, acme, train_file, status=JobStatus.running, base={"rougeL": 0.2}, rows=2, skipped=skipped
     )
     body = client.get(f"{JOBS}/{job.id}/evaluation", headers=auth).json()
@@ -132,7 +75,7 @@ def test_evaluation_partial_with_only_base(client, auth, db_session, acme, train
 
 
 def test_evaluation_pending_without_results(client, auth, db_session, acme, train_file):
-    job = make_job(db_session, acme, train_file, status=JobStatus.queued)
+    job = finished_job(db_session, acme, train_file, status=JobStatus.queued)
     body = client.get(f"{JOBS}/{job.id}/evaluation", headers=auth).json()
     assert body["status"] == "pending"
     assert (body["base"], body["tuned"], body["delta"], body["num_rows"]) == (None, None, None, None)
@@ -142,31 +85,9 @@ def test_evaluation_pending_without_results(client, auth, db_session, acme, trai
 # ------------------------------------------------------------------ adapter download
 
 
-@pytest.fixture
-def archive(tmp_path) -> bytes:
-    """A real small tar.gz holding stand-in adapter files."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in (("adapter_model.safetensors", os.urandom(4096)), ("adapter_config.json", b"{}")):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def store_adapter(db_session, job: Job, data: bytes) -> str:
-    path = JOBS_DIR / job.id / "adapter.tar.gz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    digest = hashlib.sha256(data).hexdigest()
-    job.adapter_name, job.adapter_sha256, job.adapter_bytes = f"{job.id}/adapter.tar.gz", digest, len(data)
-    db_session.commit()
-    return digest
-
-
 def test_adapter_is_409_until_the_job_succeeded(client, auth, db_session, acme, train_file, archive):
     for status in (JobStatus.queued, JobStatus.running, JobStatus.failed, JobStatus.cancelled):
-        job = make_job(db_session, acme, train_file, status=status)
+        job = finished_job(db_session, acme, train_file, status=status)
         r = client.get(f"{JOBS}/{job.id}/adapter", headers=auth)
         assert r.status_code == 409, (status, r.text)
         assert r.json()["error"]["code"] == "adapter_not_ready"
@@ -177,12 +98,12 @@ def test_adapter_is_409_until_the_job_succeeded(client, auth, db_session, acme, 
 
 
 def test_adapter_of_a_succeeded_job_without_archive_name_is_409(client, auth, db_session, acme, train_file):
-    job = make_job(db_session, acme, train_file)
+    job = finished_job(db_session, acme, train_file)
     assert client.get(f"{JOBS}/{job.id}/adapter", headers=auth).status_code == 409
 
 
 def test_adapter_missing_from_storage_is_404(client, auth, db_session, acme, train_file):
-    job = make_job(db_session, acme, train_file)
+    job = finished_job(db_session, acme, train_file)
     job.adapter_name = f"{job.id}/adapter.tar.gz"
     db_session.commit()
     r = client.get(f"{JOBS}/{job.id}/adapter", headers=auth)
@@ -190,7 +111,7 @@ def test_adapter_missing_from_storage_is_404(client, auth, db_session, acme, tra
 
 
 def test_adapter_download_with_checksum_and_ranges(client, auth, db_session, acme, train_file, archive):
-    job = make_job(db_session, acme, train_file)
+    job = finished_job(db_session, acme, train_file)
     digest = store_adapter(db_session, job, archive)
     url = f"{JOBS}/{job.id}/adapter"
 
@@ -245,7 +166,7 @@ def test_adapter_download_with_checksum_and_ranges(client, auth, db_session, acm
 def test_a_hostile_range_header_answers_in_normal_time(client, auth, db_session, acme, train_file, archive, hostile):
     # Starlette before 0.49.1 merged ranges in quadratic time (CVE-2025-62727); since 1.5.1 it honours at most
     # 100. Either way the answer must come as fast as an ordinary download and hold the file's own bytes.
-    job = make_job(db_session, acme, train_file)
+    job = finished_job(db_session, acme, train_file)
     store_adapter(db_session, job, archive)
     url = f"{JOBS}/{job.id}/adapter"
     t = time.perf_counter()
@@ -266,7 +187,7 @@ def test_a_hostile_range_header_answers_in_normal_time(client, auth, db_session,
 
 
 def test_a_chosen_evaluated_checkpoint_downloads_by_step(client, auth, db_session, acme, train_file, archive):
-    job = make_job(db_session, acme, train_file)
+    job = finished_job(db_session, acme, train_file)
     store_adapter(db_session, job, archive)
     other = archive[::-1]  # any different bytes stand for the other checkpoint's archive
     path = JOBS_DIR / job.id / "checkpoint-archives" / "step-20.tar.gz"
@@ -305,11 +226,11 @@ def test_a_chosen_evaluated_checkpoint_downloads_by_step(client, auth, db_sessio
 
 def test_select_and_leaderboard(client, auth, db_session, acme, train_file):
     base = {"rougeL": 0.1, "perplexity": 50.0}
-    good = make_job(db_session, acme, train_file, base=base, tuned={"rougeL": 0.4, "perplexity": 10.0})
-    better = make_job(
+    good = finished_job(db_session, acme, train_file, base=base, tuned={"rougeL": 0.4, "perplexity": 10.0})
+    better = finished_job(
         db_session, acme, train_file, base=base, tuned={"rougeL": 0.6, "perplexity": 20.0}, adapter_type="qlora"
     )
-    unfinished = make_job(db_session, acme, train_file, status=JobStatus.running)
+    unfinished = finished_job(db_session, acme, train_file, status=JobStatus.running)
 
     r = client.post(f"{JOBS}/{good.id}/select", headers=auth)
     assert r.status_code == 200, r.text
@@ -363,15 +284,15 @@ def test_select_and_leaderboard(client, auth, db_session, acme, train_file):
 
 
 def test_rows_without_the_metric_rank_last(client, auth, db_session, acme, train_file):
-    text_job = make_job(db_session, acme, train_file, tuned={"perplexity": 8.0})
-    scored = make_job(db_session, acme, train_file, tuned={"rougeL": 0.3, "perplexity": 9.0})
+    text_job = finished_job(db_session, acme, train_file, tuned={"perplexity": 8.0})
+    scored = finished_job(db_session, acme, train_file, tuned={"rougeL": 0.3, "perplexity": 9.0})
     rows = client.get(f"/v1/files/{train_file.id}/leaderboard", headers=auth).json()["data"]
     assert [(row["job_id"], row["value"]) for row in rows] == [(scored.id, 0.3), (text_job.id, None)]
 
 
 @pytest.mark.parametrize("status", [JobStatus.queued, JobStatus.running, JobStatus.failed, JobStatus.cancelled])
 def test_select_of_an_unfinished_job_is_409(client, auth, db_session, acme, train_file, status):
-    job = make_job(db_session, acme, train_file, status=status)
+    job = finished_job(db_session, acme, train_file, status=status)
     r = client.post(f"{JOBS}/{job.id}/select", headers=auth)
     assert r.status_code == 409, r.text
     assert r.json()["error"]["param"] == "job_id"
@@ -379,7 +300,7 @@ def test_select_of_an_unfinished_job_is_409(client, auth, db_session, acme, trai
 
 
 def test_leaderboard_of_another_tenants_file_is_404(client, auth, other_auth, db_session, acme, train_file):
-    make_job(db_session, acme, train_file, tuned={"rougeL": 0.3})
+    finished_job(db_session, acme, train_file, tuned={"rougeL": 0.3})
     r = client.get(f"/v1/files/{train_file.id}/leaderboard", headers=other_auth)
     assert r.status_code == 404 and r.json()["error"]["param"] == "file_id"
 

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from app.core.job_state import finish_job
 from app.core.tables import Job, JobStatus, Selection, Sweep
 from app.sweeps.service import finalize_open_sweeps
-from tests.unit.test_leaderboard import N_ROWS, scored_job
+from tests.helpers.factories import N_ROWS, scored_job
 
 SWEEPS = "/v1/sweeps"
 

@@ -16,8 +16,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from app.core.tables import Checkpoint, JobEvent, Sweep, Tenant
-from tests.conftest import make_file_row
-from tests.unit.test_leaderboard import N_ROWS, scored_job
+from tests.helpers.factories import N_ROWS, make_file_row, scored_job
 
 
 def png(r) -> Image.Image:

@@ -28,9 +28,9 @@ from app.core.settings import get_settings
 from app.core.tables import ApiKey, File, Job, JobEvent, JobStatus, Tenant, utcnow
 from app.jobs import event_stream
 from app.jobs.schemas import EventPublic, JobPublic
-from tests.api.test_api_results import make_job
-from tests.conftest import DATASETS, REPORT, make_file_row
+from tests.conftest import DATASETS, REPORT
 from tests.helpers.e2e_service import client_for, running_service, upload, worker_logs
+from tests.helpers.factories import finished_job, make_file_row
 
 JOBS = "/v1/fine_tuning/jobs"
 
@@ -115,7 +115,7 @@ def world(database):
         owner, key = create_key(s, f"stream-{run}")
         other, other_key = create_key(s, f"stream-other-{run}")
         file = make_file_row(s, owner)
-        job = make_job(s, owner, file, status=JobStatus.running)
+        job = finished_job(s, owner, file, status=JobStatus.running)
         s.commit()
         ids = SimpleNamespace(tenants=[owner.id, other.id], file=file.id, job=job.id)
     first = [write_event(ids.job, "Created fine-tuning job"), write_event(ids.job, "Attempt 1 started on w")]
@@ -346,7 +346,7 @@ def test_streams_end_when_the_server_is_asked_to_stop(live_client, world, monkey
 
 def test_a_stream_through_the_test_transaction(client, auth, db_session, acme, train_file):
     """What Schemathesis streams: the `client` fixture points the stream's sessions at the test's too."""
-    job = make_job(db_session, acme, train_file, status=JobStatus.succeeded)
+    job = finished_job(db_session, acme, train_file, status=JobStatus.succeeded)
     db_session.add(JobEvent(job_id=job.id, type="metrics", message="step 5", data={"step": 5, "train_loss": 2.0}))
     db_session.commit()
     r = client.get(f"{JOBS}/{job.id}/events", headers=auth, params={"stream": "true"})

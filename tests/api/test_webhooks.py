@@ -18,12 +18,12 @@ from sqlalchemy import select
 from app.core.job_state import finish_job
 from app.core.outbox import EVENT_TYPES
 from app.core.settings import get_settings
-from app.core.tables import DeliveryStatus, Job, JobStatus, Sweep, SweepStatus, WebhookDelivery, WebhookEndpoint, utcnow
+from app.core.tables import DeliveryStatus, Job, JobStatus, Sweep, SweepStatus, WebhookDelivery, utcnow
 from app.sweeps.service import finalize_if_done
 from app.webhooks.dispatch import DeliveryFailed, claim_due, dispatch_once, post_event, record_attempt, retry_delay_s
 from app.webhooks.signing import new_signing_secret, signed_headers
-from tests.api.test_api_results import make_job
 from tests.conftest import DATASETS
+from tests.helpers.factories import finished_job, make_endpoint, running_job
 
 ENDPOINTS = "/v1/webhook_endpoints"
 
@@ -79,21 +79,6 @@ class Receiver:
     def snapshot(self) -> list[dict]:
         with self.lock:
             return list(self.requests)
-
-
-def make_endpoint(session, tenant, *, url: str = "http://127.0.0.1:9/hook", event_types=EVENT_TYPES, **over):
-    """An endpoint row of the tenant's, straight into the database (its URL is not checked)."""
-    row = WebhookEndpoint(
-        tenant_id=tenant.id,
-        name="hook",
-        url=url,
-        event_types=list(event_types),
-        signing_secret=new_signing_secret(),
-        **over,
-    )
-    session.add(row)
-    session.commit()
-    return row
 
 
 @pytest.fixture
@@ -257,15 +242,6 @@ def test_another_tenants_endpoint_is_a_404_like_a_missing_one(client, auth, othe
 # ------------------------------------------------------------------ the outbox
 
 
-def running_job(session, tenant, file, **over) -> Job:
-    job = make_job(session, tenant, file, status=JobStatus.running)
-    job.attempt, job.finished_at = 1, None
-    for key, value in over.items():
-        setattr(job, key, value)
-    session.commit()
-    return job
-
-
 def deliveries(session, **where) -> list[WebhookDelivery]:
     stmt = select(WebhookDelivery).where(*[getattr(WebhookDelivery, k) == v for k, v in where.items()])
     return list(session.scalars(stmt.order_by(WebhookDelivery.created_at)))
@@ -325,7 +301,7 @@ def test_a_job_end_and_its_deliveries_roll_back_together(db_session, acme, train
 
 def test_cancel_routes_and_a_sweeps_end_write_their_events(client, auth, db_session, acme, train_file):
     make_endpoint(db_session, acme)
-    queued = make_job(db_session, acme, train_file, status=JobStatus.queued)
+    queued = finished_job(db_session, acme, train_file, status=JobStatus.queued)
     assert client.post(f"/v1/fine_tuning/jobs/{queued.id}/cancel", headers=auth).status_code == 200
     assert [r.event_type for r in deliveries(db_session, subject_id=queued.id)] == ["fine_tuning.job.cancelled"]
     client.post(f"/v1/fine_tuning/jobs/{queued.id}/cancel", headers=auth)  # a 409: nothing more
@@ -334,8 +310,8 @@ def test_cancel_routes_and_a_sweeps_end_write_their_events(client, auth, db_sess
     sweep = Sweep(tenant_id=acme.id, training_file_id=train_file.id, selection_metric="rougeL", seed=1, spec={})
     db_session.add(sweep)
     db_session.flush()
-    ended = make_job(db_session, acme, train_file, status=JobStatus.failed)
-    candidate = make_job(db_session, acme, train_file, status=JobStatus.queued)
+    ended = finished_job(db_session, acme, train_file, status=JobStatus.failed)
+    candidate = finished_job(db_session, acme, train_file, status=JobStatus.queued)
     ended.sweep_id = candidate.sweep_id = sweep.id
     db_session.commit()
     r = client.post(f"/v1/sweeps/{sweep.id}/cancel", headers=auth)
@@ -354,7 +330,7 @@ def test_a_sweep_whose_candidates_all_failed_sends_sweep_failed(db_session, acme
     sweep = Sweep(tenant_id=acme.id, training_file_id=train_file.id, selection_metric="rougeL", seed=1, spec={})
     db_session.add(sweep)
     db_session.flush()
-    make_job(db_session, acme, train_file, status=JobStatus.failed).sweep_id = sweep.id
+    finished_job(db_session, acme, train_file, status=JobStatus.failed).sweep_id = sweep.id
     db_session.commit()
     assert finalize_if_done(db_session, sweep.id)
     assert db_session.get(Sweep, sweep.id).status == SweepStatus.failed

@@ -27,9 +27,8 @@ from schemathesis.engine import Status, events, from_schema
 
 from app.core.settings import get_settings
 from app.core.tables import Checkpoint, Comparison, JobEvent, JobStatus, Sweep, WebhookDelivery
-from tests.api.test_api_results import make_job, store_adapter
-from tests.api.test_webhooks import make_endpoint
-from tests.conftest import REPORT, make_file_row
+from tests.conftest import REPORT
+from tests.helpers.factories import finished_job, make_endpoint, make_file_row, store_adapter
 
 MAX_EXAMPLES = 50
 SEED = 20261123
@@ -72,7 +71,7 @@ def tenant_objects(db_session, acme, train_file):
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
     (settings.uploads_dir / train_file.storage_name).write_bytes(PC_JSONL)
     make_file_row(db_session, acme, filename="lost.jsonl")  # its bytes are missing from storage
-    done = make_job(db_session, acme, train_file, base={"rougeL": 0.2}, tuned={"rougeL": 0.4}, rows=3)
+    done = finished_job(db_session, acme, train_file, base={"rougeL": 0.2}, tuned={"rougeL": 0.4}, rows=3)
     store_adapter(db_session, done, b"\x1f\x8b" + bytes(4000))
     db_session.add(
         Checkpoint(
@@ -86,8 +85,8 @@ def tenant_objects(db_session, acme, train_file):
     sweep = Sweep(tenant_id=acme.id, training_file_id=train_file.id, selection_metric="rougeL", seed=1, spec={})
     db_session.add(sweep)
     db_session.flush()
-    make_job(db_session, acme, train_file, status=JobStatus.queued).sweep_id = sweep.id
-    make_job(db_session, acme, train_file, status=JobStatus.queued)
+    finished_job(db_session, acme, train_file, status=JobStatus.queued).sweep_id = sweep.id
+    finished_job(db_session, acme, train_file, status=JobStatus.queued)
     db_session.add(Comparison(tenant_id=acme.id, job_ids=[done.id], prompts=["Q: "], max_new_tokens=8, results={}))
     # a webhook endpoint with a delivery
     hook = make_endpoint(db_session, acme)

@@ -15,9 +15,7 @@ import re
 
 import pytest
 
-from tests.api.test_api_results import archive as archive  # noqa: F401 - the fixture, used by name
-from tests.api.test_api_results import make_job, store_adapter
-from tests.api.test_webhooks import make_endpoint
+from tests.helpers.factories import finished_job, make_endpoint, store_adapter
 
 # Path parameters that name a tenant's object, and a well-formed id of that kind that nobody owns.
 OWNED = {
@@ -54,7 +52,7 @@ def operations():
 
 
 @pytest.fixture
-def a_objects(client, auth, db_session, acme, archive):  # noqa: F811 - pytest fixture by name
+def a_objects(client, auth, db_session, acme, archive):
     rows = "".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(8))
     r = client.post(
         "/v1/files",
@@ -66,7 +64,7 @@ def a_objects(client, auth, db_session, acme, archive):  # noqa: F811 - pytest f
     from app.core.tables import File
 
     file = db_session.get(File, r.json()["id"])
-    job = make_job(db_session, acme, file, base={"eval_loss": 2.0}, tuned={"eval_loss": 1.0}, rows=2)
+    job = finished_job(db_session, acme, file, base={"eval_loss": 2.0}, tuned={"eval_loss": 1.0}, rows=2)
     store_adapter(db_session, job, archive)
     sweep = client.post("/v1/sweeps", headers=auth, json=BODY_IDS[("post", "/v1/sweeps")]({"file_id": file.id}))
     assert sweep.status_code == 200, sweep.text

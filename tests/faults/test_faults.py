@@ -10,7 +10,7 @@ import shutil
 import time
 
 from tests.conftest import DATASETS, MODEL_DIR
-from tests.helpers.e2e_service import client_for, running_service, upload, wait_for_jobs
+from tests.helpers.e2e_service import child_pids, client_for, running_service, upload, wait_for_jobs
 
 JOBS = "/v1/fine_tuning/jobs"
 
@@ -66,7 +66,7 @@ def test_a_job_killed_mid_training_and_resumed_ends_as_if_never_interrupted(data
     from app.core.db import get_sessionmaker
     from app.core.tables import Checkpoint, Job
     from tests.conftest import ROOT, TEST_ENV
-    from tests.worker.test_worker_child import run_job, running_job_row, sql_rows, stored
+    from tests.helpers.child import run_job, running_job_row, sql_rows, stored
     from worker.child.recipe import main
 
     body = {
@@ -118,24 +118,6 @@ def test_a_job_killed_mid_training_and_resumed_ends_as_if_never_interrupted(data
     # the last complete checkpoint: the one seen before the kill, or one the child finished just before it died
     assert resumed and int(resumed[0].split("resumed at step ")[1].rstrip(")")) >= killed_at
     assert abs(loss_b - loss_a) / loss_a <= 0.02
-
-
-def child_pids(job_id: str) -> list[int]:
-    """Training children of a job (`python -m worker.child train <job_id> <attempt>`), from /proc."""
-    import os
-
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                argv = fh.read().split(b"\0")
-        except OSError:
-            continue
-        if argv[1:4] == [b"-m", b"worker.child", b"train"] and job_id.encode() in argv:
-            pids.append(int(entry))
-    return pids
 
 
 CANCELS = 6  # half cancelled before training, half in training

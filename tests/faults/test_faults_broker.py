@@ -23,8 +23,7 @@ from pathlib import Path
 import redis
 
 from tests.conftest import DATASETS
-from tests.faults.test_faults import child_pids
-from tests.helpers.e2e_service import _free_port, client_for, running_service, upload
+from tests.helpers.e2e_service import _free_port, child_pids, client_for, running_service, upload
 
 JOBS = "/v1/fine_tuning/jobs"
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -338,7 +337,8 @@ def queued_job_rows(n: int):
     from app.core.job_spec import JobCreate, resolve_spec
     from app.core.tables import Job, JobStatus
     from app.tenants.service import create_key
-    from tests.conftest import MODEL_DIR, make_file_row
+    from tests.conftest import MODEL_DIR
+    from tests.helpers.factories import make_file_row
 
     Session = get_sessionmaker()
     with Session() as s:

@@ -1,5 +1,6 @@
 """The real service for end-to-end tests: a database of its own, the API under uvicorn and N Celery
-workers, started as `ftaas serve` / `ftaas worker` start them; plus small HTTP helpers."""
+workers, started as `ftaas serve` / `ftaas worker` start them; plus small HTTP helpers and a job's training
+children."""
 
 from __future__ import annotations
 
@@ -150,3 +151,19 @@ def wait_for_jobs(c: httpx.Client, job_ids: list[str], logs) -> dict[str, tuple[
         assert time.monotonic() < deadline, "jobs did not finish in time:\n" + (logs / "worker.log").read_text()[-5000:]
         time.sleep(2)
     return done
+
+
+def child_pids(job_id: str) -> list[int]:
+    """Training children of a job (`python -m worker.child train <job_id> <attempt>`), from /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:4] == [b"-m", b"worker.child", b"train"] and job_id.encode() in argv:
+            pids.append(int(entry))
+    return pids

@@ -12,13 +12,9 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from app.core.job_spec import JobCreate, resolve_spec
-from app.core.tables import Evaluation, EvaluationRow, File, Job, JobStatus, Tenant
+from app.core.tables import Evaluation, EvaluationRow
 from app.evaluation import stats
-from tests.conftest import MODEL_DIR
-
-N_ROWS = 60
-
+from tests.helpers.factories import N_ROWS, scored_job
 
 # ------------------------------------------------------------------ app.stats, pure
 
@@ -77,69 +73,6 @@ def test_lower_is_better_metrics_tie_and_differ_the_same_way():
 
 
 # ------------------------------------------------------------------ over HTTP
-
-
-def scored_job(
-    db_session,
-    tenant: Tenant,
-    file: File,
-    tuned_rouge: list[float],
-    *,
-    adapter: dict | None = None,
-    trainable: int = 1000,
-    seconds: float = 10.0,
-    sweep_id: str | None = None,
-    status: JobStatus = JobStatus.succeeded,
-) -> Job:
-    """A finished job whose evaluation rows hold per-row ROUGE-L and teacher-forced sums; aggregates are
-    written from the same rows, as the worker does."""
-    body = JobCreate(model="stories260k", training_file=file.id, adapter=adapter or {"type": "lora"})
-    job = Job(
-        tenant_id=tenant.id,
-        model="stories260k",
-        model_source=str(MODEL_DIR),
-        training_file_id=file.id,
-        seed=7,
-        spec=resolve_spec(body).stored(),
-        status=status,
-        trainable_params=trainable,
-        total_params=100_000,
-        train_seconds=seconds,
-        trained_tokens=5000,
-        peak_memory_bytes=123 << 20,
-        sweep_id=sweep_id,
-    )
-    db_session.add(job)
-    db_session.flush()
-    job.fine_tuned_model = f"ft:stories260k:{tenant.id}::{job.id}"
-    if status != JobStatus.succeeded:
-        db_session.commit()
-        return job
-    base_rows, tuned_rows = [], []
-    for i, r in enumerate(tuned_rouge):
-        base_scores = {"rougeL": 0.05, "nll": 40.0, "loss_tokens": 10, "correct_tokens": 1}
-        tuned_scores = {"rougeL": r, "nll": 10.0 * (1.2 - r), "loss_tokens": 10, "correct_tokens": int(10 * r)}
-        base_rows.append(base_scores)
-        tuned_rows.append(tuned_scores)
-        db_session.add(
-            EvaluationRow(
-                job_id=job.id,
-                row_index=i,
-                prompt=f"Q{i}",
-                reference=f"SELECT {i}",
-                base_output="x",
-                tuned_output=f"SELECT {i}",
-                base_scores=base_scores,
-                tuned_scores=tuned_scores,
-            )
-        )
-    for subject, rows in (("base", base_rows), ("tuned", tuned_rows)):
-        metrics = {
-            m: stats.value(m, stats.columns(m, rows)) for m in ("rougeL", "eval_loss", "perplexity", "token_accuracy")
-        }
-        db_session.add(Evaluation(job_id=job.id, subject=subject, metrics=metrics, num_rows=len(rows)))
-    db_session.commit()
-    return job
 
 
 def board(client, auth, file_id, **params):

@@ -57,7 +57,7 @@ def test_the_probe_step_runs_the_training_loss_on_a_model_with_a_trained_eos_row
     # The probe once read the embedding's num_embeddings, which peft's trainable-token wrapper (the trained
     # EOS row, on by default) does not have: every `auto` micro-batch on a GPU failed. The step itself is
     # device-agnostic; only its peak-memory reading needs CUDA.
-    from tests.worker.test_training import SRC, adapter
+    from tests.helpers.training import SRC, adapter
     from worker.training.modeling import load_base_model, wrap_for_training
 
     ad = adapter("lora", train_eos_token=True)

@@ -6,16 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.worker.test_training import sql_examples
-from tests.worker.test_worker_loss import CPU, tok, trained  # noqa: F401, F811 - tok is a fixture, used by name
-from tests.worker.test_worker_loss import loss_and_grads as _loss_and_grads
+from tests.helpers.training import CPU, sql_examples, trained
+from tests.helpers.training import loss_and_grads as _loss_and_grads
 from worker.training.kernels.fast_lora import LoraLinearFunction, fuse_lora_layers
 from worker.training.loss import completion_loss
 from worker.training.packing import collate_packed
 
 
 @pytest.fixture(scope="module")
-def batch(tok):  # noqa: F811 - the imported fixture
+def batch(tok):
     b = collate_packed(sql_examples(tok, 8), 256, tok.pad_token_id, CPU)
     b.pop("num_tokens")
     return b
@@ -38,7 +37,7 @@ def count_calls(monkeypatch) -> list[int]:
 
 
 @pytest.mark.parametrize("kind", ["lora", "qlora"])
-def test_fused_lora_matches_peft_outputs_and_gradients(kind, tok, batch, monkeypatch):  # noqa: F811
+def test_fused_lora_matches_peft_outputs_and_gradients(kind, tok, batch, monkeypatch):
     model = trained(kind, tok)
     peft_loss, peft_grads = loss_and_grads(model, batch)
     adapted = 7 * model.get_base_model().config.num_hidden_layers  # q, k, v, o, gate, up, down per block
@@ -55,7 +54,7 @@ def test_fused_lora_matches_peft_outputs_and_gradients(kind, tok, batch, monkeyp
         assert (grads[name] - g).abs().max().item() <= grad_tol * g.abs().max().item(), name
 
 
-def test_what_it_does_not_compute_goes_to_peft(tok, batch, monkeypatch):  # noqa: F811
+def test_what_it_does_not_compute_goes_to_peft(tok, batch, monkeypatch):
     with_dropout = trained("lora", tok, dropout=0.1)
     fuse_lora_layers(with_dropout)
     calls = count_calls(monkeypatch)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import MODEL_DIR
-from tests.worker.test_worker_child import run_job, sql_rows, stored
+from tests.helpers.child import run_job, sql_rows, stored
 from worker.training.checkpoints import TRAINER_STATE, load_checkpoint, save_trainable_weights
 from worker.training.modeling import (
     ModelRefused,

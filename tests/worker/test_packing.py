@@ -7,19 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.worker.test_training import SRC, adapter, config, hooks, sql_examples
+from tests.helpers.training import CPU, SRC, adapter, config, hooks, sql_examples
 from worker.training.data import IGNORE, Example, Formatter
 from worker.training.loop import collate, train
-from worker.training.modeling import load_base_model, load_tokenizer, wrap_for_training
+from worker.training.modeling import load_base_model, wrap_for_training
 from worker.training.packing import collate_packed, pack
 
-CPU = torch.device("cpu")
 ROW = 256
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(SRC)
 
 
 @pytest.fixture(scope="module")

@@ -6,82 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import DATASETS, MODEL_DIR
+from tests.conftest import DATASETS
 from tests.helpers.generation import forward_greedy
+from tests.helpers.training import SRC, adapter, config, hooks, sql_examples
 from worker.training.checkpoints import latest_checkpoint
 from worker.training.data import IGNORE, Formatter, split_rows
-from worker.training.loop import Hooks, StopTraining, TrainConfig, train
+from worker.training.loop import StopTraining, train
 from worker.training.modeling import (
     ModelRefused,
     check_model_source,
     load_base_model,
-    load_tokenizer,
     wrap_for_training,
 )
-
-SRC = str(MODEL_DIR)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(SRC)
-
-
-def adapter(kind: str, **over) -> dict:
-    base = {
-        "type": kind,
-        "r": 8,
-        "alpha": 16,
-        "dropout": 0.0,
-        "target_modules": "all-linear",
-        "num_virtual_tokens": 8,
-        "prompt_tuning_init_text": None,
-        "compute_dtype": "bfloat16",
-    }
-    return {**base, **over}
-
-
-def config(**over) -> TrainConfig:
-    base = dict(
-        n_epochs=1,
-        micro_batch_size=4,
-        grad_accum=1,
-        learning_rate=5e-3,
-        lr_scheduler="linear",
-        warmup_ratio=0.0,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        logging_steps=1,
-        seed=3,
-        checkpoint_every_s=3600,
-    )
-    return TrainConfig(**{**base, **over})
-
-
-def hooks(log: list | None = None, stop_at: int | None = None) -> Hooks:
-    state = {"step": 0}
-
-    def progress(d):
-        state["step"] = d.get("step", state["step"])
-
-    def should_stop():
-        return stop_at is not None and state["step"] >= stop_at
-
-    return Hooks(
-        on_progress=progress,
-        on_log=(log.append if log is not None else lambda d: None),
-        on_checkpoint=lambda *a: None,
-        on_evaluate=lambda step, epoch: {},
-        should_stop=should_stop,
-    )
-
-
-def sql_examples(tok, n: int = 24):
-    from app.datasets import iter_records
-
-    rows = list(iter_records(DATASETS / "wikisql" / "train.jsonl", "jsonl", completion_separator="\nA: "))[:n]
-    fmt = Formatter(tok, 256)
-    return [fmt.example(r) for r in rows]
 
 
 def test_completion_only_labels(tok):

@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import DATASETS
 from tests.helpers.factories import job_spec
-from tests.worker.test_training import SRC, adapter, config, hooks, sql_examples
+from tests.helpers.training import CPU, SRC, adapter, config, hooks, sql_examples
 from worker.evaluation.evaluate import EvalSet, evaluate, teacher_forced_stats
 from worker.evaluation.generation import generate
 from worker.training.checkpoints import FULL_WEIGHTS, latest_checkpoint, load_trainable_weights
@@ -24,16 +24,8 @@ from worker.training.modeling import (
     count_params_of_config,
     is_peft,
     load_base_model,
-    load_tokenizer,
     wrap_for_training,
 )
-
-CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(SRC)
 
 
 def full_model():

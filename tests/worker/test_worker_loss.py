@@ -7,42 +7,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.worker.test_training import SRC, adapter, sql_examples
+from tests.helpers.training import CPU, loss_and_grads, sql_examples, trained
 from worker.training.data import IGNORE, Example
 from worker.training.loop import collate
 from worker.training.loss import completion_loss, head_weight, loss_fn_for, model_loss
-from worker.training.modeling import load_base_model, load_tokenizer, wrap_for_training
 from worker.training.packing import collate_packed
-
-CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(SRC)
 
 
 @pytest.fixture(scope="module")
 def examples(tok):
     return sql_examples(tok, 8)
-
-
-def trained(kind: str, tok, **over):
-    torch.manual_seed(0)
-    ad = adapter(kind, **over)
-    model = wrap_for_training(load_base_model(SRC, ad, CPU), ad, SRC, False, tok.eos_token_id)
-    with torch.no_grad():  # lora_B and the EOS delta start at no change: move every trained weight
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.02)
-    return model.train()
-
-
-def loss_and_grads(model, loss_fn, batch) -> tuple[float, dict[str, torch.Tensor]]:
-    model.zero_grad(set_to_none=True)
-    loss = loss_fn(model, batch)
-    loss.backward()
-    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("kind", ["lora", "qlora", "full"])

@@ -17,8 +17,8 @@ from app.core.job_spec import JobCreate, resolve_spec
 from app.core.job_state import take_orphaned_jobs
 from app.core.tables import Job, JobStatus, utcnow
 from app.tenants.service import create_key
-from tests.conftest import ARTIFACTS, MODEL_DIR, ROOT, TEST_ENV, make_file_row
-from tests.helpers.factories import make_job
+from tests.conftest import ARTIFACTS, MODEL_DIR, ROOT, TEST_ENV
+from tests.helpers.factories import make_file_row, make_job
 
 
 def test_an_orphaned_job_is_taken_over_by_a_worker_on_its_own(database):
