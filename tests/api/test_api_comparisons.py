@@ -14,9 +14,10 @@ import torch
 from sqlalchemy import func, select
 
 from app.core.job_spec import JobCreate, resolve_spec
-from app.core.tables import Comparison, ComparisonStatus, EvaluationRow, File, Job, JobStatus, Tenant, new_id, utcnow
+from app.core.tables import Comparison, ComparisonStatus, EvaluationRow, File, Job, JobStatus, Tenant, utcnow
 from tests.conftest import DATASETS, MODEL_DIR, REDIS_URL, TEST_ENV
-from tests.helpers.factories import make_file_row
+from tests.helpers import factories
+from tests.helpers.factories import job_spec, make_file_row
 from tests.helpers.generation import forward_greedy
 
 CMP = "/v1/comparisons"
@@ -41,22 +42,14 @@ def make_file(session, tenant: Tenant, shape: str = "prompt_completion") -> File
 def make_job(
     session, tenant: Tenant, file: File, *, status: JobStatus = JobStatus.succeeded, adapter_type: str = "lora"
 ) -> Job:
-    spec = resolve_spec(JobCreate(model="stories260k", training_file=file.id, adapter={"type": adapter_type})).stored()
-    job = Job(
-        id=new_id("ftjob"),
-        tenant_id=tenant.id,
-        model="stories260k",
-        model_source=SRC,
-        training_file_id=file.id,
-        seed=1,
-        spec=spec,
-        status=status,
+    """A job with an adapter of this type; a succeeded one has its model name and its archive's name."""
+    job = factories.make_job(
+        session, tenant, file, spec=job_spec(adapter={"type": adapter_type}), status=status, commit=False
     )
     if status == JobStatus.succeeded:
         job.fine_tuned_model = f"ft:stories260k:{tenant.id}::{job.id}"
         job.finished_at = utcnow()
         job.adapter_name = f"{job.id}/adapter.tar.gz"
-    session.add(job)
     session.flush()
     return job
 

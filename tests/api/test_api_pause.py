@@ -12,6 +12,7 @@ from app.core.job_state import add_event, finish_job, pause_after_checkpoint
 from app.core.result_files import step_metrics_csv
 from app.core.settings import get_settings
 from app.core.tables import Checkpoint, File, Job, JobEvent, JobStatus, utcnow
+from tests.helpers.factories import make_job
 
 JOBS = "/v1/fine_tuning/jobs"
 
@@ -119,18 +120,7 @@ def test_jobs_are_filtered_by_metadata_as_the_openai_client_sends_it(client, aut
 
 
 def test_the_result_file_has_every_logged_step_and_the_held_out_metrics(db_session, acme, train_file):
-    job = Job(
-        tenant_id=acme.id,
-        model="stories260k",
-        model_source="x",
-        training_file_id=train_file.id,
-        seed=1,
-        spec={},
-        status=JobStatus.running,
-        attempt=1,
-    )
-    db_session.add(job)
-    db_session.commit()
+    job = make_job(db_session, acme, train_file, status=JobStatus.running, attempt=1)
     for step, loss in ((10, 2.5), (20, 2.0), (20, 1.9)):  # step 20 twice: a resumed attempt redid it
         data = {"step": step, "epoch": step / 20, "train_loss": loss, "learning_rate": 1e-3, "trained_tokens": step}
         add_event(db_session, job.id, f"Step {step}", type="metrics", data=data)

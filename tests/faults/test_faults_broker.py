@@ -334,20 +334,15 @@ def test_after_a_broker_loss_exactly_one_pass_resends_every_queued_job(tmp_path,
 def queued_job_rows(n: int):
     """n queued job rows in the session's database, cancelled afterwards so that no other test's worker runs them."""
     from app.core.db import get_sessionmaker
-    from app.core.job_spec import JobCreate, resolve_spec
     from app.core.tables import Job, JobStatus
     from app.tenants.service import create_key
-    from tests.conftest import MODEL_DIR
-    from tests.helpers.factories import make_file_row
+    from tests.helpers.factories import make_file_row, make_job
 
     Session = get_sessionmaker()
     with Session() as s:
         tenant, _ = create_key(s, f"broker-loss-{time.monotonic_ns()}")
         f = make_file_row(s, tenant)
-        spec = resolve_spec(JobCreate(model="stories260k", training_file=f.id)).stored()
-        common = {"tenant_id": tenant.id, "model": "stories260k", "model_source": str(MODEL_DIR), "seed": 1}
-        jobs = [Job(**common, training_file_id=f.id, spec=spec, status=JobStatus.queued) for _ in range(n)]
-        s.add_all(jobs)
+        jobs = [make_job(s, tenant, f, status=JobStatus.queued, commit=False) for _ in range(n)]
         s.commit()
         ids = [job.id for job in jobs]
     try:

@@ -11,10 +11,11 @@ from pathlib import Path
 from sqlalchemy import select
 
 from tests.conftest import DATASETS, MODEL_DIR
+from tests.helpers.factories import make_file_row, make_job
 
 
-def _file(s, settings, tenant_id: str, rows: list[dict], separator: str | None):
-    from app.core.tables import File
+def _file(s, settings, tenant, rows: list[dict], separator: str | None):
+    """A file row of the tenant's whose stored bytes are `rows`, as an upload leaves it."""
     from app.datasets import validate_file
     from worker.evaluation.artifacts import sha256_of
 
@@ -23,11 +24,11 @@ def _file(s, settings, tenant_id: str, rows: list[dict], separator: str | None):
     path = settings.uploads_dir / file_id
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = validate_file(path, "data.jsonl", completion_separator=separator)
-    row = File(
+    return make_file_row(
+        s,
+        tenant,
         id=file_id,
-        tenant_id=tenant_id,
         filename="data.jsonl",
-        purpose="fine-tune",
         bytes=path.stat().st_size,
         sha256=sha256_of(path),
         format=summary.format,
@@ -35,10 +36,7 @@ def _file(s, settings, tenant_id: str, rows: list[dict], separator: str | None):
         num_rows=summary.num_rows,
         token_estimate=summary.token_estimate,
         completion_separator=separator,
-        storage_name=file_id,
     )
-    s.add(row)
-    return row
 
 
 def running_job_row(
@@ -52,29 +50,26 @@ def running_job_row(
     from app.core.db import get_sessionmaker
     from app.core.job_spec import JobCreate, resolve_spec
     from app.core.settings import get_settings
-    from app.core.tables import Job, JobStatus, Tenant
+    from app.core.tables import JobStatus, Tenant
 
     settings = get_settings()
     with get_sessionmaker()() as s:
         tenant = Tenant(name=f"child-{uuid.uuid4().hex[:8]}")
         s.add(tenant)
         s.flush()
-        train = _file(s, settings, tenant.id, train_rows, separator)
-        val = _file(s, settings, tenant.id, val_rows, separator) if val_rows else None
-        spec = JobCreate(model="stories260k", training_file=train.id, **body)
-        job = Job(
-            tenant_id=tenant.id,
-            model="stories260k",
+        train = _file(s, settings, tenant, train_rows, separator)
+        val = _file(s, settings, tenant, val_rows, separator) if val_rows else None
+        job = make_job(
+            s,
+            tenant,
+            train,
+            spec=resolve_spec(JobCreate(model="stories260k", training_file=train.id, **body)),
             model_source=str(model_source),
-            training_file_id=train.id,
             validation_file_id=val.id if val else None,
             seed=7,
-            spec=resolve_spec(spec).stored(),
             status=JobStatus.running,
             attempt=1,
         )
-        s.add(job)
-        s.commit()
         return job.id
 
 

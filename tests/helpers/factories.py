@@ -56,21 +56,26 @@ def make_file_row(session, tenant, **over):
     return row
 
 
-def make_job(session, tenant, file, *, spec: JobSpec | dict | None = None, commit: bool = True, **over):
-    """A job row on `file` of `tenant`: stories260k with the default spec unless told otherwise."""
+def make_job(session, tenant, file, *, spec: JobSpec | dict | None = None, commit: bool = True, **over) -> Job:
+    """A job row on `file` of `tenant`: the tiny real model with the default spec unless told otherwise, any
+    other column from `over`. commit=False flushes only: the row has its id, the caller's transaction goes on."""
+    from tests.conftest import MODEL_DIR
+
     values = {
         "tenant_id": tenant.id,
         "model": "stories260k",
-        "model_source": "stories260k",
+        "model_source": str(MODEL_DIR),
         "training_file_id": file.id,
         "seed": 1,
-        "spec": (spec or job_spec()).stored() if not isinstance(spec, dict) else spec,
+        "spec": spec if isinstance(spec, dict) else (spec or job_spec()).stored(),
         **over,
     }
     job = Job(**values)
     session.add(job)
     if commit:
         session.commit()
+    else:
+        session.flush()
     return job
 
 
@@ -86,28 +91,11 @@ def finished_job(
     num_samples: int = 3,
     adapter_type: str = "lora",
     skipped: dict | None = None,
-):
+) -> Job:
     """A job as a worker leaves it (succeeded unless told otherwise), with its base and tuned evaluations and
     `rows` evaluation rows when given."""
-    from tests.conftest import MODEL_DIR
-
-    body = JobCreate(
-        model="stories260k",
-        training_file=file.id,
-        adapter={"type": adapter_type},
-        evaluation={"num_samples": num_samples},
-    )
-    job = Job(
-        tenant_id=tenant.id,
-        model="stories260k",
-        model_source=str(MODEL_DIR),
-        training_file_id=file.id,
-        seed=1,
-        spec=resolve_spec(body).stored(),
-        status=status,
-    )
-    db_session.add(job)
-    db_session.flush()
+    spec = job_spec(adapter={"type": adapter_type}, evaluation={"num_samples": num_samples})
+    job = make_job(db_session, tenant, file, spec=spec, status=status, commit=False)
     if status == JobStatus.succeeded:
         job.fine_tuned_model = f"ft:stories260k:{tenant.name}::{job.id}"
         job.finished_at = utcnow()
@@ -134,15 +122,9 @@ def finished_job(
     return job
 
 
-def running_job(session, tenant, file, **over):
+def running_job(session, tenant, file, **over) -> Job:
     """A job claimed by attempt 1 (status running); `over` sets any other column."""
-
-    job = finished_job(session, tenant, file, status=JobStatus.running)
-    job.attempt, job.finished_at = 1, None
-    for key, value in over.items():
-        setattr(job, key, value)
-    session.commit()
-    return job
+    return make_job(session, tenant, file, status=JobStatus.running, attempt=1, **over)
 
 
 def store_adapter(db_session, job, data: bytes) -> str:
@@ -172,19 +154,15 @@ def scored_job(
     seconds: float = 10.0,
     sweep_id: str | None = None,
     status: JobStatus = JobStatus.succeeded,
-):
+) -> Job:
     """A finished job whose evaluation rows hold per-row ROUGE-L and teacher-forced sums; aggregates are
     written from the same rows, as the worker does."""
-    from tests.conftest import MODEL_DIR
-
-    body = JobCreate(model="stories260k", training_file=file.id, adapter=adapter or {"type": "lora"})
-    job = Job(
-        tenant_id=tenant.id,
-        model="stories260k",
-        model_source=str(MODEL_DIR),
-        training_file_id=file.id,
+    job = make_job(
+        db_session,
+        tenant,
+        file,
+        spec=job_spec(adapter=adapter or {"type": "lora"}),
         seed=7,
-        spec=resolve_spec(body).stored(),
         status=status,
         trainable_params=trainable,
         total_params=100_000,
@@ -192,9 +170,8 @@ def scored_job(
         trained_tokens=5000,
         peak_memory_bytes=123 << 20,
         sweep_id=sweep_id,
+        commit=False,
     )
-    db_session.add(job)
-    db_session.flush()
     job.fine_tuned_model = f"ft:stories260k:{tenant.id}::{job.id}"
     if status != JobStatus.succeeded:
         db_session.commit()

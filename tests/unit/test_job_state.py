@@ -5,30 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 from app.core.job_state import claim_job, finish_job, renew_lease, take_orphaned_jobs, update_job
-from app.core.tables import File, Job, JobStatus, utcnow
+from app.core.tables import Job, JobStatus, utcnow
 from app.tenants.service import create_key
+from tests.helpers.factories import make_file_row, make_job
 
 
 def _job(db_session, **over) -> Job:
     tenant, _ = create_key(db_session, "acme")
-    f = File(
-        tenant_id=tenant.id,
-        filename="t.jsonl",
-        purpose="fine-tune",
-        bytes=1,
-        sha256="0" * 64,
-        format="jsonl",
-        shape="text",
-        num_rows=1,
-        token_estimate=1,
-        storage_name="x",
-    )
-    db_session.add(f)
-    db_session.flush()
-    job = Job(tenant_id=tenant.id, model="m", model_source="m", training_file_id=f.id, seed=1, spec={}, **over)
-    db_session.add(job)
-    db_session.commit()
-    return job
+    return make_job(db_session, tenant, make_file_row(db_session, tenant), **over)
 
 
 def test_second_claim_does_nothing_and_old_attempt_is_fenced(db_session):

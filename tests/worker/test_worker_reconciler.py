@@ -13,11 +13,10 @@ import uuid
 from datetime import timedelta
 
 from app.core.db import get_sessionmaker
-from app.core.job_spec import JobCreate, resolve_spec
 from app.core.job_state import take_orphaned_jobs
 from app.core.tables import Job, JobStatus, utcnow
 from app.tenants.service import create_key
-from tests.conftest import ARTIFACTS, MODEL_DIR, ROOT, TEST_ENV
+from tests.conftest import ARTIFACTS, ROOT, TEST_ENV
 from tests.helpers.factories import make_file_row, make_job
 
 
@@ -26,20 +25,14 @@ def test_an_orphaned_job_is_taken_over_by_a_worker_on_its_own(database):
     with Session() as s:
         tenant, _ = create_key(s, f"reconcile-{uuid.uuid4().hex[:6]}")
         f = make_file_row(s, tenant, storage_name="gone.jsonl")  # its bytes are missing: the job fails fast
-        body = JobCreate(model="stories260k", training_file=f.id)
-        job = Job(
-            tenant_id=tenant.id,
-            model="stories260k",
-            model_source=str(MODEL_DIR),
-            training_file_id=f.id,
-            seed=1,
-            spec=resolve_spec(body).stored(),
+        job = make_job(
+            s,
+            tenant,
+            f,
             status=JobStatus.running,
             attempt=1,
             lease_expires_at=utcnow() - timedelta(seconds=5),  # its worker stopped renewing: it died
         )
-        s.add(job)
-        s.commit()
         job_id = job.id
 
     queue = f"gpu-reconcile-{uuid.uuid4().hex[:6]}"
