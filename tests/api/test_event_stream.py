@@ -3,20 +3,17 @@
 In process, the app's test client reads the stream while the test writes events and moves the job through its
 statuses in the database, committed, from its own sessions, as the worker and the other routes do; the stream
 reads with sessions of its own, as it does in production, so these rows are committed and removed afterwards.
-The last test reads the stream of a real tiny training job from a running service (API under uvicorn and a
-Celery worker), with httpx.
+The stream of a real tiny training job from a running service: tests/e2e/test_event_stream_live.py.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
 import uuid
 from types import SimpleNamespace
 
-import httpx
 import pytest
 from sqlalchemy import create_engine, delete, select, text, update
 from sqlalchemy.exc import OperationalError
@@ -28,47 +25,10 @@ from app.core.settings import get_settings
 from app.core.tables import ApiKey, File, Job, JobEvent, JobStatus, Tenant, utcnow
 from app.jobs import event_stream
 from app.jobs.schemas import EventPublic, JobPublic
-from tests.conftest import DATASETS, REPORT
-from tests.helpers.e2e_service import client_for, running_service, upload, worker_logs
 from tests.helpers.factories import finished_job, make_file_row
+from tests.helpers.sse import SseReader, event_ids
 
 JOBS = "/v1/fine_tuning/jobs"
-
-
-class SseReader:
-    """Reads a text/event-stream response message by message, noting when each arrived."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.lines = response.iter_lines()
-        self.comments: list[str] = []
-
-    def next(self) -> dict | None:
-        """The next message (event, id, data parsed as JSON, at), or None once the stream has closed."""
-        fields: dict = {}
-        for line in self.lines:
-            if line.startswith(":"):
-                self.comments.append(line[1:].strip())
-            elif line:
-                name, _, value = line.partition(":")
-                fields[name] = value.removeprefix(" ")
-            elif "data" in fields:
-                return {**fields, "data": json.loads(fields["data"]), "at": time.monotonic()}
-        return None
-
-    def until(self, event: str) -> list[dict]:
-        """Every message up to and including the first `event` one."""
-        got = []
-        while (message := self.next()) is not None:
-            got.append(message)
-            if message["event"] == event:
-                return got
-        raise AssertionError(f"the stream closed before an {event!r} message: {got}")
-
-    def rest(self) -> list[dict]:
-        got = []
-        while (message := self.next()) is not None:
-            got.append(message)
-        return got
 
 
 def assert_documented(messages: list[dict]) -> None:
@@ -81,10 +41,6 @@ def assert_documented(messages: list[dict]) -> None:
             assert re.fullmatch(kind["properties"]["id"]["pattern"], message["id"]), message
         model = models[kind["properties"]["data"]["contentSchema"]["$ref"].rsplit("/", 1)[-1]]
         model.model_validate(message["data"])
-
-
-def event_ids(messages: list[dict]) -> list[str]:
-    return [m["id"] for m in messages if m["event"] in ("message", "metrics")]
 
 
 def write_event(job_id: str, message: str, **kw) -> str:
@@ -353,76 +309,3 @@ def test_a_stream_through_the_test_transaction(client, auth, db_session, acme, t
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     events = re.findall(r"^event: (\w+)$", r.text, flags=re.M)
     assert events == ["metrics", "end"]
-
-
-# ------------------------------------------------------------------ live, against a running service
-
-
-@pytest.mark.e2e
-def test_a_real_job_streams_its_metrics_while_it_trains_and_the_stream_ends_with_it(tmp_path):
-    """One small LoRA job on the tiny Llama, watched from its creation to its end through one stream."""
-    rows = tmp_path / "train.jsonl"
-    with open(DATASETS / "wikisql" / "train.jsonl") as fh:
-        rows.write_text("".join(fh.readlines()[:500]))
-    with running_service(workers=1) as service:
-        c = client_for(service)
-        train = upload(c, rows, completion_separator="\nA: ")
-        body = {
-            "model": "stories260k",
-            "training_file": train["id"],
-            "seed": 7,
-            "adapter": {"type": "lora", "r": 8},
-            # 500 rows: one epoch of about 30 steps, a metrics event every 4: some 15 s of training on 2 cores
-            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 16}}},
-            "training": {"learning_rate": 5e-3, "logging_steps": 4},
-            "evaluation": {"metrics": ["perplexity"], "max_rows": 10},
-        }
-        r = c.post(f"{JOBS}", json=body)
-        assert r.status_code == 200, r.text
-        job_id, created = r.json()["id"], time.monotonic()
-
-        received: list[dict] = []
-        first_at = None
-        with httpx.Client(base_url=service["base"], headers={"Authorization": f"Bearer {service['key']}"}) as sse:
-            opened = time.monotonic()
-            timeout = httpx.Timeout(10, read=60)  # a ping every 15 s at the latest
-            with sse.stream("GET", f"{JOBS}/{job_id}/events", params={"stream": "true"}, timeout=timeout) as s:
-                assert s.status_code == 200
-                reader = SseReader(s)
-                while (message := reader.next()) is not None:
-                    first_at = first_at or message["at"]
-                    received.append(message)
-            stream_closed = time.monotonic()
-        job = c.get(f"{JOBS}/{job_id}").json()
-        assert job["status"] == "succeeded", f"{job['error']}\n{worker_logs(service)}"
-
-        ends = [m for m in received if m["event"] == "end"]
-        assert len(ends) == 1 and received[-1] is ends[0] and ends[0]["data"]["status"] == "succeeded"
-        statuses = [m["data"]["status"] for m in received if m["event"] == "status"]
-        assert "running" in statuses  # seen change as it happened: queued (or already running), then running
-        ids = [int(i.removeprefix("ftevent-")) for i in event_ids(received)]
-        assert ids == sorted(set(ids))  # in order, each once
-        listed = c.get(f"{JOBS}/{job_id}/events", params={"limit": 1000}).json()["data"]
-        assert event_ids(received) == [e["id"] for e in reversed(listed)]  # nothing missed
-
-        metrics = [m for m in received if m["event"] == "metrics" and "train_loss" in (m["data"]["data"] or {})]
-        assert len(metrics) >= 4, [m["data"]["message"] for m in received]
-        # Live, not all at the end: metrics arrive spread over the training, each soon after it was written.
-        spread = metrics[-1]["at"] - metrics[0]["at"]
-        end_at = ends[0]["at"]
-        assert spread > 2.0 and end_at - metrics[0]["at"] > 3.0, (spread, end_at - metrics[0]["at"])
-        wall_offset = time.time() - time.monotonic()
-        lags = sorted(m["at"] + wall_offset - m["data"]["created_at"] for m in metrics)  # created_at: whole seconds
-        median_lag = lags[len(lags) // 2]
-        assert median_lag < 2.5, lags
-        # the job's end (finished_at, whole seconds) to the stream's close
-        after_end = stream_closed + wall_offset - ends[0]["data"]["finished_at"]
-        assert after_end < 3.0, after_end
-
-    figure = (
-        f"[sse] {len(received)} messages ({len(ids)} events, {len(metrics)} metrics, {len(statuses)} status), "
-        f"first after {first_at - opened:.2f} s, metrics spread over {spread:.1f} s of a {end_at - created:.0f} s job, "
-        f"median metrics lag {median_lag:.2f} s, stream closed {after_end:.2f} s after finished_at (whole seconds)"
-    )
-    REPORT.append(figure)
-    print(figure)

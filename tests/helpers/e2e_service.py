@@ -153,6 +153,12 @@ def wait_for_jobs(c: httpx.Client, job_ids: list[str], logs) -> dict[str, tuple[
     return done
 
 
+def events_of(c, job_id: str) -> list[str]:
+    """The job's event messages, oldest first (the newest 100)."""
+    data = c.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
+    return [e["message"] for e in reversed(data)]
+
+
 def child_pids(job_id: str) -> list[int]:
     """Training children of a job (`python -m worker.child train <job_id> <attempt>`), from /proc."""
     pids = []

@@ -122,6 +122,18 @@ def finished_job(
     return job
 
 
+def adapter_job(session, tenant, file, *, status: JobStatus = JobStatus.succeeded, adapter_type: str = "lora") -> Job:
+    """A job with an adapter of this type, as a comparison reads it: a succeeded one has its fine-tuned model's
+    name and its archive's name (the archive itself is not written)."""
+    job = make_job(session, tenant, file, spec=job_spec(adapter={"type": adapter_type}), status=status, commit=False)
+    if status == JobStatus.succeeded:
+        job.fine_tuned_model = f"ft:stories260k:{tenant.id}::{job.id}"
+        job.finished_at = utcnow()
+        job.adapter_name = f"{job.id}/adapter.tar.gz"
+    session.flush()
+    return job
+
+
 def running_job(session, tenant, file, **over) -> Job:
     """A job claimed by attempt 1 (status running); `over` sets any other column."""
     return make_job(session, tenant, file, status=JobStatus.running, attempt=1, **over)
