@@ -209,7 +209,8 @@ FOLDER_MARKERS = ("unit", "api", "worker", "e2e", "faults", "contract", "deploy"
 def pytest_collection_modifyitems(items):
     tests = Path(__file__).resolve().parent
     for item in items:
-        folder = Path(item.path).resolve().relative_to(tests).parts[0]
+        path = Path(item.path).resolve()
+        folder = path.relative_to(tests).parts[0] if path.is_relative_to(tests) else None
         if folder in FOLDER_MARKERS:
             item.add_marker(folder)
 
