@@ -9,21 +9,21 @@ scripts/install.sh test
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose) >/dev/null 2>&1 \
-      || echo "warning: could not install docker-compose; tests/test_compose.py will fail" >&2
+      || echo "warning: could not install docker-compose; tests/deploy/test_compose.py will fail" >&2
   fi
 fi
-# Headless Chromium for the sweep page test (tests/test_sweep_page.py); Debian's package.
+# Headless Chromium for the sweep page test (tests/api/test_charts_page.py); Debian's package.
 if ! command -v chromium >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
-      || echo "warning: could not install chromium; tests/test_sweep_page.py will fail" >&2
+      || echo "warning: could not install chromium; tests/api/test_charts_page.py will fail" >&2
   fi
 fi
-# pg_dump for the test that dumps the database and looks for API keys (tests/test_keys_and_limits.py).
+# pg_dump for the test that dumps the database and looks for API keys (tests/api/test_keys_and_limits.py).
 if ! command -v pg_dump >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client) >/dev/null 2>&1 \
-      || echo "warning: could not install postgresql-client; tests/test_keys_and_limits.py will fail" >&2
+      || echo "warning: could not install postgresql-client; tests/api/test_keys_and_limits.py will fail" >&2
   fi
 fi
 exec .venv/bin/python -m pytest "$@"

@@ -7,9 +7,11 @@ The environment is set before anything from app/ is imported, since settings are
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
+import tarfile
 import uuid
 from contextlib import nullcontext
 from pathlib import Path
@@ -175,6 +177,18 @@ def train_file(db_session, acme):
     return make_file_row(db_session, acme)
 
 
+@pytest.fixture
+def archive() -> bytes:
+    """A real small tar.gz holding stand-in adapter files."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in (("adapter_model.safetensors", os.urandom(4096)), ("adapter_config.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _purge_test_queue():
     yield
@@ -184,6 +198,21 @@ def _purge_test_queue():
         redis.Redis.from_url(REDIS_URL).delete(TEST_ENV["FTAAS_QUEUE_NAME"])
     except Exception:
         pass
+
+
+# Each folder of tests/ is a layer of the code, and its name is the marker of every test in it (registered in
+# pyproject.toml): `-m worker`, `-m "not e2e and not faults"`. A test elsewhere that starts the live service
+# carries the e2e mark by hand, so that leaving out e2e leaves out every slow run.
+FOLDER_MARKERS = ("unit", "api", "worker", "e2e", "faults", "contract", "deploy")
+
+
+def pytest_collection_modifyitems(items):
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        path = Path(item.path).resolve()
+        folder = path.relative_to(tests).parts[0] if path.is_relative_to(tests) else None
+        if folder in FOLDER_MARKERS:
+            item.add_marker(folder)
 
 
 # Figures the tests measure (time to succeed, metrics), printed at the end of the run.

@@ -4,7 +4,7 @@ FastAPI cannot know them: validation errors are answered 400 in OpenAI's error s
 422 in its own, and the API key, the rate limit, the NUL guard and the database handler answer for every
 route. So every operation documents 400; every authenticated one 401, 429 and 503; every one with a path
 parameter 404. Routes declare their own extra errors (409, 413, ...) with `error_responses`. Schemathesis
-(tests/test_schemathesis.py) holds the document to what the app answers.
+(tests/contract/test_schemathesis.py) holds the document to what the app answers.
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""Shared test helpers: service processes, private servers, factories and reference computations."""
+"""Shared test helpers, imported by the tests of every folder: service processes, private servers, factories,
+the training path's pieces, the child run, uploads, SSE and webhook receivers, and reference computations."""

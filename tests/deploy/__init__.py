@@ -1,0 +1,1 @@
+"""Deployment: docker-compose.yml and the install lock."""

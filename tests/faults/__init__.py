@@ -1,0 +1,1 @@
+"""Faults under the running service: kills, cancels, broker and database outages (slow)."""
