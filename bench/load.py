@@ -250,6 +250,10 @@ def run_phase(
         "healthz_max_ms": round(1000 * max(health), 1) if health else None,
         "healthz_p99_ms": round(1000 * pct(health, 0.99), 1) if health else None,
         "healthz_failed": sum(1 for s in during if s[1] == "healthz" and s[3] != "200"),
+        # when the slow ones came, seconds into the phase: a start-up storm, or all along
+        "healthz_slow": [
+            (round(s[0] - t_start, 2), round(1000 * s[2])) for s in during if s[1] == "healthz" and s[2] > 0.05
+        ],
         "recovery_s": None if recovered_at is None else round(max(0.0, recovered_at - (t_start + seconds)), 2),
         "server_cpu_s": round(server_cpu, 1),
         "client_cpu_s": round(client_cpu, 1),

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
-from app.api.server import end_streams_on_exit_signal
+from app.api.server import serving_process_set_up
 from app.core.db import get_sessionmaker
 from app.core.settings import get_settings
 from app.sweeps.service import finalize_open_sweeps
@@ -63,7 +63,7 @@ def decide_finished_sweeps() -> int:
 @asynccontextmanager
 async def background_lifespan(_app):
     settings = get_settings()
-    end_streams_on_exit_signal()  # uvicorn installed its handlers before the lifespan: chain onto them
+    serving_process_set_up()  # a served process: streams end on its stop signal, and the GC stays out of the way
     running = [Periodic("sweep-decider", decide_finished_sweeps, settings.webhook_poll_s).start()]
     if settings.webhook_dispatcher:  # FTAAS_WEBHOOK_DISPATCHER=false leaves deliveries to other processes
         running.append(Dispatcher().start())

@@ -14,6 +14,7 @@ builds the processes' servers itself.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -37,10 +38,31 @@ def run(host: str, port: int, loglevel: str, workers: int) -> bool:
     return server.started
 
 
+# gen0 collections every 50,000 allocations instead of 700 (generations 1 and 2 as CPython's defaults): a status
+# read allocates thousands of objects, and each collection is a pause of every request on the loop.
+GC_THRESHOLDS = (50_000, 10, 10)
+
+
+def serving_process_set_up() -> None:
+    """Run once the process serves (the app's lifespan under uvicorn; not a test client's app, whose lifespan runs
+    off the main thread): end streams on the stop signal, and keep the garbage collector's pauses short.
+
+    The GC: CPython's full collections walk every tracked object, and a served process holds about a million
+    (FastAPI, pydantic, SQLAlchemy, the app): under 200 pollers /healthz took 60-125 ms every 2.5 s, each time
+    a full collection (bench/load.py's healthz_slow). gc.freeze() moves what start-up made to a generation no
+    collection walks (it is never garbage: modules, classes, the app), and a larger gen0 threshold makes the
+    young collections rarer. Measured on 2 cores, 200 pollers for 20 s: /healthz max 125.5 ms -> 13.6 ms,
+    status reads 724 -> 784 per second."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    end_streams_on_exit_signal()
+
+
 def end_streams_on_exit_signal() -> None:
     """Chain SHUTTING_DOWN.set() before the process's SIGINT/SIGTERM handlers (uvicorn's, when it serves)."""
-    if threading.current_thread() is not threading.main_thread():  # a test client's app: no signals to chain
-        return
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous = signal.getsignal(sig)
         if getattr(previous, "ends_streams", False):

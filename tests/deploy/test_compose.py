@@ -143,6 +143,8 @@ def test_rendered_services_and_dependencies():
 
     api = services["api"]
     assert api["command"] == ["ftaas", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    # several API processes (uvicorn workers), a number that keeps their pools under Postgres' max_connections
+    assert int(api["environment"]["FTAAS_WEB_WORKERS"]) == 4
     assert _conditions(api) == {"migrate": "service_completed_successfully", "redis": "service_healthy"}
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
     (port,) = api["ports"]
