@@ -10,7 +10,7 @@ from typing import Annotated
 
 import anyio
 from anyio.lowlevel import RunVar
-from fastapi import Depends, Path, Query
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,7 +21,7 @@ from app.core.errors import ApiError, not_found
 from app.core.settings import Settings, get_settings
 from app.core.tables import ApiKey, Comparison, File, Job, Sweep, Tenant, WebhookEndpoint
 from app.sweeps.share_links import check_token
-from app.tenants.rate_limit import retry_after
+from app.tenants.rate_limit import retry_after, retry_after_failed_auth
 from app.tenants.service import hash_key, tenant_for_key
 
 
@@ -80,14 +80,26 @@ def api_key(credentials: HTTPAuthorizationCredentials | None) -> str:
     return credentials.credentials
 
 
-def authenticated(session: Session, key: str) -> Tenant:
+def authenticated(session: Session, key: str, client: str) -> Tenant:
     tenant = tenant_for_key(session, key)
     if tenant is None:
+        wait = retry_after_failed_auth(client)
+        if wait is not None:
+            raise ApiError(
+                429,
+                f"Too many invalid API keys from this address; retry in {wait} s",
+                code="too_many_failed_authentications",
+                headers={"Retry-After": str(wait)},
+            )
         raise ApiError(
             401, "Invalid or revoked API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
         )
     admitted(key, tenant.id)
     return tenant
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 def admitted(key: str, tenant_id: str) -> None:
@@ -103,8 +115,8 @@ def admitted(key: str, tenant_id: str) -> None:
         )
 
 
-def get_current_tenant(session: SessionDep, credentials: Credentials) -> Tenant:
-    return authenticated(session, api_key(credentials))
+def get_current_tenant(session: SessionDep, credentials: Credentials, request: Request) -> Tenant:
+    return authenticated(session, api_key(credentials), client_address(request))
 
 
 CurrentTenant = Annotated[Tenant, Depends(get_current_tenant)]
@@ -128,7 +140,9 @@ def owned_job(session: Session, tenant: Tenant, job_id: str, param: str = "job_i
     return job
 
 
-def get_owned_job(session: SessionDep, credentials: Credentials, job_id: Annotated[str, Path()]) -> Job:
+def get_owned_job(
+    session: SessionDep, credentials: Credentials, request: Request, job_id: Annotated[str, Path()]
+) -> Job:
     """The key's check and the job in one query, the status read being what pollers send most (issue 13); a key
     that finds no job is then told apart: 401 if it is not valid, 404 if the job is not its tenant's."""
     key = api_key(credentials)
@@ -138,7 +152,7 @@ def get_owned_job(session: SessionDep, credentials: Credentials, job_id: Annotat
         .where(Job.id == job_id, ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
     )
     if job is None:
-        authenticated(session, key)
+        authenticated(session, key, client_address(request))
         raise not_found("fine-tuning job", job_id, "job_id", code="job_not_found")
     admitted(key, job.tenant_id)
     return job
@@ -175,6 +189,7 @@ def get_viewable_sweep(
     session: SessionDep,
     sweep_id: Annotated[str, Path()],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    request: Request,
     token: Annotated[str | None, Query(description="the signed token of the sweep's page link")] = None,
 ) -> Sweep:
     """A sweep's read-only views (page, charts): its owner's API key, or the signed link of that sweep."""
@@ -184,17 +199,19 @@ def get_viewable_sweep(
             return sweep
     if token is not None and credentials is None:
         raise ApiError(401, "This link is invalid or has expired; ask for the sweep again", code="invalid_link")
-    return get_owned_sweep(session, get_current_tenant(session, credentials), sweep_id)
+    return get_owned_sweep(session, get_current_tenant(session, credentials, request), sweep_id)
 
 
 OwnedFile = Annotated[File, Depends(get_owned_file)]
 OwnedJob = Annotated[Job, Depends(get_owned_job)]
 
 
-def get_job_as_read(session: SessionDep, credentials: Credentials, job_id: Annotated[str, Path()]) -> Job:
+def get_job_as_read(
+    session: SessionDep, credentials: Credentials, request: Request, job_id: Annotated[str, Path()]
+) -> Job:
     """The job as read now, detached, its transaction ended in this same thread: for a route that only presents
     it (async, so no further thread hop; the session then closes without one either)."""
-    job = get_owned_job(session, credentials, job_id)
+    job = get_owned_job(session, credentials, request, job_id)
     session.expunge(job)
     session.rollback()
     return job

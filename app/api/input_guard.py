@@ -1,8 +1,12 @@
-"""Refuse NUL characters anywhere in a request's path, query or JSON body, with a 400 that names where.
+"""Refuse NUL characters anywhere in a request's path, query or JSON body, with a 400 that names where; and JSON
+bodies no route should parse: past 4 MiB (413), nested past 64 levels, or holding a number past Python's
+integer-string limit (400; left to the route, json.loads raised RecursionError or ValueError: a 500).
 
-No field of this API can hold one, and PostgreSQL text cannot store one: left to the database, a `%00` in an
-id or a `\\u0000` in a suffix surfaced as a 500 from the driver. Checked once, here, for every route (uploaded
-files are not JSON and are validated by the dataset readers instead).
+No field of this API can hold a NUL, and PostgreSQL text cannot store one: left to the database, a `%00` in an
+id or a `\\u0000` in a suffix surfaced as a 500 from the driver. Checked once, here, for every route, on every
+body FastAPI parses as JSON (no Content-Type, application/json or application/<x>+json, in any letter case: a
+check by prefix was bypassed by `Application/JSON` or `+json`). Uploaded files are not JSON and are validated
+by the dataset readers instead.
 """
 
 from __future__ import annotations
@@ -15,35 +19,63 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_response
 
-MAX_JSON_BODY = 4 * 1024 * 1024  # JSON requests of this API are small; larger ones are checked by their route
+MAX_JSON_BODY = 4 * 1024 * 1024  # JSON requests of this API are small: a sweep of 64 candidates is a few KB
+MAX_JSON_DEPTH = 64  # the deepest body a route takes is about 5 levels (a sweep's candidates' adapter fields)
 
 
-def _nul_in(value: Any, path: str) -> str | None:
-    """The dotted path of the first string (key or value) in `value` holding a NUL, or None."""
-    if isinstance(value, str):
-        return path or "body" if "\x00" in value else None
-    if isinstance(value, dict):
-        for k, v in value.items():
-            here = f"{path}.{k}" if path else str(k)
-            if "\x00" in str(k):
-                return here
-            found = _nul_in(v, here)
-            if found:
-                return found
-    if isinstance(value, list):
-        for i, v in enumerate(value):
-            found = _nul_in(v, f"{path}.{i}" if path else str(i))
-            if found:
-                return found
-    return None
+class BodyRefused(Exception):
+    def __init__(self, param: str, message: str, status: int = 400) -> None:
+        self.param, self.message, self.status = param, message, status
 
 
-def _refusal(param: str):
+def parses_as_json(content_type: bytes | None) -> bool:
+    """Whether FastAPI parses this body as JSON: no Content-Type, or application/json or application/<x>+json,
+    in any letter case and with any parameters (as fastapi.routing does it)."""
+    if not content_type:
+        return True
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
+def check_json(body: bytes) -> None:
+    """Raise BodyRefused for a body no route should see: nested past MAX_JSON_DEPTH, a number past Python's
+    integer-string limit, a NUL in any key or string. Malformed JSON is left to the route's own 400."""
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        raise BodyRefused("body", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except json.JSONDecodeError:
+        return
+    except UnicodeDecodeError:
+        return
+    except ValueError as exc:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise BodyRefused("body", f"a number in the JSON body is too large: {exc}") from None
+    # iterative: a recursive walk would itself overflow on the deepest bodies json.loads accepts
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise BodyRefused(path or "body", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(node, str):
+            if "\x00" in node:
+                raise BodyRefused(path or "body", "NUL characters are not allowed")
+        elif isinstance(node, dict):
+            for k, v in reversed(list(node.items())):
+                here = f"{path}.{k}" if path else str(k)
+                if "\x00" in k:
+                    raise BodyRefused(here.replace("\x00", ""), "NUL characters are not allowed")
+                stack.append((v, here, depth + 1))
+        elif isinstance(node, list):
+            for i in range(len(node) - 1, -1, -1):
+                stack.append((node[i], f"{path}.{i}" if path else str(i), depth + 1))
+
+
+def _refusal(param: str, message: str = "NUL characters are not allowed", status: int = 400):
     return error_response(
-        400,
-        f"Invalid value for '{param}': NUL characters are not allowed",
+        status,
+        f"Invalid value for '{param}': {message}",
         param=param,
-        code="invalid_value",
+        code="invalid_value" if status == 400 else "request_too_large",
     )
 
 
@@ -64,7 +96,7 @@ class NulGuardMiddleware:
                 await _refusal(key.replace("\x00", "") or "query")(scope, receive, send)
                 return
         headers = dict(scope.get("headers") or [])
-        if not headers.get(b"content-type", b"").startswith(b"application/json"):
+        if not parses_as_json(headers.get(b"content-type")):
             await self.app(scope, receive, send)
             return
         # Read the (small) JSON body, check it, and hand the same bytes on.
@@ -77,15 +109,14 @@ class NulGuardMiddleware:
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > MAX_JSON_BODY:
-                break
+                await _refusal("body", f"JSON bodies are limited to {MAX_JSON_BODY} bytes", 413)(scope, receive, send)
+                return
         body = b"".join(chunks)
-        if not more:
+        if body:
             try:
-                param = _nul_in(json.loads(body), "")
-            except (ValueError, UnicodeDecodeError):
-                param = None  # not JSON: the route answers that itself
-            if param:
-                await _refusal(param)(scope, receive, send)
+                check_json(body)
+            except BodyRefused as refused:
+                await _refusal(refused.param, refused.message, refused.status)(scope, receive, send)
                 return
         replayed = False
 

@@ -148,13 +148,20 @@ class EvaluationSpec(Strict):
     )
 
 
+# OpenAI's limits on metadata: 16 pairs, keys of up to 64 characters, values of up to 512. Without them, 16
+# values of 200 KB each were stored and returned in every listing (issue 14).
+MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, Field(max_length=512)]
+Metadata = dict[MetadataKey, MetadataValue]
+
+
 class JobCreate(Strict):
     model: str = Field(..., min_length=1, max_length=300)
     training_file: str = Field(..., min_length=1, max_length=64)
     validation_file: str | None = Field(None, max_length=64)
     suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    metadata: Metadata | None = Field(None, max_length=16, description="up to 16 pairs: keys 64, values 512 characters")
     method: Method = Field(default_factory=Method)
     hyperparameters: Hyperparameters | None = Field(None, description="deprecated OpenAI location")
     integrations: list[dict[str, Any]] | None = None

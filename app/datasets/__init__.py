@@ -15,11 +15,12 @@ what the worker trains on.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from app.datasets.errors import DatasetValidationError, RowError
-from app.datasets.readers import _BOM, _SNIFF_BYTES, FORMATS, _csv_delimiter, _read_rows, detect_format
+from app.datasets.readers import _BOM, _SNIFF_BYTES, FORMATS, Bounds, _csv_delimiter, _read_rows, detect_format
 from app.datasets.records import (
     MAPPING_TARGETS,
     ROLES,
@@ -33,6 +34,7 @@ from app.datasets.records import (
 
 __all__ = [
     "FORMATS",
+    "Bounds",
     "MAPPING_TARGETS",
     "ROLES",
     "SHAPES",
@@ -68,8 +70,11 @@ def validate_file(
     completion_separator: str | None = None,
     max_errors: int = 20,
     max_line_bytes: int = 32 * 1024 * 1024,
+    bounds: Bounds = Bounds(),
+    max_seconds: float | None = None,
 ) -> DatasetSummary:
-    """Read the stored upload once (streaming); raise DatasetValidationError listing the first errors."""
+    """Read the stored upload once (streaming); raise DatasetValidationError listing the first errors, or naming
+    the bound the file passed (rows, decoded bytes, `max_seconds` of reading)."""
     check_column_mapping(column_mapping)
     _check_separator(completion_separator)
     with open(path, "rb") as f:
@@ -81,7 +86,14 @@ def validate_file(
     errors: list[RowError] = []
     total_errors = num_rows = tokens = 0
     columns: list[str] | None = None
-    for item in _read_rows(path, fmt, _csv_delimiter(filename, head), max_line_bytes):
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    for item in _read_rows(path, fmt, _csv_delimiter(filename, head), max_line_bytes, bounds):
+        if num_rows + total_errors >= bounds.max_rows:
+            raise DatasetValidationError([RowError(None, None, f"the file has more than {bounds.max_rows:,} rows")])
+        if deadline is not None and (num_rows + total_errors) % 1000 == 0 and time.monotonic() > deadline:
+            raise DatasetValidationError(
+                [RowError(None, None, f"reading the file took longer than {max_seconds:g} s; upload smaller files")]
+            )
         if not isinstance(item, RowError):
             line, row = item
             if columns is None:

@@ -6,7 +6,9 @@ import collections
 import csv
 import itertools
 import json
+import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import PureWindowsPath
 
 from app.datasets.errors import DatasetValidationError, RowError, _type_name
@@ -99,7 +101,19 @@ def _csv_delimiter(name: str, head: bytes) -> str:
 # Readers: each yields (line, row dict) or RowError
 
 
-def _read_rows(path, fmt: str, delimiter: str, max_line_bytes: int) -> Iterator:
+@dataclass(frozen=True)
+class Bounds:
+    """What an upload may cost to read, checked before the work it bounds (issue 14): rows in all, and for
+    Parquet, whose pages decompress, the decoded bytes its metadata announces (a 17 KB file held 3 million
+    dictionary-encoded rows; a 1.6 KB one a 30 MB string)."""
+
+    max_rows: int = 1_000_000
+    max_decoded_bytes: int = 2 * 1024**3
+    max_decoded_ratio: int = 100  # decoded bytes per stored byte, past DECODED_FLOOR
+    decoded_floor: int = 16 * 1024**2
+
+
+def _read_rows(path, fmt: str, delimiter: str, max_line_bytes: int, bounds: Bounds = Bounds()) -> Iterator:
     if fmt == "jsonl":
         return _read_jsonl(path, max_line_bytes)
     if fmt == "json":
@@ -107,7 +121,7 @@ def _read_rows(path, fmt: str, delimiter: str, max_line_bytes: int) -> Iterator:
     if fmt == "csv":
         return _read_csv(path, delimiter, max_line_bytes)
     if fmt == "parquet":
-        return _read_parquet(path)
+        return _read_parquet(path, bounds)
     raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 
@@ -154,6 +168,8 @@ def _parse_object(lineno: int, text: str):
         return RowError(lineno, None, f"malformed JSON: {exc.msg} (column {exc.colno})")
     except RecursionError:
         return RowError(lineno, None, "malformed JSON: nested too deeply")
+    except ValueError as exc:  # a number past Python's integer-string limit (4300 digits)
+        return RowError(lineno, None, f"malformed JSON: {exc}")
     if not isinstance(obj, dict):
         return RowError(lineno, None, f"expected a JSON object, got {_type_name(obj)}")
     return lineno, obj
@@ -190,6 +206,9 @@ def _read_json(path) -> Iterator:
         return
     except RecursionError:
         yield RowError(None, None, "malformed JSON: nested too deeply")
+        return
+    except ValueError as exc:  # a number past Python's integer-string limit (4300 digits)
+        yield RowError(None, None, f"malformed JSON: {exc}")
         return
     del text
     if not isinstance(items, list):
@@ -259,7 +278,7 @@ def _csv_rows(reader) -> Iterator:
         yield start, dict(zip(header, fields, strict=True))  # "" stays "", not missing
 
 
-def _read_parquet(path) -> Iterator:
+def _read_parquet(path, bounds: Bounds) -> Iterator:
     import pyarrow.parquet as pq  # lazy: only Parquet uploads pay for the import
 
     # Any failure of pyarrow on user data (ArrowInvalid, OSError, NotImplementedError, ...) must become
@@ -270,7 +289,7 @@ def _read_parquet(path) -> Iterator:
         except Exception as exc:  # noqa: BLE001
             yield RowError(None, None, f"not a readable Parquet file: {exc}")
             return
-        refusal = _parquet_refusal(parquet)
+        refusal = _parquet_refusal(parquet) or _parquet_too_large(parquet, os.path.getsize(path), bounds)
         if refusal:
             yield RowError(None, refusal[0], refusal[1])
             return
@@ -282,6 +301,21 @@ def _read_parquet(path) -> Iterator:
                     yield line, row
         except Exception as exc:  # noqa: BLE001
             yield RowError(line + 1, None, f"cannot read Parquet data: {exc}")
+
+
+def _parquet_too_large(parquet, stored_bytes: int, bounds: Bounds) -> tuple[str | None, str] | None:
+    """(None, reason) when the metadata announces more rows or decoded bytes than an upload may have."""
+    meta = parquet.metadata
+    if meta.num_rows > bounds.max_rows:
+        return None, f"the file has {meta.num_rows:,} rows; at most {bounds.max_rows:,}"
+    decoded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    allowed = min(bounds.max_decoded_bytes, max(bounds.decoded_floor, bounds.max_decoded_ratio * stored_bytes))
+    if decoded > allowed:
+        return None, (
+            f"the file decodes to {decoded:,} bytes from {stored_bytes:,} stored; at most {allowed:,} "
+            f"({bounds.max_decoded_ratio}x its size past {bounds.decoded_floor:,})"
+        )
+    return None
 
 
 def _parquet_refusal(parquet) -> tuple[str | None, str] | None:

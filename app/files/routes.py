@@ -17,7 +17,7 @@ from app.api.pagination import list_page, page_of
 from app.core.errors import ApiError
 from app.core.storage import upload_path
 from app.core.tables import TERMINAL_STATUSES, File, Job, new_id, utcnow
-from app.datasets import DatasetValidationError, check_column_mapping, validate_file
+from app.datasets import Bounds, DatasetValidationError, check_column_mapping, validate_file
 from app.files.presenters import file_public
 from app.files.schemas import FileDeleted, FileList, FilePublic
 
@@ -31,7 +31,7 @@ def _parse_mapping(raw: str | None) -> dict[str, str] | None:
         return None
     try:
         mapping = json.loads(raw)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # malformed, a number past the integer-string limit, too deep
         raise ApiError(400, f"column_mapping is not valid JSON: {exc}", param="column_mapping") from exc
     try:
         check_column_mapping(mapping)
@@ -88,7 +88,14 @@ def upload_file(
     try:
         size, sha256 = _store_upload(file, str(dest), settings.max_upload_bytes)
         try:
-            summary = validate_file(dest, client_name, column_mapping=mapping, completion_separator=separator)
+            summary = validate_file(
+                dest,
+                client_name,
+                column_mapping=mapping,
+                completion_separator=separator,
+                bounds=Bounds(max_rows=settings.max_upload_rows, max_decoded_bytes=4 * settings.max_upload_bytes),
+                max_seconds=settings.upload_validation_s,
+            )
         except DatasetValidationError as exc:
             raise ApiError(
                 422,

@@ -63,7 +63,7 @@ log = logging.getLogger("ftaas.events")
 KEEPALIVE_S = 15.0  # a comment after this long without a message; proxies commonly drop idle streams at 30-60 s
 BATCH = 500  # events per read: a long backlog goes out in pieces, read back to back
 MAX_EVENT_ID = 2**31 - 1  # event ids are 32-bit; a larger resume point comes after every event
-EVENT_ID = re.compile(r"ftevent-[0-9]+")
+EVENT_ID = re.compile(r"ftevent-[0-9]{1,12}", re.ASCII)  # bounded: int() of 5,000 digits is a ValueError
 # Set by `ftaas serve` when the server is asked to stop (app/cli.py): every stream ends at its next poll.
 SHUTTING_DOWN = threading.Event()
 

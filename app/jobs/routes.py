@@ -43,7 +43,12 @@ METADATA_FILTER = {
     "explode": True,
     "description": "only jobs whose metadata has these values: metadata[key]=value, as the openai client sends "
     "`metadata={...}`; metadata=null lists the jobs without metadata",
-    "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+    # keys as jobs may hold them (app/core/job_spec.py's Metadata), without brackets: metadata[a[b]] is no one level
+    "schema": {
+        "type": "object",
+        "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": r"^[^\[\]]*$"},
+        "additionalProperties": {"type": "string", "maxLength": 512},
+    },
 }
 
 
@@ -172,7 +177,7 @@ def list_events(
     after: Annotated[
         str | None,
         Query(
-            pattern=r"^ftevent-[0-9]+$",
+            pattern=r"^ftevent-[0-9]{1,12}$",
             description="the id of the last event already seen: the list goes on with older events, the stream "
             "with newer ones",
         ),

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from app.api.presenting import unix
+from app.core.settings import get_settings
 from app.core.tables import TERMINAL_STATUSES, Job, Sweep
 from app.sweeps.schemas import SweepCandidate, SweepProgress, SweepPublic
 from app.sweeps.share_links import make_token
 
 
-def sweep_public(sweep: Sweep, jobs: list[Job], request=None) -> SweepPublic:
+def sweep_public(sweep: Sweep, jobs: list[Job]) -> SweepPublic:
     counts = {status: 0 for status in ("queued", "running", "succeeded", "failed", "cancelled")}
     done = 0.0
     for job in jobs:
@@ -17,7 +18,8 @@ def sweep_public(sweep: Sweep, jobs: list[Job], request=None) -> SweepPublic:
             done += 1.0
         elif job.total_steps:
             done += min(1.0, job.step / job.total_steps)
-    root = str(request.base_url).rstrip("/") if request is not None else ""
+    # from the configured public URL, never the request's Host header (anyone can send any Host); unset: relative
+    root = (get_settings().public_url or "").rstrip("/")
     return SweepPublic(
         id=sweep.id,
         created_at=unix(sweep.created_at),

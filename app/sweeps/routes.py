@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
 from app.api.deps import CurrentTenant, OwnedSweep, SessionDep, SettingsDep
 from app.api.openapi import error_responses
@@ -30,9 +30,7 @@ router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
     responses=error_responses(404),
     summary="Train several candidates on one file (models x adapter types x hyperparameters) and pick the best",
 )
-def create_sweep(
-    body: SweepCreate, request: Request, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep
-) -> SweepPublic:
+def create_sweep(body: SweepCreate, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep) -> SweepPublic:
     training, validation = training_files(session, tenant, body.training_file, body.validation_file)
     candidates = expand_candidates(body)
     metric = body.selection_metric
@@ -81,26 +79,25 @@ def create_sweep(
     session.commit()  # commit, then enqueue: the workers must find the rows
     for job in jobs:
         enqueue_job(job.id)
-    return sweep_public(sweep, jobs, request)
+    return sweep_public(sweep, jobs)
 
 
 @router.get("", response_model=SweepList, summary="List your sweeps, newest first")
 def list_sweeps(
-    request: Request,
     session: SessionDep,
     tenant: CurrentTenant,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> SweepList:
     rows, has_more = page_of(session, Sweep, [Sweep.tenant_id == tenant.id], after, limit)
-    return SweepList(**list_page([sweep_public(r, sweep_jobs(session, r.id), request) for r in rows], has_more))
+    return SweepList(**list_page([sweep_public(r, sweep_jobs(session, r.id)) for r in rows], has_more))
 
 
 @router.get(
     "/{sweep_id}", response_model=SweepPublic, summary="A sweep: progress of the whole, its candidates, the winner"
 )
-def get_sweep(sweep: OwnedSweep, session: SessionDep, request: Request) -> SweepPublic:
-    return sweep_public(sweep, sweep_jobs(session, sweep.id), request)
+def get_sweep(sweep: OwnedSweep, session: SessionDep) -> SweepPublic:
+    return sweep_public(sweep, sweep_jobs(session, sweep.id))
 
 
 @router.post(
@@ -109,7 +106,7 @@ def get_sweep(sweep: OwnedSweep, session: SessionDep, request: Request) -> Sweep
     responses=error_responses(409),
     summary="Cancel every candidate that has not ended; no winner is picked",
 )
-def cancel_sweep(sweep: OwnedSweep, session: SessionDep, request: Request) -> SweepPublic:
+def cancel_sweep(sweep: OwnedSweep, session: SessionDep) -> SweepPublic:
     if sweep.finished_at is not None:
         raise ApiError(
             409, f"Sweep {sweep.id} has already {sweep.status}", param="sweep_id", code="sweep_not_cancellable"
@@ -120,7 +117,7 @@ def cancel_sweep(sweep: OwnedSweep, session: SessionDep, request: Request) -> Sw
     session.commit()
     finalize_if_done(session, sweep.id)
     session.refresh(sweep)
-    return sweep_public(sweep, sweep_jobs(session, sweep.id), request)
+    return sweep_public(sweep, sweep_jobs(session, sweep.id))
 
 
 @router.get(

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.core.job_spec import EvaluationSpec, Strict
+from app.core.job_spec import EvaluationSpec, Metadata, Strict
 from app.core.metrics import RankMetric
 
 # Dotted names a grid may vary, and where each lands in a job request.
@@ -44,7 +44,7 @@ class SweepCreate(Strict):
         description="shared by every candidate, so they see the same held-out rows and data order",
     )
     suffix: str | None = Field(None, max_length=40, pattern=r"^[A-Za-z0-9_.-]+$")
-    metadata: dict[str, str] | None = Field(None, max_length=8)
+    metadata: Metadata | None = Field(None, max_length=8, description="up to 8 pairs: keys 64, values 512 characters")
     evaluation: EvaluationSpec = Field(
         default_factory=EvaluationSpec, description="one evaluation for all candidates: the same rows and settings"
     )

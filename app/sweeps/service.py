@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from copy import deepcopy
 from typing import Any
 
@@ -56,13 +57,15 @@ def expand_candidates(body: SweepCreate) -> list[tuple[str, dict]]:
         if not values or len(values) > MAX_CANDIDATES:
             raise ApiError(400, f"Grid key '{key}' needs 1 to {MAX_CANDIDATES} values", param=f"grid.{key}")
     explicit = body.candidates or [None]
-    combos = list(itertools.product(*grid.values())) if grid else [()]
-    if len(explicit) * len(combos) > MAX_CANDIDATES:
+    # counted before anything is built: 5 keys of 64 values would be a billion combinations (issue 14)
+    count = len(explicit) * math.prod(len(values) for values in grid.values())
+    if count > MAX_CANDIDATES:
         raise ApiError(
             400,
-            f"This sweep has {len(explicit) * len(combos)} candidates; at most {MAX_CANDIDATES} are allowed",
+            f"This sweep has {count} candidates; at most {MAX_CANDIDATES} are allowed",
             param="grid" if grid else "candidates",
         )
+    combos = list(itertools.product(*grid.values())) if grid else [()]
     base = body.base.model_dump(exclude_none=True, exclude={"name"})
     out: list[tuple[str, dict]] = []
     for i, cand in enumerate(explicit):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 from functools import lru_cache
@@ -38,6 +39,10 @@ def _stored_secret(data_dir: str) -> bytes:
     return path.read_text().strip().encode()
 
 
+EXPIRY = re.compile(r"[1-9][0-9]{0,11}", re.ASCII)
+MAC = re.compile(r"[0-9a-f]{40}", re.ASCII)
+
+
 def _mac(settings: Settings, kind: str, object_id: str, expires: int) -> str:
     msg = f"{kind}\x00{object_id}\x00{expires}".encode()
     return hmac.new(_secret(settings), msg, hashlib.sha256).hexdigest()[:40]
@@ -54,6 +59,8 @@ def check_token(kind: str, object_id: str, token: str | None, settings: Settings
     if not token or "." not in token:
         return False
     expires_s, mac = token.split(".", 1)
-    if not expires_s.isdigit() or int(expires_s) < time.time():
+    # exactly as make_token writes it: ASCII digits, no leading zero, a sane length (str.isdigit() takes other
+    # scripts' digits, and int() then a different spelling of the same expiry); a MAC of ASCII hex only
+    if not EXPIRY.fullmatch(expires_s) or not MAC.fullmatch(mac) or int(expires_s) < time.time():
         return False
     return hmac.compare_digest(mac, _mac(settings, kind, object_id, int(expires_s)))

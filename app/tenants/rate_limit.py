@@ -31,6 +31,7 @@ _local_lock = threading.Lock()
 
 
 def _count(tenant_id: str, window: int) -> int:
+    """Count one request of `tenant_id` (or of any other counter's name) in this window; the count so far."""
     client = _redis()
     if client is None:
         with _local_lock:
@@ -56,5 +57,18 @@ def retry_after(tenant_id: str) -> int | None:
     now = time.time()
     window = int(now // WINDOW_S)
     if _count(tenant_id, window) <= limit:
+        return None
+    return max(1, int((window + 1) * WINDOW_S - now) + 1)
+
+
+def retry_after_failed_auth(client: str) -> int | None:
+    """Count one failed authentication (an invalid or revoked key) from this client address; None while within
+    FTAAS_AUTH_FAILURES_PER_MINUTE, else the seconds to wait. Without it, guessing keys was never slowed down."""
+    limit = get_settings().auth_failures_per_minute
+    if not limit:
+        return None
+    now = time.time()
+    window = int(now // WINDOW_S)
+    if _count(f"authfail:{client}", window) <= limit:
         return None
     return max(1, int((window + 1) * WINDOW_S - now) + 1)

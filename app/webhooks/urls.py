@@ -36,14 +36,37 @@ def url_host_and_port(url: str) -> tuple[str, int]:
     if parts.username is not None or parts.password is not None:
         # they would travel in logs and listings; the signature is what proves a delivery's origin
         raise WebhookUrlRefused("URL must not carry credentials (user:password@)")
+    if port == 0:
+        raise WebhookUrlRefused("URL port 0 is not a port one can connect to")
     return parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052's well-known prefix: the last 32 bits are an IPv4 address
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # RFC 4291's deprecated ::a.b.c.d
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries, in every form a network may route to them: IPv4-mapped
+    (::ffff:a.b.c.d), NAT64 (64:ff9b::a.b.c.d), 6to4 (2002:aabb:ccdd::), Teredo (2001:0::, server and client)
+    and IPv4-compatible (::a.b.c.d, as ::7f00:1 for 127.0.0.1)."""
+    found = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip in NAT64 or (ip in IPV4_COMPATIBLE and int(ip) > 1):  # not :: nor ::1, judged as IPv6 themselves
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    return found
+
+
 def is_public(address: str) -> bool:
+    """Whether `address` (the one actually connected to) is a public unicast one, judged by the ipaddress module's
+    classification of the address and of every IPv4 address embedded in it."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone (fe80::1%eth0) is link-local anyway
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback
-    return ip.is_global and not ip.is_multicast
+    candidates = [ip] + (embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else [])
+    return all(c.is_global and not c.is_multicast for c in candidates)
 
 
 def resolve(host: str, port: int, timeout_s: float) -> list[str]:
