@@ -138,3 +138,24 @@ def test_invalid_keys_from_one_address_are_rate_limited(client, monkeypatch):
     statuses = [client.get("/v1/files", headers=headers).status_code for headers in wrong]
     print(f"\n[hostile] 8 invalid keys from one address: {statuses}")
     assert statuses[:5] == [401] * 5 and statuses[-1] == 429
+
+
+def test_numbers_past_the_integer_string_limit_in_rows_and_form_fields_are_4xx_naming_them(client, auth):
+    huge = "9" * 5000
+    row = b'{"prompt": "a", "completion": "b", "n": ' + huge.encode() + b"}\n"
+    r, _ = upload(client, auth, "rows.jsonl", b'{"prompt": "a", "completion": "b"}\n' + row)
+    assert r.status_code == 422 and r.json()["error"]["errors"][0]["line"] == 2, r.text
+    r = client.post(
+        "/v1/files",
+        headers=auth,
+        files={"file": ("rows.jsonl", b'{"prompt": "a", "completion": "b"}\n')},
+        data={"purpose": "fine-tune", "column_mapping": '{"q": ' + huge + "}"},
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "column_mapping", r.text
+    r = client.post(
+        "/v1/files",
+        headers=auth,
+        files={"file": ("rows.jsonl", b'{"prompt": "a", "completion": "b"}\n')},
+        data={"purpose": "fine-tune", "column_mapping": "[" * 100_000},
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "column_mapping", r.text
