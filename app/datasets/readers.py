@@ -109,11 +109,12 @@ class Bounds:
 
     max_rows: int = 1_000_000
     max_decoded_bytes: int = 2 * 1024**3
-    max_decoded_ratio: int = 100  # decoded bytes per stored byte, past DECODED_FLOOR
+    max_decoded_ratio: int = 100  # decoded bytes per stored byte, past decoded_floor
     decoded_floor: int = 16 * 1024**2
 
 
-def _read_rows(path, fmt: str, delimiter: str, max_line_bytes: int, bounds: Bounds = Bounds()) -> Iterator:
+def _read_rows(path, fmt: str, delimiter: str, max_line_bytes: int, bounds: Bounds | None = None) -> Iterator:
+    """The rows of a file; `bounds` checked where a format announces them (None: a file already validated)."""
     if fmt == "jsonl":
         return _read_jsonl(path, max_line_bytes)
     if fmt == "json":
@@ -278,7 +279,7 @@ def _csv_rows(reader) -> Iterator:
         yield start, dict(zip(header, fields, strict=True))  # "" stays "", not missing
 
 
-def _read_parquet(path, bounds: Bounds) -> Iterator:
+def _read_parquet(path, bounds: Bounds | None) -> Iterator:
     import pyarrow.parquet as pq  # lazy: only Parquet uploads pay for the import
 
     # Any failure of pyarrow on user data (ArrowInvalid, OSError, NotImplementedError, ...) must become
@@ -289,7 +290,7 @@ def _read_parquet(path, bounds: Bounds) -> Iterator:
         except Exception as exc:  # noqa: BLE001
             yield RowError(None, None, f"not a readable Parquet file: {exc}")
             return
-        refusal = _parquet_refusal(parquet) or _parquet_too_large(parquet, os.path.getsize(path), bounds)
+        refusal = _parquet_refusal(parquet) or (bounds and _parquet_too_large(parquet, os.path.getsize(path), bounds))
         if refusal:
             yield RowError(None, refusal[0], refusal[1])
             return
