@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from app.api import health
 from app.api.admission import AdmissionMiddleware
 from app.api.background import background_lifespan
+from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.input_guard import NulGuardMiddleware
 from app.api.openapi import build_openapi
@@ -34,7 +35,15 @@ token accuracy, pick the best per file, and download its adapter. Authorize with
 def create_app() -> FastAPI:
     settings = get_settings()
     # the lifespan runs the process's background work while it serves: webhooks, sweep decisions (app/api/background.py)
-    app = FastAPI(title="ftaas", version="0.1.0", description=DESCRIPTION, lifespan=background_lifespan)
+    # docs_url/redoc_url None: FastAPI's pages load from a CDN; ours are served from the package (app/api/docs.py)
+    app = FastAPI(
+        title="ftaas",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=background_lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.openapi = lambda: build_openapi(app)  # FastAPI's document plus the errors the app really answers
     routers = [
         m.router for m in (health, files, leaderboard, jobs, results, sweeps, charts, comparisons, models, webhooks)
@@ -46,6 +55,7 @@ def create_app() -> FastAPI:
     app.add_middleware(AdmissionMiddleware)
     for router in routers:
         app.include_router(router)
+    install_docs(app)
     return app
 
 

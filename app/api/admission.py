@@ -34,7 +34,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.settings import get_settings
 
-UNHELD_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+UNHELD_PATHS = frozenset({"/", "/healthz", "/docs", "/docs/init.js", "/openapi.json"})
+UNHELD_PREFIXES = ("/docs/assets/",)  # Swagger UI's files
 RETRY_AFTER_S = 1
 KNOWN_KEYS_MAX = 10_000
 
@@ -195,7 +196,7 @@ class AdmissionMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNHELD_PATHS:
+        if scope["type"] != "http" or scope["path"] in UNHELD_PATHS or scope["path"].startswith(UNHELD_PREFIXES):
             await self.app(scope, receive, send)
             return
         key = bearer_hash(scope)

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 import subprocess
-import threading
-import time
 
 import numpy as np
-import pytest
 from PIL import Image
 from sqlalchemy import select
 
@@ -115,28 +111,6 @@ def test_sweep_charts_with_key_or_signed_link(client, auth, other_auth, db_sessi
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in page.headers["content-security-policy"]
     assert jobs[0].id in page.text and "winner" in page.text
-
-
-@pytest.fixture
-def live_server(database):
-    """The app on a real port, on the test database (committed data, no rolled-back session)."""
-    import uvicorn
-
-    from app.main import app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
 
 
 def test_sweep_page_in_headless_chromium(live_server, tmp_path):
