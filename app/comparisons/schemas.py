@@ -30,10 +30,13 @@ class ComparisonCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
+            "examples": [
+                {"job_ids": ["ftjob-abc123"], "prompts": ["Q: how many heads of departments are older than 56?"]}
+            ],
             "oneOf": [
                 {"required": ["prompts"], "properties": {"prompts": {"type": "array"}}},
                 {"required": ["held_out_rows"], "properties": {"held_out_rows": {"type": "integer"}}},
-            ]
+            ],
         },
     )
 

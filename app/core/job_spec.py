@@ -156,6 +156,24 @@ Metadata = dict[MetadataKey, MetadataValue]
 
 
 class JobCreate(Strict):
+    # an example that runs as is on the quick-start server, once "file-abc123" is one of your uploaded files
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "stories260k",
+                    "training_file": "file-abc123",
+                    "suffix": "sql",
+                    "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
+                    "adapter": {"type": "lora", "r": 8},
+                    "evaluation": {"max_rows": 20, "max_new_tokens": 32},
+                    "metadata": {"team": "analytics"},
+                }
+            ]
+        },
+    )
+
     model: str = Field(..., min_length=1, max_length=300)
     training_file: str = Field(..., min_length=1, max_length=64)
     validation_file: str | None = Field(None, max_length=64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.job_spec import EvaluationSpec, Metadata, Strict
 from app.core.metrics import RankMetric
@@ -25,6 +25,24 @@ class CandidateSpec(Strict):
 
 
 class SweepCreate(Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "training_file": "file-abc123",
+                    "base": {"model": "stories260k", "hyperparameters": {"n_epochs": 1}},
+                    "candidates": [
+                        {"name": "lora", "adapter": {"type": "lora"}},
+                        {"name": "prompt tuning", "adapter": {"type": "prompt_tuning"}},
+                    ],
+                    "grid": {"adapter.r": [4, 8]},
+                    "evaluation": {"max_rows": 20, "max_new_tokens": 32},
+                }
+            ]
+        },
+    )
+
     training_file: str = Field(..., min_length=1, max_length=64)
     validation_file: str | None = Field(
         None,

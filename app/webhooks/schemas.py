@@ -24,7 +24,18 @@ EVENT_TYPES_DESCRIPTION = (
 
 
 class WebhookEndpointCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "ci notifications",
+                    "url": "https://hooks.example.com/ftaas",
+                    "event_types": ["fine_tuning.job.succeeded", "fine_tuning.job.failed"],
+                }
+            ]
+        },
+    )
     event_types: list[EventType] = Field(min_length=1, max_length=len(EVENT_TYPES), description=EVENT_TYPES_DESCRIPTION)
     name: str = Field(min_length=1, max_length=200, description="a name for people")
     url: str = Field(max_length=2048, pattern=URL_PATTERN, description=URL_DESCRIPTION)
@@ -37,7 +48,7 @@ class WebhookEndpointCreate(BaseModel):
 class WebhookEndpointUpdate(BaseModel):
     """Fields left out (or null) stay as they are."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"enabled": False}]})
     event_types: list[EventType] | None = Field(
         None, min_length=1, max_length=len(EVENT_TYPES), description="the complete new set; " + EVENT_TYPES_DESCRIPTION
     )
@@ -47,7 +58,9 @@ class WebhookEndpointUpdate(BaseModel):
 
 
 class RotateSecret(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"keep_old_secret_active_for_24_hours": True}]}
+    )
     keep_old_secret_active_for_24_hours: bool = Field(
         False,
         strict=True,
@@ -56,7 +69,9 @@ class RotateSecret(BaseModel):
 
 
 class WebhookTest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"event_type": "fine_tuning.job.succeeded"}]}
+    )
     event_type: EventType = Field(description="the type of the sample event sent")
 
 
