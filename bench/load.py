@@ -138,7 +138,7 @@ async def _run_clients(target: Target, kinds: list[str], seconds: float) -> dict
                     form.add_field("file", upload_rows, filename="train.jsonl")
                     await _one(session, "POST", "/v1/files", tally, data=form)
                 elif kind == "create":
-                    body = {"model": str(MODEL_DIR), "training_file": target.file_id}
+                    body = {"model": MODEL_DIR.name, "training_file": target.file_id}
                     await _one(session, "POST", "/v1/fine_tuning/jobs", tally, json=body)
 
         await asyncio.gather(*(client(k) for k in kinds))

@@ -106,11 +106,13 @@ def own_service(extra_env: dict[str, str], log_dir: Path, pg_admin_url: str = PG
             files={"file": ("train.jsonl", rows.encode())},
             data={"purpose": "fine-tune"},
         )
-        f.raise_for_status()
-        job = httpx.post(
-            f"{url}/v1/fine_tuning/jobs", headers=auth, json={"model": str(MODEL_DIR), "training_file": f.json()["id"]}
-        )
-        job.raise_for_status()
+        if f.status_code != 200:
+            raise RuntimeError(f"could not upload the file to train on: {f.status_code} {f.text}")
+        # the model by its folder name, as the API names a local directory (its path may be a symlink's)
+        body = {"model": MODEL_DIR.name, "training_file": f.json()["id"]}
+        job = httpx.post(f"{url}/v1/fine_tuning/jobs", headers=auth, json=body)
+        if job.status_code != 200:
+            raise RuntimeError(f"could not create the job to poll: {job.status_code} {job.text}")
         yield Target(
             url, key, job.json()["id"], f.json()["id"], database=db, pids=server_pids(server.pid), admin=pg_admin_url
         )
