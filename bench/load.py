@@ -211,7 +211,6 @@ def run_phase(
     for w in [*workers, prober]:
         w.join()
     samples = next(r for r in results if isinstance(r, list))
-    burst_end = max(t_start + seconds, max((s[0] for s in samples if s[0] <= t_start + seconds + 1), default=0))
     server_cpu = cpu_seconds(target.pids) - cpu0
 
     merged: dict[str, Tally] = {}
@@ -258,7 +257,6 @@ def run_phase(
         "server_cpu_s": round(server_cpu, 1),
         "client_cpu_s": round(client_cpu, 1),
         "idle_in_transaction": idle_in_transaction(target),
-        "burst_end": burst_end,
     }
     return row
 

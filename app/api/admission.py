@@ -24,7 +24,6 @@ tenants, and the wait must end in a 503 or 429 with Retry-After.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -32,7 +31,9 @@ from contextlib import asynccontextmanager
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.input_guard import has_body
 from app.core.settings import get_settings
+from app.tenants.service import hash_key
 
 UNHELD_PATHS = frozenset({"/", "/healthz", "/docs", "/docs/init.js", "/openapi.json"})
 UNHELD_PREFIXES = ("/docs/assets/",)  # Swagger UI's files
@@ -66,7 +67,7 @@ def bearer_hash(scope: Scope) -> str | None:
         if name == b"authorization":
             scheme, _, key = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and key.strip():
-                return hashlib.sha256(key.strip().encode()).hexdigest()
+                return hash_key(key.strip())
     return None
 
 
@@ -230,26 +231,21 @@ class DisconnectWatch:
     while the request waits, which completes (http.disconnect) if the client hangs up. The app then reads the
     same messages through `receive`."""
 
-    def __init__(self, first: Message, receive: Receive) -> None:
-        self.first: Message | None = first
-        self.left: asyncio.Future = asyncio.ensure_future(receive())
+    def __init__(self, first: Message | None, left: asyncio.Future) -> None:
+        self.first, self.left = first, left
 
     @classmethod
     async def start(cls, scope: Scope, receive: Receive) -> DisconnectWatch | None:
-        headers = dict(scope.get("headers", ()))
-        if headers.get(b"content-length", b"0") not in (b"0", b"") or b"transfer-encoding" in headers:
+        if has_body(scope):
             return None
         first = await receive()
-        if first["type"] != "http.request" or first.get("more_body"):
-            return None if first["type"] != "http.disconnect" else cls._gone(first)
-        return cls(first, receive)
-
-    @classmethod
-    def _gone(cls, message: Message) -> DisconnectWatch:
-        watch = cls.__new__(cls)
-        watch.first, watch.left = None, asyncio.get_running_loop().create_future()
-        watch.left.set_result(message)
-        return watch
+        if first["type"] == "http.disconnect":  # gone already: a finished future says so
+            left = asyncio.get_running_loop().create_future()
+            left.set_result(first)
+            return cls(None, left)
+        if first.get("more_body"):
+            return None
+        return cls(first, asyncio.ensure_future(receive()))
 
     async def receive(self) -> Message:
         if self.first is not None:

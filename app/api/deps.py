@@ -83,14 +83,8 @@ def api_key(credentials: HTTPAuthorizationCredentials | None) -> str:
 def authenticated(session: Session, key: str, client: str) -> Tenant:
     tenant = tenant_for_key(session, key)
     if tenant is None:
-        wait = retry_after_failed_auth(client)
-        if wait is not None:
-            raise ApiError(
-                429,
-                f"Too many invalid API keys from this address; retry in {wait} s",
-                code="too_many_failed_authentications",
-                headers={"Retry-After": str(wait)},
-            )
+        if (wait := retry_after_failed_auth(client)) is not None:
+            raise retry_later(wait, "too_many_failed_authentications", "Too many invalid API keys from this address")
         raise ApiError(
             401, "Invalid or revoked API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
         )
@@ -105,14 +99,13 @@ def client_address(request: Request) -> str:
 def admitted(key: str, tenant_id: str) -> None:
     """A valid key of this tenant: its requests share the tenant's turns from now on, and the rate limit counts."""
     KEY_TENANTS.remember(hash_key(key), tenant_id)
-    wait = retry_after(tenant_id)
-    if wait is not None:
-        raise ApiError(
-            429,
-            f"Rate limit of {get_settings().rate_limit_per_minute} requests per minute reached; retry in {wait} s",
-            code="rate_limit_exceeded",
-            headers={"Retry-After": str(wait)},
-        )
+    if (wait := retry_after(tenant_id)) is not None:
+        limit = get_settings().rate_limit_per_minute
+        raise retry_later(wait, "rate_limit_exceeded", f"Rate limit of {limit} requests per minute reached")
+
+
+def retry_later(wait: int, code: str, message: str) -> ApiError:
+    return ApiError(429, f"{message}; retry in {wait} s", code=code, headers={"Retry-After": str(wait)})
 
 
 def get_current_tenant(session: SessionDep, credentials: Credentials, request: Request) -> Tenant:

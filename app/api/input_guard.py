@@ -28,6 +28,12 @@ class BodyRefused(Exception):
         self.param, self.message, self.status = param, message, status
 
 
+def has_body(scope: Scope) -> bool:
+    """Whether the request says it has a body (Content-Length above 0, or chunked): a GET poll has none."""
+    headers = dict(scope.get("headers", ()))
+    return headers.get(b"content-length", b"0") not in (b"0", b"") or b"transfer-encoding" in headers
+
+
 def parses_as_json(content_type: bytes | None) -> bool:
     """Whether FastAPI parses this body as JSON: no Content-Type, or application/json or application/<x>+json,
     in any letter case and with any parameters (as fastapi.routing does it)."""
@@ -96,7 +102,7 @@ class NulGuardMiddleware:
                 await _refusal(key.replace("\x00", "") or "query")(scope, receive, send)
                 return
         headers = dict(scope.get("headers") or [])
-        if not parses_as_json(headers.get(b"content-type")):
+        if not has_body(scope) or not parses_as_json(headers.get(b"content-type")):
             await self.app(scope, receive, send)
             return
         # Read the (small) JSON body, check it, and hand the same bytes on.

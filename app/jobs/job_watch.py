@@ -58,6 +58,10 @@ class JobWatch:
         self._task = asyncio.get_running_loop().create_task(self._run())
         self._away = False
 
+    @property
+    def stopped(self) -> bool:
+        return self._task.done()
+
     def follow(self, job_id: str) -> None:
         self.followers[job_id] = self.followers.get(job_id, 0) + 1
 
@@ -107,6 +111,6 @@ def watch_for(sessions: SessionFactory, poll_s: float) -> JobWatch:
     """This event loop's watcher of streams reading through `sessions` (one in a server; tests bring their own)."""
     key = (asyncio.get_running_loop(), sessions)
     watch = _watches.get(key)
-    if watch is None or watch._task.done():
+    if watch is None or watch.stopped:
         watch = _watches[key] = JobWatch(sessions, poll_s, on_idle=lambda: _watches.pop(key, None))
     return watch

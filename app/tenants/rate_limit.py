@@ -49,26 +49,24 @@ def _count(tenant_id: str, window: int) -> int:
         return 0
 
 
-def retry_after(tenant_id: str) -> int | None:
-    """Count one request of this tenant; None if within the limit, else the seconds to wait."""
-    limit = get_settings().rate_limit_per_minute
+def _over_limit(name: str, limit: int) -> int | None:
+    """Count one event of counter `name` in this window; None within `limit` (0: no limit), else the seconds
+    until the window turns."""
     if not limit:
         return None
     now = time.time()
     window = int(now // WINDOW_S)
-    if _count(tenant_id, window) <= limit:
+    if _count(name, window) <= limit:
         return None
     return max(1, int((window + 1) * WINDOW_S - now) + 1)
+
+
+def retry_after(tenant_id: str) -> int | None:
+    """Count one request of this tenant; None if within the limit, else the seconds to wait."""
+    return _over_limit(tenant_id, get_settings().rate_limit_per_minute)
 
 
 def retry_after_failed_auth(client: str) -> int | None:
     """Count one failed authentication (an invalid or revoked key) from this client address; None while within
     FTAAS_AUTH_FAILURES_PER_MINUTE, else the seconds to wait. Without it, guessing keys was never slowed down."""
-    limit = get_settings().auth_failures_per_minute
-    if not limit:
-        return None
-    now = time.time()
-    window = int(now // WINDOW_S)
-    if _count(f"authfail:{client}", window) <= limit:
-        return None
-    return max(1, int((window + 1) * WINDOW_S - now) + 1)
+    return _over_limit(f"authfail:{client}", get_settings().auth_failures_per_minute)
