@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
 from app.api.schemas import ErrorResponse
 
@@ -80,5 +81,25 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             responses.setdefault(str(status), error_response(status))
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
+    _restore_nulls_in_examples(schemas)
     app.openapi_schema = document
     return document
+
+
+def _app_models(cls: type[BaseModel] = BaseModel) -> list[type[BaseModel]]:
+    """Every pydantic model this app defines, to look up a component schema's own model by name."""
+    found = []
+    for sub in cls.__subclasses__():
+        if sub.__module__.startswith("app."):
+            found.append(sub)
+        found += _app_models(sub)
+    return found
+
+
+def _restore_nulls_in_examples(schemas: dict[str, Any]) -> None:
+    """FastAPI writes the document with exclude_none, which drops every null inside an example too: a job's
+    example would lack `"error": null`, a field every answer has. Each model's examples are put back as written."""
+    for model in _app_models():
+        extra = model.model_config.get("json_schema_extra")
+        if model.__name__ in schemas and isinstance(extra, dict) and "examples" in extra:
+            schemas[model.__name__]["examples"] = extra["examples"]

@@ -4,8 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Query
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
+
+
+def limit_query(maximum: int, what: str = "items") -> Any:
+    """A list's `limit` parameter. Its default is its example: the Swagger UI fills it in (an example of another
+    value would show as "[Modified value]" beside the default)."""
+    return Query(ge=1, le=maximum, description=f"{what} per page, 1 to {maximum}")
+
+
+def after_query(id_example: str) -> Any:
+    """A list's `after` cursor. Its example is documentation only (JSON Schema `examples`, which the Swagger UI
+    shows but does not fill in): a filled-in cursor would make every first "Try it out" an empty page."""
+    return Query(
+        description="the `last_id` of the page already seen; the next page holds older items (an unknown id gives "
+        "an empty page)",
+        examples=[id_example],
+    )
 
 
 def page_of(session: Session, model: Any, filters: list[Any], after: str | None, limit: int) -> tuple[list[Any], bool]:

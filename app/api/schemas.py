@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 # ---------------------------------------------------------------- responses
 
@@ -18,6 +18,21 @@ class ErrorBody(BaseModel):
 
 
 class ErrorResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": {
+                        "message": "Model 'nope' is not available on this server (allowed: stories260k)",
+                        "type": "invalid_request_error",
+                        "param": "model",
+                        "code": "model_not_available",
+                    }
+                }
+            ]
+        }
+    )
+
     error: ErrorBody
 
 

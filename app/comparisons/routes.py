@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from app.api.deps import CurrentTenant, OwnedComparison, SessionDep
 from app.api.openapi import error_responses
-from app.api.pagination import list_page, page_of
+from app.api.pagination import after_query, limit_query, list_page, page_of
 from app.api.presenting import unix
 from app.comparisons import service as comparisons_service
 from app.comparisons.schemas import (
@@ -85,8 +85,8 @@ def create_comparison(body: ComparisonCreate, session: SessionDep, tenant: Curre
 def list_comparisons(
     session: SessionDep,
     tenant: CurrentTenant,
-    after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, after_query("cmp-abc123")] = None,
+    limit: Annotated[int, limit_query(100, "comparisons")] = 20,
 ) -> ComparisonList:
     rows, has_more = page_of(session, Comparison, [Comparison.tenant_id == tenant.id], after, limit)
     return ComparisonList(**list_page([comparison_public(r) for r in rows], has_more))

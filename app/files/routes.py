@@ -13,7 +13,7 @@ from fastapi import APIRouter, Form, Query, UploadFile
 from app.api.deps import CurrentTenant, OwnedFile, SessionDep, SettingsDep
 from app.api.downloads import Download
 from app.api.openapi import error_responses
-from app.api.pagination import list_page, page_of
+from app.api.pagination import after_query, limit_query, list_page, page_of
 from app.core.errors import ApiError
 from app.core.storage import upload_path
 from app.core.tables import TERMINAL_STATUSES, File, Job, new_id, utcnow
@@ -133,9 +133,11 @@ def upload_file(
 def list_files(
     session: SessionDep,
     tenant: CurrentTenant,
-    after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=10000)] = 100,
-    purpose: str | None = None,
+    after: Annotated[str | None, after_query("file-abc123")] = None,
+    limit: Annotated[int, limit_query(10000, "files")] = 100,
+    purpose: Annotated[
+        str | None, Query(openapi_examples={"fine-tune": {"summary": "training data", "value": "fine-tune"}})
+    ] = None,
 ) -> FileList:
     filters = [File.tenant_id == tenant.id, File.deleted_at.is_(None)]
     if purpose:

@@ -4,12 +4,36 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from app.api.schemas import ListPage
 
 
 class FilePublic(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "object": "file",
+                    "id": "file-abc123",
+                    "bytes": 10143,
+                    "created_at": 1796311311,
+                    "filename": "train.jsonl",
+                    "purpose": "fine-tune",
+                    "status": "processed",
+                    "status_details": None,
+                    "format": "jsonl",
+                    "shape": "text",
+                    "num_rows": 40,
+                    "token_estimate": 2390,
+                    "sha256": "460cb3b5f967aa1d41203ea2cfc01bfb7c2feaac516651b2a20455331c0129a3",
+                    "column_mapping": None,
+                    "completion_separator": None,
+                }
+            ]
+        }
+    )
+
     object: Literal["file"] = "file"
     id: str
     bytes: int

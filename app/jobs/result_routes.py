@@ -30,7 +30,13 @@ def get_evaluation(
     job: OwnedJob,
     session: SessionDep,
     limit: Annotated[
-        int | None, Query(ge=0, le=100000, description="sample rows; default the job's num_samples")
+        int | None,
+        Query(
+            ge=0,
+            le=100000,
+            description="sample rows; default the job's num_samples",
+            openapi_examples={"five": {"summary": "five sample rows", "value": 5}},
+        ),
     ] = None,
 ) -> EvaluationPublic:
     evals = {e.subject: e for e in session.scalars(select(Evaluation).where(Evaluation.job_id == job.id))}

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from app.api.deps import CurrentTenant, JobAsRead, OwnedJob, SessionDep, SettingsDep
 from app.api.openapi import error_responses
-from app.api.pagination import list_page, page_of
+from app.api.pagination import after_query, limit_query, list_page, page_of
 from app.core.errors import ApiError
 from app.core.job_spec import JobCreate
 from app.core.tables import Checkpoint, Job, JobEvent, JobStatus
@@ -49,6 +49,7 @@ METADATA_FILTER = {
         "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": r"^[^\[\]]*$"},
         "additionalProperties": {"type": "string", "maxLength": 512},
     },
+    "examples": {"team": {"summary": "the jobs of one team", "value": {"team": "analytics"}}},
 }
 
 
@@ -80,9 +81,12 @@ def list_jobs(
     request: Request,
     session: SessionDep,
     tenant: CurrentTenant,
-    after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
-    status: JobStatus | None = None,
+    after: Annotated[str | None, after_query("ftjob-abc123")] = None,
+    limit: Annotated[int, limit_query(1000, "jobs")] = 20,
+    status: Annotated[
+        JobStatus | None,
+        Query(openapi_examples={"succeeded": {"summary": "the jobs that succeeded", "value": "succeeded"}}),
+    ] = None,
     training_file: str | None = None,
     model: str | None = None,
 ) -> JobList:
@@ -178,11 +182,12 @@ def list_events(
         str | None,
         Query(
             pattern=r"^ftevent-[0-9]{1,12}$",
+            examples=["ftevent-42"],
             description="the id of the last event already seen: the list goes on with older events, the stream "
             "with newer ones",
         ),
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=10000, description="events per page of the list (not the stream)")] = 20,
+    limit: Annotated[int, limit_query(10000, "events of the list (not the stream)")] = 20,
     stream: Annotated[bool, Query(description="live server-sent events instead of a page of the list")] = False,
     # `str` with a None default, not `str | None`: a header is text, and a `null` in its schema would document
     # the text "null" as valid. Any text is taken: the SSE standard makes it opaque to the client, and only our
@@ -214,8 +219,8 @@ def list_events(
 def list_checkpoints(
     job: OwnedJob,
     session: SessionDep,
-    after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 10,
+    after: Annotated[str | None, after_query("ftckpt-abc123")] = None,
+    limit: Annotated[int, limit_query(1000, "checkpoints")] = 10,
 ) -> CheckpointList:
     rows, has_more = page_of(session, Checkpoint, [Checkpoint.job_id == job.id], after, limit)
     return CheckpointList(**list_page([checkpoint_public(r, job) for r in rows], has_more))

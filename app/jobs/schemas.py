@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.schemas import ListPage
 from app.core.tables import JobStatus
@@ -26,7 +26,74 @@ class JobProgress(BaseModel):
     eta_seconds: float | None
 
 
+# A job as JobCreate's example leaves it once it has succeeded (the shape a test checks against a real answer)
+_HYPERPARAMETERS = {"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 1.0}
+JOB_EXAMPLE = {
+    "object": "fine_tuning.job",
+    "id": "ftjob-abc123",
+    "created_at": 1796311312,
+    "finished_at": 1796311405,
+    "model": "stories260k",
+    "fine_tuned_model": "ft:stories260k:tenant-abc123:sql:ftjob-abc123",
+    "organization_id": "tenant-abc123",
+    "status": "succeeded",
+    "hyperparameters": _HYPERPARAMETERS,
+    "training_file": "file-abc123",
+    "validation_file": None,
+    "result_files": ["file-def456"],
+    "trained_tokens": 4210,
+    "error": None,
+    "seed": 916743819,
+    "estimated_finish": None,
+    "metadata": {"team": "analytics"},
+    "suffix": "sql",
+    "integrations": [],
+    "method": {"type": "supervised", "supervised": {"hyperparameters": _HYPERPARAMETERS}},
+    "adapter": {
+        "type": "lora",
+        "r": 8,
+        "alpha": 16.0,
+        "dropout": 0.0,
+        "target_modules": "all-linear",
+        "train_eos_token": True,
+        "num_virtual_tokens": 20,
+        "prompt_tuning_init_text": None,
+        "compute_dtype": "bfloat16",
+    },
+    "training": {
+        "learning_rate": 0.0002,
+        "max_seq_length": 512,
+        "gradient_accumulation_steps": 1,
+        "micro_batch_size": 8,
+        "warmup_ratio": 0.03,
+        "lr_scheduler": "linear",
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "logging_steps": 10,
+        "validation_split": 0.1,
+        "gradient_checkpointing": False,
+        "packing": True,
+    },
+    "evaluation": {
+        "metrics": ["rouge", "bertscore", "perplexity", "token_accuracy"],
+        "max_rows": 20,
+        "max_new_tokens": 32,
+        "batch_size": "auto",
+        "num_samples": 10,
+        "eval_every_steps": None,
+        "early_stopping_patience": None,
+        "selection_metric": "auto",
+    },
+    "progress": {"phase": "done", "step": 2, "total_steps": 2, "epoch": 2.0, "train_loss": 5.58, "eta_seconds": 0.0},
+    "trainable_params": 46240,
+    "total_params": 306272,
+    "attempt": 1,
+}
+
+
 class JobPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE]})
+
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
     id: str
     created_at: int

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import CurrentTenant, OwnedSweep, SessionDep, SettingsDep
 from app.api.openapi import error_responses
-from app.api.pagination import list_page, page_of
+from app.api.pagination import after_query, limit_query, list_page, page_of
 from app.core.errors import ApiError
 from app.core.job_state import cancel_open_jobs
 from app.core.metrics import RankMetric
@@ -86,8 +86,8 @@ def create_sweep(body: SweepCreate, session: SessionDep, tenant: CurrentTenant, 
 def list_sweeps(
     session: SessionDep,
     tenant: CurrentTenant,
-    after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, after_query("sweep-abc123")] = None,
+    limit: Annotated[int, limit_query(100, "sweeps")] = 20,
 ) -> SweepList:
     rows, has_more = page_of(session, Sweep, [Sweep.tenant_id == tenant.id], after, limit)
     return SweepList(**list_page([sweep_public(r, sweep_jobs(session, r.id)) for r in rows], has_more))

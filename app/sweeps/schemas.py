@@ -95,7 +95,39 @@ class SweepCandidate(BaseModel):
     model: str
 
 
+def _candidate(name: str, job_id: str, status: str, adapter_type: str) -> dict[str, str]:
+    return {"name": name, "job_id": job_id, "status": status, "adapter_type": adapter_type, "model": "stories260k"}
+
+
+# SweepCreate's example half-way: its grid made four candidates, two have finished
+SWEEP_EXAMPLE = {
+    "object": "sweep",
+    "id": "sweep-abc123",
+    "created_at": 1796311312,
+    "finished_at": None,
+    "status": "running",
+    "training_file": "file-abc123",
+    "validation_file": None,
+    "selection_metric": "eval_loss",
+    "seed": 1218599201,
+    "metadata": None,
+    "progress": {"queued": 1, "running": 1, "succeeded": 2, "failed": 0, "cancelled": 0, "fraction": 0.55},
+    "candidates": [
+        _candidate("lora r=4", "ftjob-abc123", "succeeded", "lora"),
+        _candidate("lora r=8", "ftjob-abc124", "succeeded", "lora"),
+        _candidate("prompt tuning r=4", "ftjob-abc125", "running", "prompt_tuning"),
+        _candidate("prompt tuning r=8", "ftjob-abc126", "queued", "prompt_tuning"),
+    ],
+    "winner_job_id": None,
+    "result": None,
+    "leaderboard_url": "/v1/sweeps/sweep-abc123/leaderboard",
+    "page_url": "/v1/sweeps/sweep-abc123/page?token=1796916112.cd981d9bedda57d9bd16fa1534d45634d6994e6b",
+}
+
+
 class SweepPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [SWEEP_EXAMPLE]})
+
     object: Literal["sweep"] = "sweep"
     id: str
     created_at: int

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import delete
 
 from app.api.deps import CurrentTenant, OwnedWebhookEndpoint, SessionDep, SettingsDep
-from app.api.pagination import list_page, page_of
+from app.api.pagination import after_query, limit_query, list_page, page_of
 from app.api.presenting import unix
 from app.core.errors import ApiError
 from app.core.outbox import EVENT_TYPES, JOB_EVENT_TYPES, event_body, new_event_id
@@ -105,8 +105,8 @@ def create_endpoint(
 def list_endpoints(
     session: SessionDep,
     tenant: CurrentTenant,
-    after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, after_query("webhook-abc123")] = None,
+    limit: Annotated[int, limit_query(100, "endpoints")] = 20,
 ) -> WebhookEndpointList:
     rows, has_more = page_of(session, WebhookEndpoint, [WebhookEndpoint.tenant_id == tenant.id], after, limit)
     return WebhookEndpointList(**list_page([endpoint_public(r) for r in rows], has_more))
@@ -204,9 +204,12 @@ def send_test_event(endpoint: OwnedWebhookEndpoint, body: WebhookTest, settings:
 def list_deliveries(
     endpoint: OwnedWebhookEndpoint,
     session: SessionDep,
-    after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    status: DeliveryStatus | None = None,
+    after: Annotated[str | None, after_query("delivery-abc123")] = None,
+    limit: Annotated[int, limit_query(100, "deliveries")] = 20,
+    status: Annotated[
+        DeliveryStatus | None,
+        Query(openapi_examples={"failed": {"summary": "the deliveries that gave up", "value": "failed"}}),
+    ] = None,
 ) -> WebhookDeliveryList:
     filters = [WebhookDelivery.endpoint_id == endpoint.id]
     if status is not None:

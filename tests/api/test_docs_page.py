@@ -38,6 +38,19 @@ def test_the_docs_page_renders_every_operation_without_internet(live_server, tmp
     assert ink > 0.02  # a blank page (the CDN's scripts unreachable) is all white
 
 
+def test_an_operation_opened_by_its_link_shows_its_examples(live_server):
+    """The Swagger UI's deep link opens "create a job": the request's example (a job on stories260k), the
+    answer's (a succeeded job) and an error's are on the page, as a newcomer sees them before "Try it out"."""
+    link = f"{live_server}/docs#/fine-tuning%20jobs/create_job_v1_fine_tuning_jobs_post"
+    dom = subprocess.run([*chromium_argv(), "--dump-dom", link], capture_output=True, text=True, timeout=120).stdout
+    start = dom.find('id="operations-fine-tuning_jobs-create_job_v1_fine_tuning_jobs_post"')
+    end = dom.find('id="operations-', start + 1)
+    operation = dom[start:end]
+    assert start >= 0 and "opblock-body" in operation, dom[:2000]  # a closed operation has no body on the page
+    for shown in ("stories260k", "file-abc123", "ft:stories260k:tenant-abc123:sql:ftjob-abc123", "model_not_available"):
+        assert shown in operation, f"{shown} is not on the opened operation"
+
+
 def test_the_docs_page_loads_nothing_from_elsewhere_and_slash_leads_to_it(client):
     page = client.get("/docs")
     assert page.status_code == 200
