@@ -147,6 +147,8 @@ class Job(Base):
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
     trainable_params: Mapped[int | None] = mapped_column(BigInteger)
     total_params: Mapped[int | None] = mapped_column(BigInteger)
+    # the rows trained and evaluated on, and how many max_seq_length cut or dropped (worker/training/data.py)
+    data_summary: Mapped[dict | None] = mapped_column(JSONType)
     # cost of the training itself (evaluation excluded), for the leaderboard
     train_seconds: Mapped[float | None] = mapped_column(Float)
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)  # CUDA peak allocated, or the child's RSS

@@ -19,11 +19,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from app.datasets.chat import ROLES
 from app.datasets.errors import DatasetValidationError, RowError
 from app.datasets.readers import _BOM, _SNIFF_BYTES, FORMATS, Bounds, _csv_delimiter, _read_rows, detect_format
 from app.datasets.records import (
     MAPPING_TARGETS,
-    ROLES,
     SHAPES,
     _check_separator,
     _Normalizer,
@@ -120,8 +120,10 @@ def iter_records(
     column_mapping: dict | None = None,
     completion_separator: str | None = None,
     max_line_bytes: int = 32 * 1024 * 1024,
-) -> Iterator[dict]:
-    """Yield normalised records of an already validated file; raise on the first bad row anyway.
+    with_lines: bool = False,
+) -> Iterator[dict] | Iterator[tuple[int, dict]]:
+    """Yield normalised records of an already validated file (with `with_lines`, as (line, record), so that a
+    problem found later, at training, names the line); raise on the first bad row anyway.
 
     For csv the delimiter comes from the path's extension (.tsv = tab), else from the header line."""
     if fmt not in FORMATS:
@@ -134,8 +136,9 @@ def iter_records(
             delimiter = _csv_delimiter(os.fspath(path), f.read(_SNIFF_BYTES))
     normalizer = _Normalizer(column_mapping, completion_separator)
     for item in _read_rows(path, fmt, delimiter, max_line_bytes):
+        line = None if isinstance(item, RowError) else item[0]
         if not isinstance(item, RowError):
             item = normalizer(*item)
         if isinstance(item, RowError):
             raise DatasetValidationError([item])
-        yield item
+        yield (line, item) if with_lines else item

@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
-import json
 import re
 
+from app.datasets.chat import normalize_messages, normalize_tools
 from app.datasets.errors import RowError, _RowProblem, _type_name
+from app.datasets.preference import PREFERENCE_KEYS, normalize_preference
 
-SHAPES = ("chat", "prompt_completion", "instruction", "text")
-MAPPING_TARGETS = ("prompt", "completion", "instruction", "input", "output", "text", "messages")
-ROLES = ("system", "user", "assistant")
+SHAPES = ("preference", "chat", "prompt_completion", "instruction", "text")
+MAPPING_TARGETS = (
+    "prompt",
+    "completion",
+    "instruction",
+    "input",
+    "output",
+    "text",
+    "messages",
+    "tools",
+    "chosen",
+    "rejected",
+    "preferred_output",
+    "non_preferred_output",
+)
 # Keys whose presence marks a row as a given shape; checked in SHAPES order (the priority on overlap).
 _SHAPE_KEYS = {
+    "preference": PREFERENCE_KEYS,
     "chat": {"messages"},
     "prompt_completion": {"prompt", "completion"},
     "instruction": {"instruction", "output"},
     "text": {"text"},
 }
 _EXPECTED_SHAPES = (
-    "chat {messages}, prompt_completion {prompt, completion}, instruction {instruction, input?, output}, text {text}"
+    "chat {messages, tools?}, prompt_completion {prompt, completion}, instruction {instruction, input?, output}, "
+    "text {text}, preference {input, preferred_output, non_preferred_output} or {prompt?, chosen, rejected}"
 )
 
 
@@ -85,31 +100,26 @@ def _string(row: dict, key: str, *, name: str | None = None, optional: bool = Fa
 
 
 def _chat(row: dict) -> dict:
-    messages = row["messages"]
-    if isinstance(messages, str):  # a CSV/Parquet string column holding the JSON list
-        try:
-            messages = json.loads(messages)
-        except ValueError:
-            pass
-    if not isinstance(messages, list):
-        raise _RowProblem("messages", f"must be an array of messages, got {_type_name(messages)}")
-    if not messages:
-        raise _RowProblem("messages", "must contain at least one message")
-    out = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise _RowProblem(where, f"must be an object with role and content, got {_type_name(message)}")
-        role = message.get("role")
-        if "role" not in message:
-            raise _RowProblem(f"{where}.role", "missing field")
-        if not isinstance(role, str) or role not in ROLES:
-            raise _RowProblem(f"{where}.role", f"must be one of {', '.join(ROLES)}, got {repr(role)[:40]}")
-        content = _string(message, "content", name=f"{where}.content", non_empty=role == "assistant")
-        out.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in out):
-        raise _RowProblem("messages", "must contain at least one assistant message")
-    return {"messages": out}
+    if "messages" not in row:
+        return _conversational_prompt_completion(row)
+    tools = normalize_tools(row["tools"]) if row.get("tools") is not None else None
+    record: dict = {"messages": normalize_messages(row["messages"], tools=tools)}
+    if tools:
+        record["tools"] = tools
+    return record
+
+
+def _conversational_prompt_completion(row: dict) -> dict:
+    """TRL's conversational prompt/completion: the prompt's messages are context (an assistant turn in them has
+    weight 0), the completion's assistant messages are trained."""
+    tools = normalize_tools(row["tools"]) if row.get("tools") is not None else None
+    prompt = normalize_messages(row["prompt"], "prompt", tools=tools, trained=False)
+    completion = normalize_messages(row["completion"], "completion", tools=tools)
+    context = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in prompt]
+    record: dict = {"messages": context + completion}
+    if tools:
+        record["tools"] = tools
+    return record
 
 
 def _prompt_completion(row: dict) -> dict:
@@ -127,7 +137,13 @@ def _text(row: dict) -> dict:
     return {"text": _string(row, "text", non_empty=True)}
 
 
-_VALIDATORS = {"chat": _chat, "prompt_completion": _prompt_completion, "instruction": _instruction, "text": _text}
+_VALIDATORS = {
+    "preference": normalize_preference,
+    "chat": _chat,
+    "prompt_completion": _prompt_completion,
+    "instruction": _instruction,
+    "text": _text,
+}
 
 
 def _split_text(text: str, separator: str) -> dict:
@@ -181,6 +197,8 @@ class _Normalizer:
 
     def _shape_of(self, row: dict) -> str:
         present = [shape for shape in SHAPES if _SHAPE_KEYS[shape] & row.keys()]
+        if "prompt_completion" in present and isinstance(row.get("prompt"), list):
+            present.insert(present.index("prompt_completion"), "chat")  # TRL's conversational prompt/completion
         if not present:
             keys = ", ".join(repr(k) for k in list(row)[:20]) or "none"
             after = " after column_mapping" if self.mapping else ""
@@ -207,6 +225,21 @@ def _token_estimate(record: dict) -> int:
     # Heuristic, not a tokenizer (none is loaded in the API process): BPE vocabularies of current LLMs
     # average roughly 4 UTF-8 bytes per token on English text, so tokens ~= ceil(utf8_bytes / 4) per
     # record. Good enough for quotas and ETAs; it under-counts code and non-Latin scripts.
-    texts = [m["content"] for m in record["messages"]] if "messages" in record else record.values()
-    size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)  # JSON may carry lone surrogates
+    size = sum(len(t.encode("utf-8", "surrogatepass")) for t in _texts(record))  # JSON may carry lone surrogates
     return -(-size // 4)
+
+
+_NOT_TEXT = {"role", "type", "id", "tool_call_id", "weight"}
+
+
+def _texts(value) -> list[str]:
+    """The texts a record trains on or is prompted with: contents, names, tool definitions and call arguments."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [t for key, item in value.items() if key not in _NOT_TEXT for t in _texts(item)]
+    if isinstance(value, list):
+        return [t for item in value for t in _texts(item)]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [str(value)]
+    return []

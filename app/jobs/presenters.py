@@ -45,6 +45,7 @@ def job_public(job: Job) -> JobPublic:
         ),
         trainable_params=job.trainable_params,
         total_params=job.total_params,
+        data=job.data_summary,
         attempt=job.attempt,
     )
 

@@ -87,8 +87,16 @@ JOB_EXAMPLE = {
     "progress": {"phase": "done", "step": 2, "total_steps": 2, "epoch": 2.0, "train_loss": 5.58, "eta_seconds": 0.0},
     "trainable_params": 46240,
     "total_params": 306272,
+    "data": {"training_rows": 36, "validation_rows": 4, "rows_cut": 0, "rows_dropped": 0},
     "attempt": 1,
 }
+
+
+class JobData(BaseModel):
+    training_rows: int = Field(description="rows trained on (after the held-out split)")
+    validation_rows: int = Field(description="held-out rows evaluated on")
+    rows_cut: int = Field(description="rows longer than max_seq_length that lost the beginning of their prompt")
+    rows_dropped: int = Field(description="rows whose answer alone is longer than max_seq_length: not trained on")
 
 
 class JobPublic(BaseModel):
@@ -123,6 +131,7 @@ class JobPublic(BaseModel):
     progress: JobProgress
     trainable_params: int | None
     total_params: int | None
+    data: JobData | None = Field(None, description="the rows as the job read them, once it has")
     attempt: int
 
 

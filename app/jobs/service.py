@@ -43,13 +43,26 @@ def check_pairing(training: File, validation: File | None) -> None:
                 param=param,
                 code="invalid_file_purpose",
             )
-    # Raw text trains on every token; the other shapes on completions. A validation file must match.
-    if validation is not None and (validation.shape == "text") != (training.shape == "text"):
+    if training.shape == "preference":
+        raise ApiError(
+            400,
+            f"training_file {training.id} holds preference rows (a preferred and a non-preferred answer per prompt): "
+            "they train with preference tuning, not supervised fine-tuning",
+            param="training_file",
+            code="invalid_training_file",
+        )
+    # Raw text trains on every token, preference rows on pairs, the other shapes on completions: a validation
+    # file must be of the same kind.
+    if validation is not None and _kind(validation.shape) != _kind(training.shape):
         raise ApiError(
             400,
             f"validation_file has shape '{validation.shape}' but training_file has shape '{training.shape}'",
             param="validation_file",
         )
+
+
+def _kind(shape: str) -> str:
+    return shape if shape in ("text", "preference") else "completions"
 
 
 def validate_job(settings: Settings, body: JobCreate, param_prefix: str = "") -> str:

@@ -87,7 +87,7 @@ def test_chat_errors(tmp_path):
         (2, "messages", "must contain at least one assistant message"),
         (3, "messages", "must contain at least one message"),
         (4, "messages", "must be an array of messages, got string"),
-        (5, "messages[0].role", "must be one of system, user, assistant, got 'robot'"),
+        (5, "messages[0].role", "must be one of system, developer, user, assistant, tool, got 'robot'"),
         (6, "messages[0].role", "missing field"),
         (7, "messages[0].content", "must be a string, got number"),
         (8, "messages[1].content", "must not be empty"),

@@ -33,7 +33,7 @@ SHARED = DATASETS
 
 
 def test_constants():
-    assert SHAPES == ("chat", "prompt_completion", "instruction", "text")
+    assert SHAPES == ("preference", "chat", "prompt_completion", "instruction", "text")
     assert FORMATS == ("jsonl", "json", "csv", "parquet")
 
 
@@ -134,7 +134,7 @@ def test_jsonl_prompt_completion(tmp_path):
     ]
 
 
-def test_json_chat_keeps_only_role_and_content(tmp_path):
+def test_json_chat_keeps_what_templates_render_and_drops_the_rest(tmp_path):
     rows = [
         {
             "messages": [
@@ -157,9 +157,9 @@ def test_json_chat_keeps_only_role_and_content(tmp_path):
     assert list(iter_records(path, "json")) == [
         {
             "messages": [
-                {"role": "system", "content": ""},
+                {"role": "system", "content": "", "name": "s"},
                 {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": "hello"},
+                {"role": "assistant", "content": "hello", "weight": 1},
             ]
         }
     ]

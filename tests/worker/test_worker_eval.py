@@ -141,7 +141,7 @@ def eval_rows() -> list[dict]:
         sql[0],
         {"text": "Once upon a time there was a little dog. " * 80},  # raw text, longer than the prompt cap
         sql[1],
-        {"prompt": "word " * 200, "completion": "cut off"},  # completion truncated away: no loss tokens
+        {"prompt": "Q: ", "completion": "word " * 200},  # its answer alone is over max_seq_length: no loss tokens
         sql[2],
         {"text": "The cat sat on the mat."},
         sql[3],
@@ -161,7 +161,7 @@ def test_per_row_sums_reproduce_the_aggregates(tok):
     # raw text: the text (capped) as prompt, no reference, no output, only teacher-forced figures
     assert shown[1] == (rows[1]["text"][:2000], "") and len(rows[1]["text"]) > 2000
     assert outputs[1] is None and outputs[5] is None and set(scores[1]) == {"nll", "loss_tokens", "correct_tokens"}
-    # the truncated row: generated and scored by ROUGE, but no loss tokens
+    # the row whose answer is too long to train: generated and scored by ROUGE, but no loss tokens
     assert outputs[3] is not None and "rougeL" in scores[3] and "nll" not in scores[3]
     assert shown[0] == (rows[0]["prompt"], rows[0]["completion"])
 

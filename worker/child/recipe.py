@@ -43,7 +43,8 @@ from worker.child.stored_results import (
 log = logging.getLogger("ftaas.child")
 
 
-def load_records(file_row: File) -> list[dict]:
+def load_records(file_row: File) -> list[tuple[int, dict]]:
+    """The file's records with their lines, which a problem found at training names."""
     path = upload_path(file_row.storage_name)
     if not path.is_file():
         raise UserError("file_missing", f"file {file_row.id} is no longer stored")
@@ -53,8 +54,29 @@ def load_records(file_row: File) -> list[dict]:
             file_row.format,
             column_mapping=file_row.column_mapping,
             completion_separator=file_row.completion_separator,
+            with_lines=True,
         )
     )
+
+
+def format_rows(fmt, rows: list[tuple[int, dict]], file_id: str, model: str) -> tuple[list, int, int]:
+    """(examples with something to train, rows cut, rows dropped). A row the model's chat template cannot render
+    fails the job with its line and field."""
+    from worker.training.data import ChatTemplateError
+
+    examples, cut, dropped = [], 0, 0
+    for line, record in rows:
+        try:
+            example = fmt.example(record)
+        except ChatTemplateError as exc:
+            where = f"line {line}" + (f", field {exc.field}" if exc.field else "")
+            raise UserError("invalid_training_row", f"file {file_id}, {where}: {exc.message} (model {model})") from exc
+        if example is None:
+            dropped += 1
+        elif example.num_loss_tokens > 0:
+            examples.append(example)
+            cut += example.cut
+    return examples, cut, dropped
 
 
 class TrainingRecipe:
@@ -113,11 +135,30 @@ class TrainingRecipe:
         except ModelRefused as exc:
             raise UserError(exc.code, str(exc)) from exc
         fmt = Formatter(self.tokenizer, spec.training.max_seq_length)
-        examples = [fmt.example(r) for r in train_rows]
-        self.train_examples = [e for e in examples if e.num_loss_tokens > 0]
+        self.train_examples, cut, dropped = format_rows(fmt, train_rows, self.train_file.id, self.job.model)
         if not self.train_examples:
-            raise UserError("no_trainable_tokens", "every row's completion was cut off by max_seq_length")
-        self.eval_set = EvalSet.build(fmt, val_rows[: ev_spec.max_rows])
+            raise UserError(
+                "no_trainable_tokens",
+                f"no row has an answer that fits max_seq_length ({spec.training.max_seq_length} tokens): "
+                f"{dropped} of {len(train_rows)} rows dropped",
+            )
+        val_file = self.val_file or self.train_file
+        format_rows(fmt, val_rows[: ev_spec.max_rows], val_file.id, self.job.model)  # names a bad row's line
+        self.eval_set = EvalSet.build(fmt, [record for _, record in val_rows[: ev_spec.max_rows]])
+        summary = {
+            "training_rows": len(train_rows),
+            "validation_rows": len(self.eval_set.rows),
+            "rows_cut": cut,
+            "rows_dropped": dropped,
+        }
+        ctx.update(data_summary=summary)
+        if cut or dropped:
+            ctx.event(
+                f"max_seq_length {spec.training.max_seq_length}: {cut} training rows lost the beginning of their "
+                f"prompt, {dropped} were dropped (their answer alone is longer)",
+                level="warning",
+                data=summary,
+            )
         # The shipped checkpoint is picked by the selection metric; checkpoint evaluations measure every
         # requested metric and whatever the selection metric needs.
         self.selection = selection_for(ev_spec.model_dump(), bool(self.eval_set.gen_rows))

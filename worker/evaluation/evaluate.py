@@ -49,7 +49,7 @@ class EvalSet:
     def build(cls, fmt: Formatter, rows: list[dict]) -> EvalSet:
         examples = [fmt.example(r) for r in rows]
         gens = [fmt.generation_row(r) for r in rows]
-        loss_index = [i for i, e in enumerate(examples) if e.num_loss_tokens > 0]
+        loss_index = [i for i, e in enumerate(examples) if e is not None and e.num_loss_tokens > 0]
         gen_index = [i for i, g in enumerate(gens) if g is not None]
         return cls(rows, [examples[i] for i in loss_index], loss_index, [gens[i] for i in gen_index], gen_index)
 

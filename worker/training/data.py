@@ -1,7 +1,9 @@
 """Records -> token ids with labels, and records -> generation prompts for evaluation.
 
 Loss is on completion tokens only for prompt/completion, instruction and chat data (prompt labels are
--100), and on every token for raw text. Chat data uses the tokenizer's chat template when it has one.
+-100), and on every token for raw text. Chat goes through the model's own chat template, token for token
+(worker/training/chat_format.py). A row longer than max_seq_length loses the beginning of its prompt, never
+the answer it teaches; a row whose answer alone is longer is dropped (Formatter.example returns None).
 """
 
 from __future__ import annotations
@@ -9,16 +11,18 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from worker.training.chat_format import ChatRenderer, ChatTemplateError, reference_of
+
 IGNORE = -100
 
-# Used when a tokenizer has no chat template (e.g. a base model): plain, readable role headers.
-FALLBACK_ROLE_HEADER = {"system": "### System:\n", "user": "### User:\n", "assistant": "### Assistant:\n"}
+__all__ = ["IGNORE", "ChatTemplateError", "Example", "Formatter", "GenerationRow", "split_rows"]
 
 
 @dataclass
 class Example:
     input_ids: list[int]
     labels: list[int]
+    cut: bool = False  # lost the beginning of its prompt (or, raw text, its end) to max_seq_length
 
     @property
     def num_loss_tokens(self) -> int:
@@ -60,59 +64,47 @@ class Formatter:
         self.max_len = max_seq_length
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         self.eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        self._chat: ChatRenderer | None = None
+
+    @property
+    def chat(self) -> ChatRenderer:
+        # Made on the first chat row: it gives a tokenizer without a template ftaas' plain one
+        if self._chat is None:
+            self._chat = ChatRenderer(self.tok, IGNORE)
+        return self._chat
 
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
     # -- training examples
 
-    def example(self, record: dict) -> Example:
+    def example(self, record: dict) -> Example | None:
+        """The row as trained, or None when its answer alone is longer than max_seq_length."""
         if "text" in record:
             ids = self.bos + self.encode(record["text"]) + self.eos
-            return self._truncate(ids, list(ids))
-        segments = self._segments(record)
-        ids, labels = list(self.bos), [IGNORE] * len(self.bos)
-        for text, trained in segments:
-            part = self.encode(text)
-            ids += part
-            labels += part if trained else [IGNORE] * len(part)
-        ids += self.eos
-        labels += self.eos
-        return self._truncate(ids, labels)
-
-    def _truncate(self, ids: list[int], labels: list[int]) -> Example:
-        return Example(ids[: self.max_len], labels[: self.max_len])
-
-    def _segments(self, record: dict) -> list[tuple[str, bool]]:
-        """(text, is_trained) pieces in order."""
+            return Example(ids[: self.max_len], ids[: self.max_len], cut=len(ids) > self.max_len)
         if "messages" in record:
-            return self._chat_segments(record["messages"])
+            rendered = self.chat.conversation(record["messages"], record.get("tools"))
+            return self._fit(rendered.ids, rendered.labels)
         prompt, completion = move_trailing_spaces(record["prompt"], record["completion"])
-        return [(prompt, False), (completion, True)]
+        prompt_ids, completion_ids = self.bos + self.encode(prompt), self.encode(completion) + self.eos
+        return self._fit(prompt_ids + completion_ids, [IGNORE] * len(prompt_ids) + completion_ids)
 
-    def _chat_segments(self, messages: list[dict]) -> list[tuple[str, bool]]:
-        if getattr(self.tok, "chat_template", None):
-            # Render growing prefixes; the text each assistant turn adds is what gets trained.
-            segments, rendered = [], ""
-            for i, msg in enumerate(messages):
-                full = self.tok.apply_chat_template(messages[: i + 1], tokenize=False)
-                if msg["role"] == "assistant":
-                    prefix = self.tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-                    if prefix.startswith(rendered) and full.startswith(prefix):
-                        segments.append((prefix[len(rendered) :], False))
-                        segments.append((full[len(prefix) :], True))
-                        rendered = full
-                        continue
-                segments.append((full[len(rendered) :], False))
-                rendered = full
-            return [(text, trained) for text, trained in segments if text]
-        segments = []
-        for msg in messages:
-            header = FALLBACK_ROLE_HEADER.get(msg["role"], f"### {msg['role']}:\n")
-            trained = msg["role"] == "assistant"
-            segments.append((header, False))
-            segments.append((msg["content"] + "\n\n", trained))
-        return segments
+    def _fit(self, ids: list[int], labels: list[int]) -> Example | None:
+        """Cut the beginning of a row too long for max_seq_length, keeping its first token where that is the BOS
+        (the model never sees a sequence without it) and the whole of its last trained run (the final answer)."""
+        if len(ids) <= self.max_len:
+            return Example(ids, labels)
+        head = 1 if self.bos and ids[0] == self.bos[0] else 0
+        last_run = len(labels)
+        while last_run > 0 and labels[last_run - 1] == IGNORE:
+            last_run -= 1
+        while last_run > 0 and labels[last_run - 1] != IGNORE:
+            last_run -= 1
+        keep = self.max_len - head
+        if len(ids) - last_run > keep:
+            return None
+        return Example(ids[:head] + ids[-keep:], labels[:head] + labels[-keep:], cut=True)
 
     # -- generation rows for evaluation
 
@@ -121,23 +113,15 @@ class Formatter:
         if "text" in record:
             return None
         if "messages" in record:
-            msgs = record["messages"]
-            last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-            context, reference = msgs[:last], msgs[last]["content"]
-            if getattr(self.tok, "chat_template", None):
-                prompt = self.tok.apply_chat_template(context, tokenize=False, add_generation_prompt=True)
-            else:
-                prompt = (
-                    "".join(
-                        FALLBACK_ROLE_HEADER.get(m["role"], f"### {m['role']}:\n") + m["content"] + "\n\n"
-                        for m in context
-                    )
-                    + FALLBACK_ROLE_HEADER["assistant"]
-                )
+            messages = record["messages"]
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1) != 0)
+            prompt, ids = self.chat.prompt(messages[:last], record.get("tools"))
+            reference = reference_of(messages[last])
         else:
             prompt, reference = record["prompt"], record["completion"]
-        # Keep room for the answer: long prompts lose their beginning, not their question.
-        ids = self.bos + self.encode(move_trailing_spaces(prompt, "")[0])
+            ids = self.bos + self.encode(move_trailing_spaces(prompt, "")[0])
+        # Keep room for the answer: long prompts lose their beginning, not their question (nor their BOS).
         if len(ids) > self.max_len - 1:
-            ids = ids[-(self.max_len // 2) :]
+            head = 1 if self.bos and ids[0] == self.bos[0] else 0
+            ids = ids[:head] + ids[-(self.max_len // 2 - head) :]
         return GenerationRow(prompt=prompt, prompt_ids=ids, reference=reference)
