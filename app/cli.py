@@ -80,6 +80,35 @@ def worker_argv(gpu: str | None, loglevel: str) -> list[str]:
     ]
 
 
+def preview_worker_argv(loglevel: str) -> list[str]:
+    """The preview worker: the preview queue only, one task at a time in its own process (`solo`: it keeps the
+    tokenizers it loaded for the next previews), no GPU. Previews take seconds; one per deployment is enough."""
+    from app.core.settings import get_settings
+
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.tasks",
+        "worker",
+        "-Q",
+        get_settings().preview_queue_name,
+        "--pool",
+        "solo",
+        "--hostname",
+        "preview@%h",
+        "--loglevel",
+        loglevel,
+    ]
+
+
+def cmd_preview_worker(args: argparse.Namespace) -> int:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # a tokenizer needs no GPU
+    os.execvpe(sys.executable, preview_worker_argv(args.loglevel), env)
+    return 0  # not reached
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.gpu is not None:
@@ -94,11 +123,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     embedded = args.embedded or settings.database_url.startswith("sqlite")
-    worker = None
+    worker = preview_worker = None
     if embedded:
         migrate()
         if not args.no_worker:
             worker = subprocess.Popen(worker_argv(None, "warning"))
+            preview_worker = subprocess.Popen(preview_worker_argv("warning"))
     host = "localhost" if args.host in ("0.0.0.0", "127.0.0.1") else args.host
     print(f"ftaas API on http://{host}:{args.port} — Swagger UI: http://{host}:{args.port}/docs", flush=True)
     if worker is not None:
@@ -115,12 +145,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not run(args.host, args.port, args.loglevel, workers):
             sys.exit(3)  # as uvicorn.run: the port was taken, or the app did not start
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        for process in (preview_worker, worker):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
     return 0
 
 
@@ -135,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ftaas", description="fine-tuning as a service")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="run the API (embedded mode also migrates and starts one worker)")
+    p = sub.add_parser(
+        "serve", help="run the API (embedded mode also migrates and starts a worker and a preview worker)"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--embedded", action="store_true", help="migrate and start a worker alongside (default on SQLite)")
@@ -153,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu", default=None, help="GPU index this worker owns (sets CUDA_VISIBLE_DEVICES)")
     p.add_argument("--loglevel", default="info")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("preview-worker", help="run the preview worker (file previews: CPU, tokenizers only)")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=cmd_preview_worker)
 
     p = sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
     p.set_defaults(func=cmd_migrate)

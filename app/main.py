@@ -17,6 +17,7 @@ from app.comparisons import routes as comparisons
 from app.core.settings import get_settings
 from app.evaluation import chart_routes as charts
 from app.evaluation import routes as leaderboard
+from app.files import preview_routes as previews
 from app.files import routes as files
 from app.jobs import model_routes as models
 from app.jobs import result_routes as results
@@ -46,7 +47,8 @@ def create_app() -> FastAPI:
     )
     app.openapi = lambda: build_openapi(app)  # FastAPI's document plus the errors the app really answers
     routers = [
-        m.router for m in (health, files, leaderboard, jobs, results, sweeps, charts, comparisons, models, webhooks)
+        m.router
+        for m in (health, files, previews, leaderboard, jobs, results, sweeps, charts, comparisons, models, webhooks)
     ]
     install_error_handlers(app, routes=[route for router in routers for route in router.routes])
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)

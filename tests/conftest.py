@@ -40,6 +40,7 @@ TEST_ENV = {
     "FTAAS_DATABASE_URL": pg_url(TEST_DB),
     "FTAAS_BROKER_URL": REDIS_URL,
     "FTAAS_QUEUE_NAME": f"gpu-test-{RUN_ID}",
+    "FTAAS_PREVIEW_QUEUE_NAME": f"preview-test-{RUN_ID}",
     "FTAAS_ARTIFACTS_DIR": str(ARTIFACTS / "artifacts"),
     "FTAAS_DATA_DIR": str(ARTIFACTS / "data"),
     "FTAAS_ALLOWED_MODELS": str(MODEL_DIR),

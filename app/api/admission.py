@@ -38,6 +38,7 @@ from app.tenants.service import hash_key
 UNHELD_PATHS = frozenset({"/", "/healthz", "/docs", "/docs/init.js", "/openapi.json"})
 UNHELD_PREFIXES = ("/docs/assets/",)  # Swagger UI's files
 RETRY_AFTER_S = 1
+END_TURN = "ftaas.end_turn"  # the scope key of the request's turn's release
 KNOWN_KEYS_MAX = 10_000
 
 
@@ -216,6 +217,10 @@ class AdmissionMiddleware:
                 if message["type"] == "http.response.start":
                     release()  # the route and its session are done: a stream or a download goes on unheld
                 await send(message)
+
+            # a route that waits on something else (a preview being made) ends its turn first, and reads with
+            # turns of its own, as a stream does (app/files/preview_routes.py)
+            scope[END_TURN] = release
 
             try:
                 await self.app(scope, watch.receive if watch else receive, send_and_end_turn)

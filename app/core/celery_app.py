@@ -15,6 +15,9 @@ from app.core.settings import Settings, get_settings
 
 TRAIN_TASK = "ftaas.train"
 COMPARE_TASK = "ftaas.compare"  # worker/tasks/comparisons.py: base vs jobs on the same prompts, same queue and worker
+# worker/tasks/preview.py: a file's first rows as a model will train them; a queue of its own, consumed by the
+# preview worker (CPU, a tokenizer only), so that it never waits behind hours of training
+PREVIEW_TASK = "ftaas.preview"
 
 
 def broker_options(settings: Settings) -> dict:
@@ -62,7 +65,11 @@ def make_celery(settings: Settings | None = None) -> Celery:
         # (celery/worker/consumer/tasks.py; Redis only, so off for the embedded filesystem broker).
         worker_disable_prefetch=not settings.broker_url.startswith("filesystem://"),
         task_default_queue=settings.queue_name,
-        task_routes={TRAIN_TASK: {"queue": settings.queue_name}, COMPARE_TASK: {"queue": settings.queue_name}},
+        task_routes={
+            TRAIN_TASK: {"queue": settings.queue_name},
+            COMPARE_TASK: {"queue": settings.queue_name},
+            PREVIEW_TASK: {"queue": settings.preview_queue_name},
+        },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,

@@ -21,6 +21,9 @@ class Strict(BaseModel):
 # ---------------------------------------------------------------- job specification (request side)
 
 
+MaxSeqLength = Annotated[int, Field(ge=16, le=131072)]
+
+
 class Hyperparameters(Strict):
     n_epochs: Annotated[int, Field(ge=1, le=100)] | Auto = Field(
         "auto", description="passes over the training rows; auto = 3"
@@ -91,7 +94,11 @@ class TrainingSpec(Strict):
     learning_rate: float | None = Field(
         None, gt=0, le=1, description="absolute learning rate; overrides learning_rate_multiplier"
     )
-    max_seq_length: int = Field(512, ge=16, le=131072, description="longer rows are truncated")
+    max_seq_length: MaxSeqLength = Field(
+        512,
+        description="a longer row loses the beginning of its prompt, never its answer; a row whose answer alone is "
+        "longer is not trained on (the job's `data` counts both)",
+    )
     gradient_accumulation_steps: int = Field(
         1, ge=1, le=1024, description="micro-batches per optimizer step: larger effective batch, same memory"
     )

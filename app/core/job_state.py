@@ -26,6 +26,8 @@ from app.core.tables import (
     Job,
     JobEvent,
     JobStatus,
+    Preview,
+    PreviewStatus,
     utcnow,
 )
 
@@ -290,3 +292,34 @@ def finish_comparison(
     )
     session.commit()
     return result.rowcount == 1
+
+
+def claim_preview(session: Session, preview_id: str) -> bool:
+    """queued -> running, atomically (a preview takes seconds: a message delivered again after a worker died
+    finds it running and leaves it; the API's wait ends and a new request makes a new one). Commits."""
+    result = session.execute(
+        update(Preview)
+        .where(Preview.id == preview_id, Preview.status == PreviewStatus.queued)
+        .values(status=PreviewStatus.running)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def finish_preview(
+    session: Session,
+    preview_id: str,
+    status: PreviewStatus,
+    *,
+    result: dict | None = None,
+    error: dict | None = None,
+    from_statuses: tuple[PreviewStatus, ...] = (PreviewStatus.running,),
+) -> bool:
+    """The final state, over a running preview only (or a queued one the API could not enqueue). Commits."""
+    done = session.execute(
+        update(Preview)
+        .where(Preview.id == preview_id, Preview.status.in_(from_statuses))
+        .values(status=status, result=result, error=error, finished_at=utcnow())
+    )
+    session.commit()
+    return done.rowcount == 1

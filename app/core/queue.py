@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from celery import Celery
 
-from app.core.celery_app import COMPARE_TASK, TRAIN_TASK, make_celery
+from app.core.celery_app import COMPARE_TASK, PREVIEW_TASK, TRAIN_TASK, make_celery
 from app.core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -18,12 +18,12 @@ def producer() -> Celery:
     return make_celery(get_settings())
 
 
-def _send(task: str, object_id: str) -> bool:
+def _send(task: str, object_id: str, queue: str | None = None) -> bool:
     try:
         producer().send_task(
             task,
             args=[object_id],
-            queue=get_settings().queue_name,
+            queue=queue or get_settings().queue_name,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
@@ -43,6 +43,12 @@ def enqueue_comparison(comparison_id: str) -> bool:
     """Send a comparison id to the same queue the training workers consume. False when the broker is away
     (nothing resends comparisons, so the caller marks the comparison failed)."""
     return _send(COMPARE_TASK, comparison_id)
+
+
+def enqueue_preview(preview_id: str) -> bool:
+    """Send a preview id to the preview worker's queue. False when the broker is away (the caller marks the
+    preview failed)."""
+    return _send(PREVIEW_TASK, preview_id, get_settings().preview_queue_name)
 
 
 def broker_reachable(timeout: float = 2.0) -> bool:

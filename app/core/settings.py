@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     )
     bertscore_num_layers: int | None = Field(None, description="encoder layer BERTScore reads")
     queue_name: str = Field("gpu", description="Celery queue the training workers consume")
+    preview_queue_name: str = Field(
+        "preview", description="Celery queue the preview worker consumes (`ftaas preview-worker`: CPU, tokenizers only)"
+    )
+    preview_wait_s: float = Field(
+        20.0, ge=0, le=120, description="how long POST .../preview waits for the preview worker before a 202"
+    )
     visibility_timeout_s: int = Field(
         48 * 3600, description="Redis redelivery timeout; longer than the longest job (celery#5935)"
     )

@@ -67,6 +67,8 @@ class ComparisonStatus(enum.StrEnum):
     failed = "failed"
 
 
+PreviewStatus = ComparisonStatus  # a preview goes through the same four states
+
 JSONType = JSON(none_as_null=True)
 TZDateTime = DateTime(timezone=True)
 
@@ -227,6 +229,27 @@ class Comparison(Base):
     results: Mapped[dict | None] = mapped_column(JSONType)
     error: Mapped[dict | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+
+
+class Preview(Base):
+    """The first rows of a file as a model's worker will train them: text, token ids, which are trained. Made by
+    the preview worker (the API never loads a tokenizer: that needs transformers, which imports torch), kept
+    as a cache: the same file, model and max_seq_length are answered from here."""
+
+    __tablename__ = "previews"
+    __table_args__ = (Index("ix_previews_lookup", "file_id", "model", "max_seq_length", "num_rows"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("preview"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(300))  # as the client named it
+    model_source: Mapped[str] = mapped_column(Text)
+    max_seq_length: Mapped[int] = mapped_column(Integer)
+    num_rows: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default=PreviewStatus.queued)
+    result: Mapped[dict | None] = mapped_column(JSONType)
+    error: Mapped[dict | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
 
 

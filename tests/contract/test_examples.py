@@ -55,7 +55,10 @@ def upload(client, auth) -> dict:
     return r.json()
 
 
-def test_every_body_example_runs_against_the_quick_start_service(client, auth, db_session, acme):
+def test_every_body_example_runs_against_the_quick_start_service(client, auth, db_session, acme, monkeypatch):
+    from app.core.settings import get_settings
+
+    monkeypatch.setattr(get_settings(), "preview_wait_s", 0.0)  # no preview worker here: its 202 is documented
     endpoint = make_endpoint(db_session, acme)
     ids = {"file-abc123": upload(client, auth)["id"], "ftjob-abc123": "ftjob-none"}
     doc = client.get("/openapi.json").json()
@@ -68,7 +71,7 @@ def test_every_body_example_runs_against_the_quick_start_service(client, auth, d
             examples = resolve(doc, content["schema"]).get("examples", [])
             assert examples, f"{method.upper()} {path} has no example"
             for example in examples:
-                url = path.replace("{webhook_endpoint_id}", endpoint.id)
+                url = path.replace("{webhook_endpoint_id}", endpoint.id).replace("{file_id}", ids["file-abc123"])
                 r = client.request(method, url, headers=auth, json=with_ids(example, ids))
                 assert str(r.status_code) in documented(op), (method, path, r.status_code, r.text[:300])
                 if (method, path) in MUST_SUCCEED:
@@ -77,7 +80,7 @@ def test_every_body_example_runs_against_the_quick_start_service(client, auth, d
                     ids["ftjob-abc123"] = r.json()["id"]
                 posted.append(f"{method.upper()} {path} -> {r.status_code}")
     print(f"\n[examples] {len(posted)} body examples posted: " + "; ".join(posted))
-    assert len(posted) >= 7
+    assert len(posted) >= 8
 
 
 def test_every_query_parameter_example_runs(client, auth, db_session, acme):

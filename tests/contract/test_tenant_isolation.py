@@ -24,6 +24,7 @@ OWNED = {
     "sweep_id": "sweep-000000000000000000000000",
     "comparison_id": "cmp-000000000000000000000000",
     "webhook_endpoint_id": "webhook-000000000000000000000000",
+    "preview_id": "preview-000000000000000000000000",
 }
 # Operations without a tenant's object: health, and the catalogues (base models, webhook event types) shared by all.
 SHARED = {
@@ -52,7 +53,10 @@ def operations():
 
 
 @pytest.fixture
-def a_objects(client, auth, db_session, acme, archive):
+def a_objects(client, auth, db_session, acme, archive, monkeypatch):
+    from app.core.settings import get_settings
+
+    monkeypatch.setattr(get_settings(), "preview_wait_s", 0.0)  # no preview worker here: queued is enough
     rows = "".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(8))
     r = client.post(
         "/v1/files",
@@ -71,12 +75,15 @@ def a_objects(client, auth, db_session, acme, archive):
     cmp = client.post("/v1/comparisons", headers=auth, json={"job_ids": [job.id], "prompts": ["hello"]})
     assert cmp.status_code == 200, cmp.text
     endpoint = make_endpoint(db_session, acme)
+    preview = client.post(f"/v1/files/{file.id}/preview", headers=auth, json={"model": "stories260k"})
+    assert preview.status_code == 202, preview.text
     return {
         "file_id": file.id,
         "job_id": job.id,
         "sweep_id": sweep.json()["id"],
         "comparison_id": cmp.json()["id"],
         "webhook_endpoint_id": endpoint.id,
+        "preview_id": preview.json()["id"],
     }
 
 
@@ -94,7 +101,7 @@ def scrub(response, ids: dict) -> str:
     text = response.text
     for value in ids.values():
         text = text.replace(value, "<id>")
-    return re.sub(r"(file|ftjob|sweep|cmp|webhook)-[0-9a-f]{24}", "<id>", text)
+    return re.sub(r"(file|ftjob|sweep|cmp|webhook|preview)-[0-9a-f]{24}", "<id>", text)
 
 
 def test_every_id_route_hides_another_tenants_objects_exactly_like_missing_ones(client, auth, other_auth, a_objects):

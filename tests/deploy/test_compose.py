@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-SERVICES = {"postgres", "redis", "migrate", "api", "worker-gpu0", "worker-gpu1"}
+SERVICES = {"postgres", "redis", "migrate", "api", "preview", "worker-gpu0", "worker-gpu1"}
 WORKERS = {"worker-gpu0": "0", "worker-gpu1": "1"}
 
 
@@ -180,9 +180,20 @@ def test_rendered_gpu_workers():
     assert services["worker-gpu0"]["hostname"] != services["worker-gpu1"]["hostname"]
 
 
+def test_rendered_preview_worker():
+    """The preview worker: the worker image and its volumes (uploads, the model cache) on the CPU."""
+    preview = rendered()["services"]["preview"]
+    assert preview["command"] == ["ftaas", "preview-worker"]
+    assert "deploy" not in preview  # no GPU reserved
+    assert preview["build"]["dockerfile"].endswith("docker/worker.Dockerfile")
+    volumes = _volume_targets(preview)
+    assert volumes["/var/lib/ftaas"] == "artifacts" and volumes["/var/cache/huggingface"] == "hf-cache"
+    assert _conditions(preview)["migrate"] == "service_completed_successfully"
+
+
 def test_rendered_environment_and_interpolation():
     services = rendered(*GPU2)["services"]
-    for name in ("migrate", "api", *WORKERS):
+    for name in ("migrate", "api", "preview", *WORKERS):
         env = services[name]["environment"]
         assert env["FTAAS_DATABASE_URL"] == "postgresql+psycopg://ftaas:ftaas@postgres:5432/ftaas", name
         assert env["FTAAS_BROKER_URL"] == "redis://redis:6379/0"
