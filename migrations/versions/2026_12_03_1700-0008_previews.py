@@ -31,7 +31,9 @@ def upgrade() -> None:
         sa.Column("error", sa.JSON(none_as_null=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], name=op.f("fk_previews_tenant_id_tenants"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"], ["tenants.id"], name=op.f("fk_previews_tenant_id_tenants"), ondelete="CASCADE"
+        ),
         sa.ForeignKeyConstraint(["file_id"], ["files.id"], name=op.f("fk_previews_file_id_files"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_previews")),
     )
