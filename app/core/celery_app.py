@@ -15,6 +15,7 @@ from app.core.settings import Settings, get_settings
 
 TRAIN_TASK = "ftaas.train"
 COMPARE_TASK = "ftaas.compare"  # worker/tasks/comparisons.py: base vs jobs on the same prompts, same queue and worker
+MERGE_TASK = "ftaas.merge"  # worker/tasks/merges.py: a LoRA job's base with its adapter merged, same queue and worker
 
 
 def broker_options(settings: Settings) -> dict:
@@ -45,7 +46,7 @@ def broker_options(settings: Settings) -> dict:
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     # The worker (`celery -A worker.tasks`) registers its tasks by importing that package; the API only sends
-    # tasks by name (TRAIN_TASK, COMPARE_TASK) and never imports the worker.
+    # tasks by name (TRAIN_TASK, COMPARE_TASK, MERGE_TASK) and never imports the worker.
     celery = Celery("ftaas", broker=settings.broker_url)
     celery.conf.update(
         broker_transport_options=broker_options(settings),
@@ -62,7 +63,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         # (celery/worker/consumer/tasks.py; Redis only, so off for the embedded filesystem broker).
         worker_disable_prefetch=not settings.broker_url.startswith("filesystem://"),
         task_default_queue=settings.queue_name,
-        task_routes={TRAIN_TASK: {"queue": settings.queue_name}, COMPARE_TASK: {"queue": settings.queue_name}},
+        task_routes={task: {"queue": settings.queue_name} for task in (TRAIN_TASK, COMPARE_TASK, MERGE_TASK)},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from celery import Celery
 
-from app.core.celery_app import COMPARE_TASK, TRAIN_TASK, make_celery
+from app.core.celery_app import COMPARE_TASK, MERGE_TASK, TRAIN_TASK, make_celery
 from app.core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,12 @@ def enqueue_comparison(comparison_id: str) -> bool:
     """Send a comparison id to the same queue the training workers consume. False when the broker is away
     (nothing resends comparisons, so the caller marks the comparison failed)."""
     return _send(COMPARE_TASK, comparison_id)
+
+
+def enqueue_merge(merge_id: str) -> bool:
+    """Send a merged model's id to the training queue. False when the broker is away: the row stays queued,
+    unsent, and the next request for it sends it again."""
+    return _send(MERGE_TASK, merge_id)
 
 
 def broker_reachable(timeout: float = 2.0) -> bool:
