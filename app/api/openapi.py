@@ -35,7 +35,15 @@ ERRORS: dict[int, tuple[str, dict[str, Any] | None]] = {
     ),
     422: ("The uploaded file is not a valid dataset: `error.errors` lists the bad rows", None),
     429: ("The tenant's rate limit or active-job limit is reached", _RETRY_AFTER),
-    503: ("The service's database is unavailable", _RETRY_AFTER),
+    500: (
+        "A worker could not build what was asked for (a merged model): `error.message` says why; a request after "
+        "Retry-After tries again",
+        _RETRY_AFTER,
+    ),
+    503: (
+        "The service's database (or, for a request that starts a worker task, its task queue) is unavailable",
+        _RETRY_AFTER,
+    ),
 }
 
 

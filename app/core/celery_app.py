@@ -18,6 +18,7 @@ COMPARE_TASK = "ftaas.compare"  # worker/tasks/comparisons.py: base vs jobs on t
 # worker/tasks/preview.py: a file's first rows as a model will train them; a queue of its own, consumed by the
 # preview worker (CPU, a tokenizer only), so that it never waits behind hours of training
 PREVIEW_TASK = "ftaas.preview"
+MERGE_TASK = "ftaas.merge"  # worker/tasks/merges.py: a LoRA job's base with its adapter merged, same queue and worker
 
 
 def broker_options(settings: Settings) -> dict:
@@ -48,7 +49,7 @@ def broker_options(settings: Settings) -> dict:
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     # The worker (`celery -A worker.tasks`) registers its tasks by importing that package; the API only sends
-    # tasks by name (TRAIN_TASK, COMPARE_TASK) and never imports the worker.
+    # tasks by name (TRAIN_TASK, COMPARE_TASK, MERGE_TASK) and never imports the worker.
     celery = Celery("ftaas", broker=settings.broker_url)
     celery.conf.update(
         broker_transport_options=broker_options(settings),
@@ -68,6 +69,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_routes={
             TRAIN_TASK: {"queue": settings.queue_name},
             COMPARE_TASK: {"queue": settings.queue_name},
+            MERGE_TASK: {"queue": settings.queue_name},
             PREVIEW_TASK: {"queue": settings.preview_queue_name},
         },
         task_acks_late=True,

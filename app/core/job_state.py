@@ -1,5 +1,5 @@
-"""Every change of a job's state, and of a comparison's, in one place, shared by the API, the Celery tasks and
-the training and comparison children.
+"""Every change of a job's state, of a comparison's and of a merged model's, in one place, shared by the API, the
+Celery tasks and the training, comparison and merge children.
 
 Writes by a worker are fenced on (status='running', attempt=N): once a job is cancelled, or another
 attempt has claimed it after a lost lease, the old attempt's writes match no row and change nothing.
@@ -26,6 +26,8 @@ from app.core.tables import (
     Job,
     JobEvent,
     JobStatus,
+    MergedModel,
+    MergeStatus,
     Preview,
     PreviewStatus,
     utcnow,
@@ -323,3 +325,35 @@ def finish_preview(
     )
     session.commit()
     return done.rowcount == 1
+
+
+# ---------------------------------------------------------------- merged models
+
+
+def claim_merge(session: Session, merge_id: str, *, take_over_building: bool = False) -> int | None:
+    """queued -> building, atomically; returns the build's attempt number, or None when the row is not there to
+    build (ready, failed, being built, gone): a second delivery of the message then does nothing. Commits.
+
+    take_over_building: also claim one being built, for the broker's redelivery after the worker that built it
+    died (as claim_comparison's take_over_running). The attempt number fences the old build's writes."""
+    claimable = [MergeStatus.queued] + ([MergeStatus.building] if take_over_building else [])
+    row = session.execute(
+        update(MergedModel)
+        .where(MergedModel.id == merge_id, MergedModel.status.in_(claimable))
+        .values(status=MergeStatus.building, attempt=MergedModel.attempt + 1, started_at=utcnow(), error=None)
+        .returning(MergedModel.attempt)
+    ).first()
+    session.commit()
+    return row[0] if row else None
+
+
+def finish_merge(session: Session, merge_id: str, attempt: int, status: MergeStatus, **values: Any) -> bool:
+    """A build's outcome: ready with archive_name, sha256 and bytes, or failed with error. Written only by the
+    attempt that holds the row, so a build that was taken over (or asked for again) changes nothing. Commits."""
+    result = session.execute(
+        update(MergedModel)
+        .where(MergedModel.id == merge_id, MergedModel.status == MergeStatus.building, MergedModel.attempt == attempt)
+        .values(status=status, finished_at=utcnow(), **values)
+    )
+    session.commit()
+    return result.rowcount == 1

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from celery import Celery
 
-from app.core.celery_app import COMPARE_TASK, PREVIEW_TASK, TRAIN_TASK, make_celery
+from app.core.celery_app import COMPARE_TASK, MERGE_TASK, PREVIEW_TASK, TRAIN_TASK, make_celery
 from app.core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,12 @@ def enqueue_preview(preview_id: str) -> bool:
     """Send a preview id to the preview worker's queue. False when the broker is away (the caller marks the
     preview failed)."""
     return _send(PREVIEW_TASK, preview_id, get_settings().preview_queue_name)
+
+
+def enqueue_merge(merge_id: str) -> bool:
+    """Send a merged model's id to the training queue. False when the broker is away: the row stays queued,
+    unsent, and the next request for it sends it again."""
+    return _send(MERGE_TASK, merge_id)
 
 
 def broker_reachable(timeout: float = 2.0) -> bool:

@@ -197,22 +197,29 @@ class Settings(BaseSettings):
         """
         out: dict[str, str] = {}
         for entry in self.allowed_models:
-            path = Path(entry).expanduser()
-            if path.is_dir():
-                absolute = str(path.resolve())
-                out[path.resolve().name] = absolute
-                out[absolute] = absolute
-            else:
-                out[entry] = entry
+            source = _model_source(entry)
+            out[public_model_name(source)] = source
+            if Path(source).is_absolute():  # a directory: its path names it too
+                out[source] = source
         return out
 
     def public_model_ids(self) -> list[str]:
         """One id per allowed model, in configured order (local directories by folder name)."""
-        ids = []
-        for entry in self.allowed_models:
-            path = Path(entry).expanduser()
-            ids.append(path.resolve().name if path.is_dir() else entry)
-        return ids
+        return [public_model_name(_model_source(entry)) for entry in self.allowed_models]
+
+
+def _model_source(entry: str) -> str:
+    """An allowed model's source: a local directory's absolute path, else the entry itself (a hub id)."""
+    path = Path(entry).expanduser()
+    return str(path.resolve()) if path.is_dir() else entry
+
+
+def public_model_name(source: str) -> str:
+    """The name a model is known by outside this server, from its source (Job.model_source): a local
+    directory's folder name, as GET /v1/models lists it, or the hub id. Never a server path: it is what a
+    downloaded adapter's config and model card name as their base model."""
+    path = Path(source)
+    return path.name if path.is_absolute() else source
 
 
 @lru_cache

@@ -6,6 +6,9 @@
     <artifacts_dir>/jobs/<job_id>/adapter/                    the shipped adapter folder (comparisons load it)
     <artifacts_dir>/jobs/<job_id>/adapter.tar.gz              the shipped archive (GET .../adapter)
     <artifacts_dir>/jobs/<job_id>/checkpoint-archives/step-<n>.tar.gz   an evaluated checkpoint's archive
+    <artifacts_dir>/jobs/<job_id>/merged/<source>-<attempt>.tar.gz      the base with an adapter merged in
+                                                                        (GET .../adapter?format=merged)
+    <artifacts_dir>/jobs/<job_id>/merged/<source>.log                   the merge child's output
     <artifacts_dir>/comparisons/<comparison_id>.log           a comparison child's output
 
 Rows name job files relative to the jobs folder (Job.adapter_name, Checkpoint.dir_name, .adapter_name), so
@@ -61,6 +64,18 @@ class JobFiles:
     @property
     def checkpoint_archives(self) -> Path:
         return self.root / "checkpoint-archives"
+
+    def merged_archive(self, source: str, attempt: int) -> Path:
+        """A merged model's archive; `source` is MergedModel.source ("adapter" or "step-<n>"). Each build attempt
+        writes its own, so two builds of one model never overwrite the file a row points at."""
+        return self.root / "merged" / f"{source}-{attempt}.tar.gz"
+
+    def merged_archives(self, source: str) -> list[Path]:
+        """Every attempt's merged archive of `source` (an older one is removed once a newer one is ready)."""
+        return sorted((self.root / "merged").glob(f"{source}-*.tar.gz"))
+
+    def merge_log(self, source: str) -> Path:
+        return self.root / "merged" / f"{source}.log"
 
     def relative(self, path: Path) -> str:
         """The name a row stores for a file of this job (relative to the jobs folder)."""

@@ -69,6 +69,14 @@ class ComparisonStatus(enum.StrEnum):
 
 PreviewStatus = ComparisonStatus  # a preview goes through the same four states
 
+
+class MergeStatus(enum.StrEnum):
+    queued = "queued"  # asked for; a message is on the training queue (once sent_at is set)
+    building = "building"  # a worker's merge child is on it
+    ready = "ready"  # its archive is stored: GET .../adapter?format=merged downloads it
+    failed = "failed"  # `error` says why; a request after MERGE_RETRY_AFTER_S tries again
+
+
 JSONType = JSON(none_as_null=True)
 TZDateTime = DateTime(timezone=True)
 
@@ -194,6 +202,29 @@ class Checkpoint(Base):
     adapter_sha256: Mapped[str | None] = mapped_column(String(64))
     adapter_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+
+class MergedModel(Base):
+    """A LoRA or QLoRA job's base model with one of its adapters merged in, bf16 (GET .../adapter?format=merged):
+    built by a worker on the first request, kept beside the adapter and downloaded as is afterwards."""
+
+    __tablename__ = "merged_models"
+    __table_args__ = (UniqueConstraint("job_id", "source"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ftmerge"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    # which adapter is merged, as the download names it: "adapter" (the shipped one) or "step-<n>"
+    source: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(20), default=MergeStatus.queued)
+    # each claim by a worker counts one; the child's writes are fenced on it, and its archive carries it
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    archive_name: Mapped[str | None] = mapped_column(String(300))  # relative to jobs_dir
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    error: Mapped[dict | None] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(TZDateTime)  # last put on the queue; None: not yet
+    started_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
 
 
 class Sweep(Base):

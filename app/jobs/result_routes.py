@@ -1,11 +1,15 @@
-"""What a finished job gives back: its evaluation, its adapter archive, and the choice of a model per file."""
+"""What a finished job gives back: its evaluation, its adapter archive (or its base with the adapter merged in),
+and the choice of a model per file."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.api.deps import OwnedJob, SessionDep, SettingsDep
 from app.api.downloads import Download
@@ -13,9 +17,10 @@ from app.api.openapi import error_responses
 from app.api.presenting import unix
 from app.core.errors import ApiError
 from app.core.storage import JobFiles
-from app.core.tables import Checkpoint, Evaluation, EvaluationRow, JobStatus
+from app.core.tables import Checkpoint, Evaluation, EvaluationRow, Job, JobStatus, MergeStatus
 from app.evaluation.schemas import EvaluationPublic, EvaluationSample
-from app.jobs.schemas import SelectionPublic
+from app.jobs.merging import ASK_AGAIN_S, check_mergeable, pending_message, request_merged
+from app.jobs.schemas import MergedModelPending, SelectionPublic
 from app.sweeps.service import select_job as select_job_for_file
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["results"])
@@ -76,19 +81,39 @@ def get_evaluation(
     )
 
 
+ArchiveFormat = Literal["adapter", "merged"]
+
+
 @router.get(
     "/{job_id}/adapter",
     response_class=Download,
     responses={
-        200: {"description": "the adapter archive", "content": {"application/gzip": {}}},
+        200: {
+            "description": "the adapter archive, or with format=merged the merged model's archive",
+            "content": {"application/gzip": {}},
+        },
+        202: {
+            "model": MergedModelPending,
+            "description": "format=merged, first requests: a worker is building the merged model; ask again after "
+            "Retry-After",
+            "headers": {
+                "Retry-After": {
+                    "description": "seconds to wait before asking again",
+                    "required": True,
+                    "schema": {"type": "integer"},
+                }
+            },
+        },
         206: {
             "description": "the requested byte range(s) of the archive",
             "content": {"application/gzip": {}, "multipart/byteranges": {}},
         },
-        **error_responses(409, 416),
+        **error_responses(409, 416, 500),
     },
     summary="Download the adapter (the best evaluated checkpoint, or ?step=N): safetensors weights, config, "
-    "tokenizer files and a model card (tar.gz). X-Checksum-SHA256 carries its SHA-256; Range resumes a download.",
+    "tokenizer files and a model card (tar.gz). X-Checksum-SHA256 carries its SHA-256; Range resumes a download. "
+    "format=merged: a LoRA or QLoRA job's base model with the adapter merged in (bf16 safetensors), for serving "
+    "engines that take no adapters; built by a worker on the first request (202 with Retry-After until then).",
 )
 def download_adapter(
     job: OwnedJob,
@@ -102,35 +127,69 @@ def download_adapter(
             description="an evaluated checkpoint's step (see .../checkpoints); default: the shipped best",
         ),
     ] = None,
-) -> Download:
+    archive_format: Annotated[
+        ArchiveFormat,
+        Query(
+            alias="format",
+            description="adapter: the trained weights as trained (a peft adapter; a full job's whole model). "
+            "merged: a LoRA or QLoRA job's base model with that adapter merged into its weights, saved as bf16 "
+            "safetensors with the tokenizer and a model card (QLoRA: merged into the bf16 base, not the 4-bit "
+            "one); the first request answers 202 while a worker builds it, later ones download it",
+        ),
+    ] = "adapter",
+) -> Response:
     if job.status != JobStatus.succeeded or not job.adapter_name:
         raise ApiError(
             409, f"Job {job.id} has no adapter yet (status: {job.status})", param="job_id", code="adapter_not_ready"
         )
-    name, digest, label = job.adapter_name, job.adapter_sha256, "adapter"
-    if step is not None:
-        ckpt = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step == step))
-        if ckpt is None or not ckpt.adapter_name:
-            kept = session.scalars(
-                select(Checkpoint.step)
-                .where(Checkpoint.job_id == job.id, Checkpoint.adapter_name.is_not(None))
-                .order_by(Checkpoint.step)
-            ).all()
-            raise ApiError(
-                404,
-                f"Job {job.id} has no downloadable checkpoint at step {step} (evaluated checkpoints: "
-                f"{', '.join(map(str, kept)) or 'none'})",
-                param="step",
-                code="checkpoint_not_found",
-            )
-        name, digest, label = ckpt.adapter_name, ckpt.adapter_sha256, f"step-{step}"
-    path = JobFiles(job.id, settings).resolve(name)
-    if not path.is_file():
+    if archive_format == "merged":
+        check_mergeable(job)
+    name, digest, label = adapter_archive(session, job, step)
+    files = JobFiles(job.id, settings)
+    if not files.resolve(name).is_file():
         raise ApiError(404, f"The adapter archive of job {job.id} is missing from storage", code="adapter_missing")
+    if archive_format == "adapter":
+        return archive_download(files.resolve(name), digest, f"{job.id}-{label}.tar.gz")
+    merged = request_merged(session, settings, job, label)
+    if merged.status != MergeStatus.ready:
+        pending = MergedModelPending(
+            job_id=job.id,
+            step=step,
+            status=merged.status,
+            created_at=unix(merged.created_at),
+            message=pending_message(merged),
+        )
+        return JSONResponse(pending.model_dump(), status_code=202, headers={"Retry-After": str(ASK_AGAIN_S)})
+    merged_label = "merged" if step is None else f"{label}-merged"
+    return archive_download(files.resolve(merged.archive_name), merged.sha256, f"{job.id}-{merged_label}.tar.gz")
+
+
+def adapter_archive(session: Session, job: Job, step: int | None) -> tuple[str, str | None, str]:
+    """(stored name, sha256, label) of the shipped adapter's archive, or of checkpoint `step`'s (404 if none)."""
+    if step is None:
+        return job.adapter_name, job.adapter_sha256, "adapter"
+    ckpt = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step == step))
+    if ckpt is None or not ckpt.adapter_name:
+        kept = session.scalars(
+            select(Checkpoint.step)
+            .where(Checkpoint.job_id == job.id, Checkpoint.adapter_name.is_not(None))
+            .order_by(Checkpoint.step)
+        ).all()
+        raise ApiError(
+            404,
+            f"Job {job.id} has no downloadable checkpoint at step {step} (evaluated checkpoints: "
+            f"{', '.join(map(str, kept)) or 'none'})",
+            param="step",
+            code="checkpoint_not_found",
+        )
+    return ckpt.adapter_name, ckpt.adapter_sha256, f"step-{step}"
+
+
+def archive_download(path: Path, digest: str | None, filename: str) -> Download:
     return Download(
         path,
         media_type="application/gzip",
-        filename=f"{job.id}-{label}.tar.gz",
+        filename=filename,
         headers={"X-Checksum-SHA256": digest or "", "ETag": f'"{digest}"'},
     )
 

@@ -189,3 +189,17 @@ class SelectionPublic(BaseModel):
     job_id: str
     fine_tuned_model: str | None
     created_at: int
+
+
+class MergedModelPending(BaseModel):
+    """GET .../adapter?format=merged before the merged model is built: a worker builds it; ask again after the
+    answer's Retry-After."""
+
+    object: Literal["fine_tuning.job.merged_model"] = "fine_tuning.job.merged_model"
+    job_id: str
+    step: int | None = Field(description="the evaluated checkpoint being merged; null: the shipped adapter")
+    status: Literal["queued", "building"] = Field(
+        description="queued: waiting for a worker (behind the training jobs on its queue); building: being merged"
+    )
+    created_at: int = Field(description="when it was first asked for (Unix seconds)")
+    message: str

@@ -3,11 +3,14 @@ leaves in the database and on disk (per-row evaluation, evaluated checkpoints wi
 
 from __future__ import annotations
 
+import json
 import math
 import tarfile
 
 import pytest
+from huggingface_hub import ModelCard
 
+from tests.conftest import MODEL_DIR
 from tests.helpers.child import run_job, sql_rows, stored
 
 
@@ -96,8 +99,14 @@ def test_child_full_job_on_raw_text(database):
     with tarfile.open(get_settings().jobs_dir / job.adapter_name) as tar:
         names = set(tar.getnames())
         card = tar.extractfile("adapter/README.md").read().decode()
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
     assert {"adapter/model.safetensors", "adapter/config.json"} <= names
     assert "PeftModel" not in card
+    # a whole model that loads anywhere: its config and card name the base by its public name, not by path
+    assert not any(str(MODEL_DIR).encode() in data for data in files.values())
+    assert json.loads(files["adapter/config.json"]).get("_name_or_path", "stories260k") == "stories260k"
+    data = ModelCard(card).data
+    assert (data.base_model, data.library_name, data.tags) == ("stories260k", "transformers", ["ftaas", "full"])
 
 
 def test_child_refuses_full_finetune_of_a_large_model(database, monkeypatch):

@@ -95,14 +95,17 @@ def test_full_finetune_refuses_models_over_the_limit():
 def test_full_model_archive_loads_without_peft(tok, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from worker.evaluation.artifacts import model_card, package_adapter
+    from worker.evaluation.artifacts import package_adapter
+    from worker.evaluation.model_card import model_card
 
     model = full_model()
     train(model, sql_examples(tok, 8), config(learning_rate=1e-3), tok.pad_token_id, CPU, tmp_path / "ck", hooks())
     spec = job_spec(adapter={"type": "full"})
     job = {"id": "ftjob-x", "model": "stories260k", "fine_tuned_model": "ft:x", "seed": 1}
     card = model_card(job, spec, {"eval_loss": 3.0}, {"eval_loss": 2.0}, count_params(model), step=2)
-    archive, digest, size = package_adapter(model, tok, tmp_path / "adapter", tmp_path / "a.tar.gz", card)
+    archive, digest, size = package_adapter(
+        model, tok, tmp_path / "adapter", tmp_path / "a.tar.gz", card, base_model="stories260k"
+    )
     assert size == archive.stat().st_size and len(digest) == 64
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())

@@ -1,11 +1,11 @@
-"""The one child entry point: `python -m worker.child train JOB_ID ATTEMPT` or `... compare COMPARISON_ID`,
-spawned by worker.tasks.supervise.spawn_child."""
+"""The one child entry point: `python -m worker.child train JOB_ID ATTEMPT`, `... compare COMPARISON_ID` or
+`... merge MERGED_MODEL_ID ATTEMPT`, spawned by worker.tasks.supervise.spawn_child."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m worker.child train JOB_ID ATTEMPT | compare COMPARISON_ID"
+USAGE = "usage: python -m worker.child train JOB_ID ATTEMPT | compare COMPARISON_ID | merge MERGED_MODEL_ID ATTEMPT"
 
 
 def main(argv: list[str]) -> int:
@@ -17,6 +17,10 @@ def main(argv: list[str]) -> int:
         from worker.child.comparison import main as compare_main
 
         return compare_main(argv[1:])
+    if len(argv) == 3 and argv[0] == "merge":
+        from worker.child.merge import main as merge_main
+
+        return merge_main(argv[1:])
     print(USAGE, file=sys.stderr)
     return 2
 

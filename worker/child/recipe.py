@@ -19,7 +19,7 @@ from sqlalchemy import select
 from app.core.job_spec import JobSpec
 from app.core.metrics import metrics_for_selection, selection_for
 from app.core.naming import fine_tuned_name
-from app.core.settings import get_settings
+from app.core.settings import get_settings, public_model_name
 from app.core.storage import upload_path
 from app.core.tables import Checkpoint, Evaluation, File, Job, JobStatus
 from app.datasets import iter_records
@@ -313,7 +313,12 @@ class TrainingRecipe:
             )
         name = fine_tuned_name(self.job)
         archive, digest, size = package_adapter(
-            self.model, self.tokenizer, files.adapter_dir, files.adapter_archive, self.card(name, tuned.metrics)
+            self.model,
+            self.tokenizer,
+            files.adapter_dir,
+            files.adapter_archive,
+            self.card(name, tuned.metrics),
+            base_model=public_model_name(self.job.model_source),
         )
         self.package_checkpoints(name)
         ok = ctx.finish(
@@ -360,10 +365,9 @@ class TrainingRecipe:
         return result.metrics
 
     def card(self, name: str, metrics: dict, step: int | None = None) -> str:
-        from worker.evaluation.artifacts import model_card
+        from worker.evaluation.model_card import card_facts, model_card
 
-        job_info = {"id": self.job.id, "model": self.job.model, "fine_tuned_model": name, "seed": self.job.seed}
-        return model_card(job_info, self.spec, self.base_metrics, metrics, self.params, step=step)
+        return model_card(card_facts(self.job, name), self.spec, self.base_metrics, metrics, self.params, step=step)
 
     def package_checkpoints(self, name: str) -> None:
         """An archive for every evaluated checkpoint whose weights are on disk, for GET .../adapter?step=N.
@@ -392,6 +396,7 @@ class TrainingRecipe:
                 out_dir / f".step-{step}",
                 out_dir / f"step-{step}.tar.gz",
                 self.card(name, metrics, step=step),
+                base_model=public_model_name(self.job.model_source),
                 keep_folder=False,
             )
             record_checkpoint_archive(ctx, step, archive, digest, size)

@@ -1,82 +1,16 @@
-"""The downloadable archive (tar.gz, folder `adapter/`): tokenizer files, a model card, and either the adapter
-(safetensors weights + adapter config) or, for full fine-tuning, the whole model as transformers saves it."""
+"""The downloadable archive (tar.gz, folder `adapter/`): tokenizer files, a model card (worker/evaluation/
+model_card.py), and either the adapter (safetensors weights + adapter config) or, for full fine-tuning, the whole
+model as transformers saves it. Its configs name the base model by its public name, so it loads anywhere."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tarfile
 from pathlib import Path
 
-from app.core.job_spec import JobSpec
-from app.core.metrics import METRIC_NAMES
-
-
-def model_card(
-    job: dict,
-    spec: JobSpec | dict,
-    base: dict | None,
-    tuned: dict | None,
-    params: tuple[int, int],
-    step: int | None = None,
-) -> str:
-    """The archive's README.md. `step`: the card of one evaluated checkpoint, `tuned` being its metrics."""
-    trainable, total = params
-    spec = JobSpec.of(spec)
-    kind = spec.adapter.type
-    full = kind == "full"
-    lines = [
-        "---",
-        f"base_model: {job['model']}",
-        f"library_name: {'transformers' if full else 'peft'}",
-        f"tags: [ftaas, {kind}]",
-        "---",
-        f"# {job['fine_tuned_model']}" + (f" (checkpoint of step {step})" if step is not None else ""),
-        "",
-        f"Fine-tuned by ftaas job `{job['id']}` from `{job['model']}` with **{kind}**.",
-        f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(1, total):.4f}%).",
-    ]
-    if step is not None:
-        lines.append(f"These are the weights after optimizer step {step}, evaluated on the job's held-out rows.")
-    lines += ["", "## Load it", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer"]
-    if full:
-        lines += [
-            "# a full model (every weight fine-tuned), not an adapter: no base model and no peft needed",
-            "model = AutoModelForCausalLM.from_pretrained('path/to/this/folder')",
-        ]
-    else:
-        lines += [
-            "from peft import PeftModel",
-            f"base = AutoModelForCausalLM.from_pretrained({job['model']!r})",
-            "model = PeftModel.from_pretrained(base, 'path/to/this/folder')",
-        ]
-    lines += [
-        "tokenizer = AutoTokenizer.from_pretrained('path/to/this/folder')",
-        "```",
-        "",
-        "## Evaluation (same rows for both models)",
-        f"| metric | base | {'tuned' if step is None else f'step {step}'} |",
-        "| --- | --- | --- |",
-    ]
-    for key in METRIC_NAMES:
-        b, t = (base or {}).get(key), (tuned or {}).get(key)
-        if b is not None or t is not None:
-            lines.append(f"| {key} | {_fmt(b)} | {_fmt(t)} |")
-    lines += [
-        "",
-        "## Training settings",
-        "```json",
-        json.dumps({"seed": job["seed"], **spec.stored()}, indent=2),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+from worker.training.modeling import is_peft
 
 
 def sha256_of(path: Path) -> str:
@@ -87,29 +21,64 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def name_base_model(model, base_model: str) -> None:
+    """Make the configs saved with `model` name its base as clients know it (app.core.settings.public_model_name).
+
+    peft records the path from_pretrained read (`base_model_name_or_path`, and prompt tuning's
+    `tokenizer_name_or_path`), here the worker's own directory, which loads nowhere else; transformers keeps it as
+    the config's `_name_or_path`."""
+    if is_peft(model):
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = base_model
+            if getattr(config, "tokenizer_name_or_path", None):  # prompt tuning initialised from a text
+                config.tokenizer_name_or_path = base_model
+        return
+    model.config.name_or_path = model.name_or_path = base_model
+
+
+def save_model_files(model, tokenizer, folder: Path, card: str, base_model: str) -> None:
+    """The model (adapter, or whole model), its tokenizer and its card in `folder`."""
+    name_base_model(model, base_model)
+    # peft writes adapter_model.safetensors + adapter_config.json; transformers (safetensors only since
+    # v5, where the flag is ignored) config.json + model.safetensors, tied embeddings stored once.
+    if is_peft(model):
+        # No copy of the base's embeddings: the vocabulary is never resized. peft's "auto" would look the base
+        # up by the public name just set, on the Hub when it names a local model.
+        model.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False)
+    else:
+        model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    (folder / "README.md").write_text(card)
+
+
+def write_archive(folder: Path, archive: Path, top: str, compresslevel: int = 9) -> tuple[Path, str, int]:
+    """`folder`'s files as `archive` (tar.gz, under the folder `top/`), written atomically (a temp file renamed);
+    returns (archive, sha256, size)."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    tmp = archive.parent / f".{archive.name}.{os.getpid()}"
+    try:
+        with tarfile.open(tmp, "w:gz", compresslevel=compresslevel) as tar:
+            for f in sorted(folder.iterdir()):
+                tar.add(f, arcname=f"{top}/{f.name}")
+        os.replace(tmp, archive)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return archive, sha256_of(archive), archive.stat().st_size
+
+
 def package_adapter(
-    model, tokenizer, folder: Path, archive: Path, card: str, keep_folder: bool = True
+    model, tokenizer, folder: Path, archive: Path, card: str, *, base_model: str, keep_folder: bool = True
 ) -> tuple[Path, str, int]:
     """Save the model's adapter (or, for a plain transformers model, the whole model) with the tokenizer and
     the card into `folder`, and write `archive` from it atomically; returns (archive, sha256, size).
 
+    base_model: the base's public name, written into the saved configs instead of the worker's path.
     keep_folder: the job's main folder (jobs_dir/<job>/adapter) stays, comparisons load it from there.
     """
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    tmp = archive.parent / f".{archive.name}.{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
     try:
-        # peft writes adapter_model.safetensors + adapter_config.json; transformers (safetensors only since
-        # v5, where the flag is ignored) config.json + model.safetensors, tied embeddings stored once.
-        model.save_pretrained(str(folder), safe_serialization=True)
-        tokenizer.save_pretrained(str(folder))
-        (folder / "README.md").write_text(card)
-        with tarfile.open(tmp, "w:gz") as tar:
-            for f in sorted(folder.iterdir()):
-                tar.add(f, arcname=f"adapter/{f.name}")
-        os.replace(tmp, archive)
+        save_model_files(model, tokenizer, folder, card, base_model)
+        return write_archive(folder, archive, "adapter")
     finally:
-        tmp.unlink(missing_ok=True)
         if not keep_folder:
             shutil.rmtree(folder, ignore_errors=True)
-    return archive, sha256_of(archive), archive.stat().st_size
