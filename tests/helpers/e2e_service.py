@@ -37,8 +37,14 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_service(workers: int = 1, extra_env: dict[str, str] | None = None, pg_admin_url: str = PG_ADMIN_URL):
-    """pg_admin_url: the Postgres server to make the service's database on (a test's private one)."""
+def running_service(
+    workers: int = 1,
+    extra_env: dict[str, str] | None = None,
+    pg_admin_url: str = PG_ADMIN_URL,
+    preview_worker: bool = False,
+):
+    """pg_admin_url: the Postgres server to make the service's database on (a test's private one); preview_worker:
+    start `ftaas preview-worker` too (file previews)."""
     run = uuid.uuid4().hex[:8]
     db = f"ftaas_e2e_{run}"
     create_database(db, pg_admin_url)
@@ -47,6 +53,7 @@ def running_service(workers: int = 1, extra_env: dict[str, str] | None = None, p
         **TEST_ENV,
         "FTAAS_DATABASE_URL": pg_url(db, pg_admin_url),
         "FTAAS_QUEUE_NAME": f"gpu-e2e-{run}",
+        "FTAAS_PREVIEW_QUEUE_NAME": f"preview-e2e-{run}",
         "FTAAS_ARTIFACTS_DIR": str(ARTIFACTS / f"e2e-{run}"),
         "FTAAS_DATA_DIR": str(ARTIFACTS / f"e2e-{run}-data"),
         "FTAAS_MAX_UPLOAD_BYTES": str(64 * 1024 * 1024),
@@ -83,6 +90,16 @@ def running_service(workers: int = 1, extra_env: dict[str, str] | None = None, p
 
     for i in range(workers):
         start_worker(i)
+    if preview_worker:
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "preview-worker", "--loglevel", "info"],
+                cwd=ROOT,
+                env=env,
+                stdout=open(logs / "preview-worker.log", "a"),
+                stderr=subprocess.STDOUT,
+            )
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
