@@ -18,7 +18,12 @@ class PreviewCreate(Strict):
 
     model: str = Field(..., min_length=1, max_length=300, description="the model a job would train")
     max_seq_length: MaxSeqLength = Field(512, description="as the job's training.max_seq_length")
-    rows: int = Field(3, ge=1, le=MAX_PREVIEW_ROWS, description="rows shown token by token, from the file's start")
+    rows: int = Field(
+        3,
+        ge=1,
+        le=MAX_PREVIEW_ROWS,
+        description="rows shown token by token, from the file's start (a preference row shows its two answers)",
+    )
 
 
 class PreviewToken(BaseModel):
@@ -29,6 +34,9 @@ class PreviewToken(BaseModel):
 
 class PreviewRow(BaseModel):
     line: int
+    answer: Literal["chosen", "rejected"] | None = Field(
+        None, description="a preference row is shown twice: its prompt with the chosen, then the rejected answer"
+    )
     dropped: str | None = Field(description="why the row is not trained on, if it is not")
     cut: bool = Field(description="the row lost the beginning of its prompt to max_seq_length")
     num_tokens: int

@@ -58,3 +58,30 @@ def test_the_preview_counts_rows_cut_and_dropped_over_the_file(tok):
     first, cut, dropped = result["rows"]
     assert not first["cut"] and cut["cut"] and cut["num_tokens"] == 48 and cut["trained_text"].strip() == "cut</s>"
     assert dropped["dropped"] and dropped["tokens"] == [] and dropped["line"] == 3
+
+
+def test_a_preference_row_is_its_prompt_with_each_answer_only_the_answers_trained(tok):
+    openai_row = {
+        "input": {
+            "messages": [{"role": "system", "content": "SQL only."}, {"role": "user", "content": "Count heads."}]
+        },
+        "preferred_output": [{"role": "assistant", "content": "SELECT COUNT(*) FROM head"}],
+        "non_preferred_output": [{"role": "assistant", "content": "SELECT * FROM heads"}],
+    }
+    text_row = {"prompt": "Q: count heads\nA: ", "chosen": "SELECT COUNT(*) FROM head", "rejected": "DROP TABLE head"}
+    rows = normalized([openai_row, text_row])
+    fmt = Formatter(tok, 512)
+    for _, record in rows:
+        chosen, rejected = fmt.pair(record)
+        prompt_len = next(i for i, label in enumerate(chosen.labels) if label != IGNORE)
+        assert chosen.input_ids[:prompt_len] == rejected.input_ids[:prompt_len]  # one prompt, two answers
+        assert all(label == IGNORE for label in rejected.labels[:prompt_len])
+    result = preview(tok, rows, 512, num_rows=2)
+    assert [(r["line"], r["answer"]) for r in result["rows"]] == [
+        (1, "chosen"),
+        (1, "rejected"),
+        (2, "chosen"),
+        (2, "rejected"),
+    ]
+    assert "COUNT(*)" in result["rows"][0]["trained_text"] and "Count heads" not in result["rows"][0]["trained_text"]
+    assert "DROP TABLE" in result["rows"][3]["trained_text"] and result["rows_counted"] == 2

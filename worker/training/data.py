@@ -45,6 +45,16 @@ def split_rows(rows: list[dict], share: float, seed: int) -> tuple[list[dict], l
     return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
 
 
+def answer_records(record: dict) -> tuple[dict, dict]:
+    """A preference record (app/datasets/preference.py) as two records of the shapes the Formatter trains: the
+    prompt with the chosen answer, and with the rejected one. An assistant turn of the prompt is context."""
+    if "context" not in record:
+        return tuple({"prompt": record["prompt"], "completion": record[side]} for side in ("chosen", "rejected"))
+    context = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in record["context"]]
+    tools = {"tools": record["tools"]} if record.get("tools") else {}
+    return tuple({"messages": context + record[side], **tools} for side in ("chosen", "rejected"))
+
+
 def move_trailing_spaces(prompt: str, completion: str) -> tuple[str, str]:
     """Move a prompt's trailing spaces to the start of its completion.
 
@@ -89,6 +99,12 @@ class Formatter:
         prompt, completion = move_trailing_spaces(record["prompt"], record["completion"])
         prompt_ids, completion_ids = self.bos + self.encode(prompt), self.encode(completion) + self.eos
         return self._fit(prompt_ids + completion_ids, [IGNORE] * len(prompt_ids) + completion_ids)
+
+    def pair(self, record: dict) -> tuple[Example, Example] | None:
+        """A preference row as the two examples preference tuning compares: the same prompt with the chosen and with
+        the rejected answer, only the answer trained; None when either answer alone is too long."""
+        chosen, rejected = (self.example(r) for r in answer_records(record))
+        return None if chosen is None or rejected is None else (chosen, rejected)
 
     def _fit(self, ids: list[int], labels: list[int]) -> Example | None:
         """Cut the beginning of a row too long for max_seq_length, keeping its first token where that is the BOS

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from worker.training.data import IGNORE, ChatTemplateError, Example, Formatter
+from worker.training.data import IGNORE, ChatTemplateError, Example, Formatter, answer_records
 
 MAX_ROWS_COUNTED = 100_000  # rows formatted for the cut/dropped counts; a larger file's counts say "of the first"
 MAX_TOKENS_SHOWN = 4096  # per row: a 128k-token row is counted whole but not listed whole
@@ -30,14 +30,16 @@ def preview(tokenizer, rows: Iterable[tuple[int, dict]], max_seq_length: int, nu
         if counted >= MAX_ROWS_COUNTED:
             break
         try:
-            example = fmt.example(record)
+            # a preference row is two examples, its prompt with each answer; dropped if either is
+            examples = [fmt.example(r) for r in answer_records(record)] if "chosen" in record else [fmt.example(record)]
         except ChatTemplateError as exc:
             raise PreviewRowError(line, exc.field, exc.message) from exc
         counted += 1
-        dropped += example is None
-        cut += bool(example is not None and example.cut)
-        if len(shown) < num_rows:
-            shown.append(_shown_row(tokenizer, line, example, max_seq_length))
+        dropped += any(e is None for e in examples)
+        cut += any(e is not None and e.cut for e in examples)
+        if counted <= num_rows:
+            sides = ("chosen", "rejected") if len(examples) == 2 else (None,)
+            shown += [_shown_row(tokenizer, line, e, max_seq_length, side) for e, side in zip(examples, sides)]
     return {
         "rows": shown,
         "rows_counted": counted,
@@ -47,10 +49,11 @@ def preview(tokenizer, rows: Iterable[tuple[int, dict]], max_seq_length: int, nu
     }
 
 
-def _shown_row(tokenizer, line: int, example: Example | None, max_seq_length: int) -> dict:
+def _shown_row(tokenizer, line: int, example: Example | None, max_seq_length: int, side: str | None) -> dict:
     if example is None:
         return {
             "line": line,
+            "answer": side,
             "dropped": f"its answer alone is longer than max_seq_length ({max_seq_length} tokens): not trained on",
             "cut": False,
             "num_tokens": 0,
@@ -63,6 +66,7 @@ def _shown_row(tokenizer, line: int, example: Example | None, max_seq_length: in
     pieces = tokenizer.convert_ids_to_tokens(ids[:MAX_TOKENS_SHOWN])
     return {
         "line": line,
+        "answer": side,
         "dropped": None,
         "cut": example.cut,
         "num_tokens": len(ids),
