@@ -34,6 +34,7 @@ from app.datasets.records import (
 
 __all__ = [
     "FORMATS",
+    "FORMAT_VERSION",
     "Bounds",
     "MAPPING_TARGETS",
     "ROLES",
@@ -47,6 +48,11 @@ __all__ = [
     "iter_records",
     "validate_file",
 ]
+
+
+# The version of how the worker turns records into token ids and labels (worker/training/data.py, chat_format.py).
+# A stored preview shows one version's formatting: bump this when that changes, and older previews are made again.
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)

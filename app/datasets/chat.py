@@ -70,7 +70,7 @@ def normalize_messages(
             _check_answers_a_call(normalized, open_calls, at)
         elif normalized["role"] == "assistant" and "tool_calls" in normalized:
             open_calls = {call["id"] for call in normalized["tool_calls"] if call.get("id")}
-        elif normalized["role"] != "assistant":
+        else:  # a tool message answers the assistant message just before it (or the calls' other answers)
             open_calls = None
         out.append(normalized)
     if trained:
@@ -96,7 +96,9 @@ def _message(message: Any, at: str, tool_names: set[str] | None) -> dict:
     calls = message.get("tool_calls")
     if calls is not None and role != "assistant":
         raise _RowProblem(f"{at}.tool_calls", "only assistant messages make tool calls")
-    out["content"] = _content(message, at, required=role != "assistant" or not calls, non_empty=role == "assistant")
+    # an assistant answer has text, or calls; a context turn (weight 0) may be empty
+    trained_answer = role == "assistant" and message.get("weight", 1) != 0
+    out["content"] = _content(message, at, required=role != "assistant" or not calls, non_empty=trained_answer)
     if message.get("name") is not None:
         out["name"] = _name(message, f"{at}.name")
     if "weight" in message:

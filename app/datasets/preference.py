@@ -36,7 +36,7 @@ def _openai(row: dict) -> dict:
         raise _RowProblem("input", f"must be an object with messages, got {_type_name(source)}")
     if "messages" not in source:
         raise _RowProblem("input.messages", "missing field")
-    tools = normalize_tools(source["tools"], "input.tools") if source.get("tools") is not None else None
+    tools = normalize_tools(source["tools"], "input.tools") if source.get("tools") else None
     context = normalize_messages(source["messages"], "input.messages", tools=tools, trained=False)
     return _conversation(
         context,
@@ -52,7 +52,7 @@ def _trl(row: dict) -> dict:
         if key not in row:
             raise _RowProblem(key, "missing field")
     prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
-    tools = normalize_tools(row["tools"], "tools") if row.get("tools") is not None else None
+    tools = normalize_tools(row["tools"], "tools") if row.get("tools") else None
     if prompt is None:
         return _implicit(chosen, rejected, tools)
     if isinstance(prompt, str):

@@ -102,7 +102,7 @@ def _string(row: dict, key: str, *, name: str | None = None, optional: bool = Fa
 def _chat(row: dict) -> dict:
     if "messages" not in row:
         return _conversational_prompt_completion(row)
-    tools = normalize_tools(row["tools"]) if row.get("tools") is not None else None
+    tools = normalize_tools(row["tools"]) if row.get("tools") else None  # [] as OpenAI's own examples send it
     record: dict = {"messages": normalize_messages(row["messages"], tools=tools)}
     if tools:
         record["tools"] = tools
@@ -112,7 +112,9 @@ def _chat(row: dict) -> dict:
 def _conversational_prompt_completion(row: dict) -> dict:
     """TRL's conversational prompt/completion: the prompt's messages are context (an assistant turn in them has
     weight 0), the completion's assistant messages are trained."""
-    tools = normalize_tools(row["tools"]) if row.get("tools") is not None else None
+    if "completion" not in row:
+        raise _RowProblem("completion", "missing field")
+    tools = normalize_tools(row["tools"]) if row.get("tools") else None
     prompt = normalize_messages(row["prompt"], "prompt", tools=tools, trained=False)
     completion = normalize_messages(row["completion"], "completion", tools=tools)
     context = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in prompt]

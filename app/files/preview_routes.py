@@ -12,7 +12,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from app.api.admission import END_TURN, gate
+from app.api.admission import END_TURN, Refused, gate
 from app.api.deps import CurrentTenant, OwnedFile, SessionDep, SettingsDep
 from app.api.openapi import error_responses
 from app.api.presenting import unix
@@ -23,7 +23,7 @@ from app.files.preview_schemas import PreviewCreate, PreviewError, PreviewPublic
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
-POLL_S = 0.25
+POLL_S = 0.5
 
 
 def preview_public(row: Preview) -> PreviewPublic:
@@ -89,23 +89,27 @@ async def create_preview(
     row = await run_in_threadpool(previews.find_or_create, session, tenant, file, body, settings)
     await run_in_threadpool(session.close)  # the wait below holds no connection
     if row.status not in previews.FINISHED and settings.preview_wait_s > 0:
-        row = await _wait(request, row.id, settings.preview_wait_s)
+        row = await _wait(request, row, tenant.id, settings.preview_wait_s)
     return answer(row)
 
 
-async def _wait(request: Request, preview_id: str, wait_s: float) -> Preview:
-    """Poll the row until it is finished or `wait_s` passed, reading with turns of its own (like a live stream's
-    reads), not holding the request's: a slow preview must not keep other requests out."""
+async def _wait(request: Request, row: Preview, share: str, wait_s: float) -> Preview:
+    """Poll the row until it is finished or `wait_s` passed, reading with turns of its own in the tenant's share
+    (like a live stream's reads), not holding the request's: a slow preview must not keep other requests out. A
+    read refused a turn (the process is full) ends the wait: the answer is then the 202 to poll."""
     request.scope.get(END_TURN, lambda: None)()
     deadline = time.monotonic() + wait_s
-    while True:
-        async with gate().turn():
-            row = await run_in_threadpool(previews.read, preview_id)
-        if row is None:
-            raise not_found("preview", preview_id, "preview_id")
-        if row.status in previews.FINISHED or time.monotonic() >= deadline:
-            return row
+    while row.status not in previews.FINISHED and time.monotonic() < deadline:
         await asyncio.sleep(POLL_S)
+        try:
+            async with gate().turn(share):
+                current = await run_in_threadpool(previews.read, row.id)
+        except Refused:
+            return row
+        if current is None:
+            raise not_found("preview", row.id, "preview_id")
+        row = current
+    return row
 
 
 @router.get(

@@ -15,12 +15,13 @@ from app.core.job_state import finish_preview
 from app.core.queue import enqueue_preview
 from app.core.settings import Settings
 from app.core.tables import File, Preview, PreviewStatus, Tenant, utcnow
+from app.datasets import FORMAT_VERSION
 from app.files.preview_schemas import PreviewCreate
 from app.jobs.service import check_model
 
 # A queued or running preview younger than this is waited for rather than asked for again; an older one was lost
 # (its worker died mid-way) and is made anew.
-IN_FLIGHT_S = 120
+IN_FLIGHT_S = 600
 FINISHED = (PreviewStatus.succeeded, PreviewStatus.failed)
 
 
@@ -39,7 +40,10 @@ def find_or_create(session: Session, tenant: Tenant, file: File, body: PreviewCr
         Preview.status.in_((PreviewStatus.queued, PreviewStatus.running)) & fresh
     )
     found = session.scalars(select(Preview).where(*same, reusable).order_by(Preview.created_at.desc()).limit(1)).first()
-    if found is not None:
+    current = found is not None and (
+        found.status != PreviewStatus.succeeded or (found.result or {}).get("format_version") == FORMAT_VERSION
+    )
+    if current:
         return found
     row = Preview(
         tenant_id=tenant.id,

@@ -208,3 +208,52 @@ def test_bad_preference_rows_name_their_line_and_field(tmp_path):
         (5, "rejected", "must be a string like the prompt, got array"),
         (6, "prompt", "missing field (text rows need a prompt; only conversations can share one)"),
     ]
+
+
+def test_empty_tools_are_no_tools_and_a_conversational_prompt_needs_its_completion(tmp_path):
+    rows = [
+        {  # OpenAI's own DPO example row carries "tools": [] and parallel_tool_calls
+            "input": {"messages": [{"role": "user", "content": "hi"}], "tools": [], "parallel_tool_calls": True},
+            "preferred_output": [{"role": "assistant", "content": "hello"}],
+            "non_preferred_output": [{"role": "assistant", "content": "go away"}],
+        }
+    ]
+    path = write_jsonl(tmp_path / "pref.jsonl", rows)
+    (record,) = iter_records(path, "jsonl")
+    assert "tools" not in record
+    chat = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tools": []}],
+    )
+    assert validate_file(chat, chat.name).shape == "chat"
+    bad = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": [{"role": "user", "content": "q"}]}])
+    assert errors_of(bad) == [(1, "completion", "missing field")]
+
+
+def test_a_tool_message_after_a_plain_answer_answers_no_call_and_a_context_turn_may_be_empty(tmp_path):
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "tool_calls": [CALL]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "21"},
+                {"role": "assistant", "content": "a"},
+                {"role": "tool", "tool_call_id": "call_1", "content": "22"},
+                {"role": "assistant", "content": "b"},
+            ]
+        },
+    ]
+    assert errors_of(write_jsonl(tmp_path / "t.jsonl", rows)) == [
+        (1, "messages[4]", "a tool message must follow an assistant message with tool_calls")
+    ]
+    ok = [
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "", "weight": 0},
+                {"role": "user", "content": "q2"},
+                {"role": "assistant", "content": "a"},
+            ]
+        }
+    ]
+    assert validate_file(write_jsonl(tmp_path / "w.jsonl", ok), "w.jsonl").num_rows == 1

@@ -196,3 +196,49 @@ def test_a_long_row_loses_the_beginning_of_its_prompt_never_its_answer(tok):
     assert ex.input_ids[1:] == whole.input_ids[-47:] and ex.labels[1:] == whole.labels[-47:]  # the end, whole
     assert ex.num_loss_tokens == whole.num_loss_tokens
     assert fmt.example({"prompt": "Q: ", "completion": answer * 10}) is None  # its answer alone is too long
+
+
+@pytest.mark.parametrize("name", ("llama3", "qwen25"))
+def test_a_conversation_that_opens_with_the_assistant_trains_its_answer_not_the_header(name):
+    tok = family_tokenizer(name)
+    fmt = Formatter(tok, 1024)
+    messages = [
+        {"role": "assistant", "content": "Welcome!"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    ]
+    ex = fmt.example({"messages": messages})
+    rendered = fmt.chat.render(messages, None)
+    spans = fmt.chat._trained_spans(messages, None, rendered)
+    assert [rendered[a:b] for a, b in spans] == [PIECE[name]("Welcome!", False), PIECE[name]("hello", True)]
+    assert "system" not in tok.decode([t for t, label in zip(ex.input_ids, ex.labels) if label != IGNORE])
+    assert fmt.generation_row({"messages": messages[:1]}) is None  # no prompt to generate an opening answer from
+
+
+def test_a_user_message_that_repeats_the_answer_is_not_taken_for_it():
+    """Mistral v0.3 moves the tools into the last user turn, so the turn is not where it is in a shorter render:
+    it is found in place, not by searching for its text (which the user's message also holds)."""
+    tok = family_tokenizer("mistral_v03")
+    fmt = Formatter(tok, 2048)
+    said = "Hello there, how are you doing today my friend"
+    messages = [
+        {"role": "user", "content": f"Repeat: {said}"},
+        {"role": "assistant", "content": said},
+        {"role": "user", "content": "Again"},
+        {"role": "assistant", "content": said},
+    ]
+    ex = fmt.example({"messages": messages, "tools": [WEATHER]})
+    assert ex.input_ids == reference_ids(tok, fmt, messages, tools=[WEATHER])
+    rendered = fmt.chat.render(messages, [WEATHER])
+    spans = fmt.chat._trained_spans(messages, [WEATHER], rendered)
+    assert [rendered[a:b].lstrip(" ") for a, b in spans] == [said + "</s>", said + "</s>"]
+    assert all(not rendered[a - 8 : a].endswith("Repeat: ") for a, _ in spans)
+
+
+def test_a_prompt_already_rendered_by_the_template_gets_no_second_bos():
+    tok = family_tokenizer("llama3")
+    fmt = Formatter(tok, 512)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    held_out = fmt.generation_row({"messages": messages})  # what a comparison on held-out rows sends back as text
+    again = fmt.generation_row({"prompt": held_out.prompt, "completion": ""})
+    assert again.prompt_ids == held_out.prompt_ids and again.prompt_ids.count(tok.bos_token_id) == 1

@@ -54,9 +54,9 @@ def run_preview(preview_id: str) -> str:
         error = {**error_body("invalid_training_row", str(exc), param=exc.field), "line": exc.line}
     except ModelRefused as exc:
         error = error_body(exc.code, str(exc))
-    except Exception as exc:  # a preview that cannot be made says why rather than staying running
-        log.exception("preview %s failed", preview_id)
-        error = error_body("preview_failed", f"{type(exc).__name__}: {exc}"[:500])
+    except Exception as exc:  # a preview that cannot be made fails rather than staying running
+        log.exception("preview %s failed", preview_id)  # the details (server paths among them) stay in the log
+        error = error_body("preview_failed", f"the preview could not be made ({type(exc).__name__}); try again")
     with Session() as s:
         finish_preview(s, preview_id, status, result=result, error=error)
     return str(status)

@@ -7,10 +7,10 @@ EOS appended after them.
 
 The labels are the assistant turns that are trained (weight 0 keeps a turn as context):
 - a template with `{% generation %}` markers names them itself (transformers tracks the spans);
-- otherwise each turn is what it adds to the text: the conversation up to it rendered with the generation prompt,
-  then up to and including it; the difference (e.g. "SELECT ...<|eot_id|>") is found in the whole conversation's
-  text, at the same place for most templates, further on for templates that move text around (Mistral's writes
-  the system prompt into the last user turn).
+- otherwise each turn is what the template writes for it after the generation prompt ("SELECT ...<|eot_id|>",
+  its turn end included), found in place in the whole conversation by rendering it again with a stand-in for
+  that turn, never searched for: templates that move text around (Mistral's writes the system prompt into the
+  last user turn) and users who repeat the answer are handled alike (ChatRenderer._locate_turn).
 A token is trained when it overlaps a trained span, the rule of transformers' own assistant mask.
 
 A tokenizer without a chat template (a base model) gets ftaas' plain one (FALLBACK_CHAT_TEMPLATE), set on the
@@ -140,37 +140,44 @@ class ChatRenderer:
             spans = self._generation_spans(messages, tools)
             if len(spans) == len(turns):
                 return [s for s, keep in zip(spans, trained, strict=True) if keep]
-        spans, cursor = [], 0
-        for i, keep in zip(turns, trained, strict=True):
-            through = self.render(messages[: i + 1], tools)
-            start = self._turn_start(messages, i, tools, through)
-            piece = through[start:]
-            at = start if start >= cursor and text[:start] == through[:start] else text.find(piece[:32], cursor)
-            # The turn as the whole conversation has it: a template may end the last message differently (Phi-3
-            # adds <|endoftext|> after it), so the span is what the two renderings share from the turn's start.
-            length = _shared_prefix(piece, text[at : at + len(piece)]) if at >= 0 else 0
-            if 0 < length < len(piece):  # they part inside a token ("<|" of <|endoftext|> and <|user|>): not trained
-                length = _token_start(offsets or self.encode_text(text)[1], at + length) - at
-            if length == 0:
-                raise ChatTemplateError(
-                    f"messages[{i}]", "the chat template leaves this assistant turn out of the conversation"
-                )
-            if keep:
-                spans.append((at, at + length))
-            cursor = at + length
-        return spans
+        return [
+            self._locate_turn(messages, i, tools, text, offsets) for i, keep in zip(turns, trained, strict=True) if keep
+        ]
 
-    def _turn_start(self, messages: list[dict], i: int, tools: list[dict] | None, through: str) -> int:
-        """Where assistant turn i begins in `through`, the conversation rendered up to and including it: after
-        the generation prompt, when the conversation up to it rendered with one is how `through` begins (it is,
-        for most templates). Otherwise where `through` and the same conversation with a stand-in plain answer part:
-        Mistral v0.3's template writes the system prompt into the last user turn only when that is the last
-        message, so the prompt a served model gets differs from the start of the trained conversation."""
-        before = self.render(messages[:i], tools, add_generation_prompt=True) if i else ""
-        if through.startswith(before):
-            return len(before)
-        stand_in = self.render([*messages[:i], {"role": "assistant", "content": _STAND_IN}], tools)
-        return _shared_prefix(through, stand_in)
+    def _locate_turn(
+        self, messages: list[dict], i: int, tools: list[dict] | None, text: str, offsets: list[tuple[int, int]] | None
+    ) -> tuple[int, int]:
+        """The span of trained assistant turn i in `text`, the whole conversation rendered, found in place.
+
+        The turn as the template writes it when it ends the conversation: after the generation prompt (the
+        conversation up to it rendered with one, when that is how it begins), to the end, the template's turn end
+        included ("SELECT ...<|eot_id|>"). Where it lies in `text`: where `text` parts from the same conversation
+        with a stand-in of the turn (its text and its calls' arguments replaced by a private-use character), less
+        the turn's fixed opening before that point ('[TOOL_CALLS] [{"name": ...'). Both are whole conversations,
+        so whatever the template does around the turn (Mistral v0.3 writes the system prompt and the tools into
+        the last user turn, and drops the system prompt when an answer ends the conversation) is the same on both
+        sides, and nothing is searched for: a user message that repeats the answer is not taken for it. The span
+        runs as far as `text` agrees with the turn (Phi-3 writes <|endoftext|> after the last message only), cut
+        back to a token boundary."""
+        stand_in = _stand_in(messages[i])
+        through = self.render(messages[: i + 1], tools)
+        first_change = _shared_prefix(through, self.render([*messages[:i], stand_in], tools))
+        before = self.render(messages[:i], tools, add_generation_prompt=True) if i else None
+        turn_start = len(before) if before is not None and through.startswith(before) else first_change
+        turn_start = min(turn_start, first_change)
+        opening = through[turn_start:first_change]
+        start = _shared_prefix(text, self.render([*messages[:i], stand_in, *messages[i + 1 :]], tools)) - len(opening)
+        if start < 0 or text[start : start + len(opening)] != opening:
+            raise ChatTemplateError(f"messages[{i}]", "the chat template renders this assistant turn differently here")
+        piece = through[turn_start:]
+        length = _shared_prefix(piece, text[start : start + len(piece)])
+        if 0 < length < len(piece):  # they part inside a token ("<|" of <|endoftext|> and <|user|>): not trained
+            length = _token_start(offsets or self.encode_text(text)[1], start + length) - start
+        if length <= 0:
+            raise ChatTemplateError(
+                f"messages[{i}]", "the chat template leaves this assistant turn out of the conversation"
+            )
+        return start, start + length
 
     def _generation_spans(self, messages: list[dict], tools: list[dict] | None) -> list[tuple[int, int]]:
         from transformers.utils.chat_template_utils import render_jinja_template
@@ -202,6 +209,18 @@ class ChatRenderer:
         self._check_tools(context, tools)
         text = self.render(context, tools, add_generation_prompt=True)
         return text, self.encode_text(text)[0]
+
+
+def _stand_in(message: dict) -> dict:
+    """The assistant message with its text and its calls' arguments replaced: rendered, it parts from the real one
+    where the answer's own content begins, whatever the template writes around it."""
+    out = {**message, "content": _STAND_IN}
+    if message.get("tool_calls"):
+        out["tool_calls"] = [
+            {**call, "function": {**call["function"], "arguments": {_STAND_IN: _STAND_IN}}}
+            for call in message["tool_calls"]
+        ]
+    return out
 
 
 def _shared_prefix(a: str, b: str) -> int:

@@ -86,6 +86,11 @@ class Formatter:
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
+    def with_bos(self, ids: list[int]) -> list[int]:
+        """The ids with the BOS in front, once: a prompt already rendered by a chat template (a comparison on held-out
+        rows sends the evaluation's own prompt text) starts with it."""
+        return ids if not self.bos or ids[:1] == self.bos else self.bos + ids
+
     # -- training examples
 
     def example(self, record: dict) -> Example | None:
@@ -97,7 +102,7 @@ class Formatter:
             rendered = self.chat.conversation(record["messages"], record.get("tools"))
             return self._fit(rendered.ids, rendered.labels)
         prompt, completion = move_trailing_spaces(record["prompt"], record["completion"])
-        prompt_ids, completion_ids = self.bos + self.encode(prompt), self.encode(completion) + self.eos
+        prompt_ids, completion_ids = self.with_bos(self.encode(prompt)), self.encode(completion) + self.eos
         return self._fit(prompt_ids + completion_ids, [IGNORE] * len(prompt_ids) + completion_ids)
 
     def pair(self, record: dict) -> tuple[Example, Example] | None:
@@ -131,11 +136,13 @@ class Formatter:
         if "messages" in record:
             messages = record["messages"]
             last = max(i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("weight", 1) != 0)
+            if last == 0:
+                return None  # an answer the conversation opens with: there is no prompt to generate it from
             prompt, ids = self.chat.prompt(messages[:last], record.get("tools"))
             reference = reference_of(messages[last])
         else:
             prompt, reference = record["prompt"], record["completion"]
-            ids = self.bos + self.encode(move_trailing_spaces(prompt, "")[0])
+            ids = self.with_bos(self.encode(move_trailing_spaces(prompt, "")[0]))
         # Keep room for the answer: long prompts lose their beginning, not their question (nor their BOS).
         if len(ids) > self.max_len - 1:
             head = 1 if self.bos and ids[0] == self.bos[0] else 0

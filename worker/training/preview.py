@@ -4,11 +4,14 @@ drops. The same Formatter the training child uses, so the preview is the trainin
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
+from app.datasets import FORMAT_VERSION
 from worker.training.data import IGNORE, ChatTemplateError, Example, Formatter, answer_records
 
 MAX_ROWS_COUNTED = 100_000  # rows formatted for the cut/dropped counts; a larger file's counts say "of the first"
+COUNT_S = 10.0  # and for at most this long: one preview worker serves every tenant
 MAX_TOKENS_SHOWN = 4096  # per row: a 128k-token row is counted whole but not listed whole
 
 
@@ -22,12 +25,17 @@ class PreviewRowError(ValueError):
         return f"{where}: {self.message}"
 
 
-def preview(tokenizer, rows: Iterable[tuple[int, dict]], max_seq_length: int, num_rows: int) -> dict:
+def preview(
+    tokenizer, rows: Iterable[tuple[int, dict]], max_seq_length: int, num_rows: int, max_seconds: float = COUNT_S
+) -> dict:
     fmt = Formatter(tokenizer, max_seq_length)
     shown: list[dict] = []
     counted = cut = dropped = 0
+    deadline = time.monotonic() + max_seconds
+    whole_file = True
     for line, record in rows:
-        if counted >= MAX_ROWS_COUNTED:
+        if counted >= num_rows and (counted >= MAX_ROWS_COUNTED or time.monotonic() > deadline):
+            whole_file = False  # a preview answers in seconds: the counts are of the rows formatted by then
             break
         try:
             # a preference row is two examples, its prompt with each answer; dropped if either is
@@ -45,7 +53,8 @@ def preview(tokenizer, rows: Iterable[tuple[int, dict]], max_seq_length: int, nu
         "rows_counted": counted,
         "rows_cut": cut,
         "rows_dropped": dropped,
-        "whole_file": counted < MAX_ROWS_COUNTED,
+        "whole_file": whole_file,
+        "format_version": FORMAT_VERSION,
     }
 
 
