@@ -54,7 +54,8 @@ def test_prompts_are_formatted_as_each_job_trained(tok):
     (inst,) = generation_rows(fmt, "instruction", ["Name a colour."], preformatted=False)
     assert inst.prompt == format_instruction("Name a colour.") and inst.prompt_ids == ids(inst.prompt)
     (chat,) = generation_rows(fmt, "chat", ["hi there"], preformatted=False)
-    assert chat.prompt == "### User:\nhi there\n\n### Assistant:\n"  # no chat template: the training headers
+    # no chat template: ftaas' plain one, as trained (it writes the BOS itself, once)
+    assert chat.prompt == "<s>### User:\nhi there\n\n### Assistant:\n" and chat.prompt_ids.count(tok.bos_token_id) == 1
     # Held-out rows are the evaluation's own (already formatted) prompts: verbatim, same ids as the evaluation.
     msgs = {"messages": [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello"}]}
     evaluated = fmt.generation_row(msgs)
