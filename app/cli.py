@@ -54,30 +54,18 @@ def cmd_revoke_key(args: argparse.Namespace) -> int:
     return 0 if n else 1
 
 
+def celery_worker_argv(queue: str, hostname: str, loglevel: str, *pool: str) -> list[str]:
+    """`celery -A worker.tasks worker` on one queue, with the pool options given."""
+    celery = [sys.executable, "-m", "celery", "-A", "worker.tasks", "worker"]
+    return [*celery, "-Q", queue, *pool, "--hostname", hostname, "--loglevel", loglevel]
+
+
 def worker_argv(gpu: str | None, loglevel: str) -> list[str]:
     from app.core.settings import get_settings
 
     name = f"gpu{gpu}@%h" if gpu is not None else "worker@%h"
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.tasks",
-        "worker",
-        "-Q",
-        get_settings().queue_name,
-        "--concurrency",
-        "1",
-        "--prefetch-multiplier",
-        "1",
-        "--max-tasks-per-child",
-        "1",
-        "--hostname",
-        name,
-        "--loglevel",
-        loglevel,
-    ]
+    one_at_a_time = ["--concurrency", "1", "--prefetch-multiplier", "1", "--max-tasks-per-child", "1"]
+    return celery_worker_argv(get_settings().queue_name, name, loglevel, *one_at_a_time)
 
 
 def preview_worker_argv(loglevel: str) -> list[str]:
@@ -85,22 +73,7 @@ def preview_worker_argv(loglevel: str) -> list[str]:
     tokenizers it loaded for the next previews), no GPU. Previews take seconds; one per deployment is enough."""
     from app.core.settings import get_settings
 
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.tasks",
-        "worker",
-        "-Q",
-        get_settings().preview_queue_name,
-        "--pool",
-        "solo",
-        "--hostname",
-        "preview@%h",
-        "--loglevel",
-        loglevel,
-    ]
+    return celery_worker_argv(get_settings().preview_queue_name, "preview@%h", loglevel, "--pool", "solo")
 
 
 def cmd_preview_worker(args: argparse.Namespace) -> int:

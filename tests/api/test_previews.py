@@ -14,22 +14,8 @@ import pytest
 from sqlalchemy import select
 
 from app.core.tables import Preview
+from tests.helpers.chat_rows import CHAT_ROW
 from tests.helpers.chat_templates import family_tokenizer
-
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
-CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
-CHAT_ROW = {
-    "messages": [
-        {"role": "developer", "content": "Answer briefly."},
-        {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [CALL]},
-        {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'},
-        {"role": "assistant", "content": "Too hot.", "weight": 0},
-        {"role": "user", "content": "Really?"},
-        {"role": "assistant", "content": "21 degrees, sunny."},
-    ],
-    "tools": [WEATHER],
-}
 
 
 @pytest.fixture

@@ -3,24 +3,10 @@ token, and the rows of the whole file that max_seq_length cuts or drops. The end
 
 from __future__ import annotations
 
+from tests.helpers.chat_rows import CHAT_ROW
 from tests.helpers.chat_templates import family_tokenizer
 from worker.training.data import IGNORE, Formatter
 from worker.training.preview import preview
-
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
-CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
-CHAT_ROW = {
-    "messages": [
-        {"role": "developer", "content": "Answer briefly."},
-        {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [CALL]},
-        {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'},
-        {"role": "assistant", "content": "Too hot.", "weight": 0},
-        {"role": "user", "content": "Really?"},
-        {"role": "assistant", "content": "21 degrees, sunny."},
-    ],
-    "tools": [WEATHER],
-}
 
 
 def normalized(rows: list[dict]) -> list[tuple[int, dict]]:
