@@ -23,7 +23,6 @@ import torch  # noqa: E402
 
 from bench.bench_train import synth_pairs, to_example  # noqa: E402
 from worker.training.data import Example  # noqa: E402
-from worker.training.loop import collate  # noqa: E402
 from worker.training.loss import completion_loss  # noqa: E402
 from worker.training.modeling import (  # noqa: E402
     attention_without_per_shape_plans,
@@ -32,7 +31,7 @@ from worker.training.modeling import (  # noqa: E402
     mixed_precision,
     wrap_for_training,
 )
-from worker.training.packing import collate_packed  # noqa: E402
+from worker.training.packing import collate, collate_packed  # noqa: E402
 
 LOSS_TOL = 2e-3  # relative, bf16 activations summed in different orders
 GRAD_TOL = 0.05  # of each gradient's largest entry

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.core.metrics import EVALUATION_FAMILIES, EvaluationFamily, SelectionMetric
 
@@ -40,9 +40,47 @@ class Supervised(Strict):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: Annotated[float, Field(gt=0, le=2)] | Auto = Field(
+        "auto",
+        description="how far the model may move from the frozen base: lower = a stronger push towards the "
+        "preferred answers and further from the base; auto = 0.1",
+    )
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Auto = Field(
+        "auto",
+        description="scales the adapter type's base learning rate for preference tuning (a tenth of supervised "
+        "fine-tuning's: lora/qlora 2e-5, full 2e-6); auto = 1",
+    )
+
+
+class Dpo(Strict):
+    hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
+
+
+MethodType = Literal["supervised", "dpo"]
+
+
 class Method(Strict):
-    type: Literal["supervised"] = "supervised"
-    supervised: Supervised = Field(default_factory=Supervised)
+    type: MethodType = Field(
+        "supervised",
+        description="supervised: learn the answers of the training rows; dpo: direct preference optimization "
+        "on preference rows (a preferred and a non-preferred answer per prompt), lora, qlora or full",
+    )
+    supervised: Supervised | None = None
+    dpo: Dpo | None = None
+
+    @model_validator(mode="after")
+    def _one_method(self) -> Method:
+        other = "dpo" if self.type == "supervised" else "supervised"
+        if getattr(self, other) is not None:
+            raise ValueError(f"method.{other} is given but method.type is '{self.type}'")
+        return self
+
+    def hyperparameters(self) -> Hyperparameters:
+        """The hyperparameters of the method's type, its defaults where the request has none."""
+        if self.type == "dpo":
+            return (self.dpo or Dpo()).hyperparameters
+        return (self.supervised or Supervised()).hyperparameters
 
 
 class AdapterSpec(Strict):
@@ -188,21 +226,35 @@ class JobCreate(Strict):
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     metadata: Metadata | None = Field(None, max_length=16, description="up to 16 pairs: keys 64, values 512 characters")
     method: Method = Field(default_factory=Method)
-    hyperparameters: Hyperparameters | None = Field(None, description="deprecated OpenAI location")
+    hyperparameters: Hyperparameters | None = Field(
+        None, description="deprecated OpenAI location of method.supervised.hyperparameters"
+    )
     integrations: list[dict[str, Any]] | None = None
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
 
+    @model_validator(mode="after")
+    def _hyperparameters_of_the_method(self) -> JobCreate:
+        # The deprecated top-level hyperparameters are supervised ones: OpenAI has no other place for beta.
+        if self.hyperparameters is not None and self.method.type != "supervised":
+            raise ValueError(f"hyperparameters: give them in method.{self.method.type}.hyperparameters")
+        return self
+
 
 # Base learning rates per adapter type, scaled by learning_rate_multiplier ("auto" = 1).
 BASE_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "prompt_tuning": 3e-2, "full": 2e-5, "auto": 2e-4}
+# Preference tuning pushes on the difference between two answers against a fixed reference; at supervised rates
+# it overshoots the reference within a few steps (the rewards' margin grows, the answers degrade), so a tenth.
+DPO_LEARNING_RATE_SCALE = 0.1
+DEFAULT_BETA = 0.1  # OpenAI's and TRL's default
 
 
 class ResolvedHyperparameters(Strict):
     n_epochs: int = Field(..., ge=1)
     batch_size: int | Auto  # auto here: the worker sizes the micro-batch, one micro-batch per optimizer step
     learning_rate_multiplier: float
+    beta: float | None = None  # preference tuning (method dpo) only
 
 
 class JobSpec(Strict):
@@ -211,10 +263,16 @@ class JobSpec(Strict):
     validation is the worker's contract. The worker may still decide adapter.type and
     training.micro_batch_size `auto` on its GPU; it writes those choices back into the row."""
 
+    method: MethodType = "supervised"
     hyperparameters: ResolvedHyperparameters
     adapter: AdapterSpec
     training: TrainingSpec
     evaluation: EvaluationSpec
+
+    @property
+    def preference(self) -> bool:
+        """Preference tuning (DPO): trains on pairs of answers."""
+        return self.method == "dpo"
 
     @classmethod
     def of(cls, stored: JobSpec | dict[str, Any]) -> JobSpec:
@@ -228,7 +286,7 @@ class JobSpec(Strict):
 
 def resolve_spec(body: JobCreate) -> JobSpec:
     """The complete training specification the worker runs, with every 'auto' the API can decide made concrete."""
-    hp = body.hyperparameters or body.method.supervised.hyperparameters
+    hp = body.hyperparameters or body.method.hyperparameters()
     n_epochs = 3 if hp.n_epochs == "auto" else hp.n_epochs
     micro_auto = body.training.micro_batch_size == "auto"
     # batch_size auto = 8, unless the micro-batch is left to the worker too: then one micro-batch per step.
@@ -239,12 +297,17 @@ def resolve_spec(body: JobCreate) -> JobSpec:
         adapter = adapter.model_copy(update={"alpha": 2 * adapter.r})
     training = body.training
     if training.learning_rate is None:
-        training = training.model_copy(update={"learning_rate": BASE_LEARNING_RATE[adapter.type] * multiplier})
+        scale = DPO_LEARNING_RATE_SCALE if body.method.type == "dpo" else 1.0
+        training = training.model_copy(update={"learning_rate": BASE_LEARNING_RATE[adapter.type] * scale * multiplier})
     if training.micro_batch_size is None:
         training = training.model_copy(update={"micro_batch_size": batch_size})
+    beta = None
+    if isinstance(hp, DpoHyperparameters):
+        beta = DEFAULT_BETA if hp.beta == "auto" else hp.beta
     return JobSpec(
+        method=body.method.type,
         hyperparameters=ResolvedHyperparameters(
-            n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=multiplier
+            n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=multiplier, beta=beta
         ),
         adapter=adapter,
         training=training,

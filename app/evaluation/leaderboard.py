@@ -25,9 +25,12 @@ class _Entry:
 
 
 def resolve_metric(metric: str, evaluations: list[Evaluation]) -> str:
-    """auto = rougeL when the jobs were scored on generations, eval_loss when only on text (raw-text data)."""
+    """auto = preference_accuracy for preference tuning jobs, rougeL when the jobs were scored on generations,
+    eval_loss when only on text (raw-text data)."""
     if metric != "auto":
         return metric
+    if any("preference_accuracy" in e.metrics for e in evaluations):
+        return "preference_accuracy"
     if (
         evaluations
         and not any("rougeL" in e.metrics for e in evaluations)

@@ -26,7 +26,11 @@ def leaderboard(
     session: SessionDep,
     tenant: CurrentTenant,
     metric: Annotated[
-        RankMetric, Query(description="auto = rougeL, or eval_loss when the jobs were trained on raw text")
+        RankMetric,
+        Query(
+            description="auto = preference_accuracy for preference tuning (DPO) jobs, rougeL, or eval_loss when the "
+            "jobs were trained on raw text"
+        ),
     ] = "auto",
 ) -> Leaderboard:
     jobs = session.scalars(

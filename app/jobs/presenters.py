@@ -8,6 +8,19 @@ from app.core.tables import Checkpoint, Job, JobEvent
 from app.jobs.schemas import CheckpointPublic, EventPublic, JobError, JobProgress, JobPublic
 
 
+def method_public(spec: dict) -> dict:
+    """OpenAI's `method` of a stored spec: {"type": t, t: {"hyperparameters": ...}}, beta for dpo only."""
+    kind = spec.get("method", "supervised")
+    return {"type": kind, kind: {"hyperparameters": hyperparameters_public(spec, kind)}}
+
+
+def hyperparameters_public(spec: dict, kind: str = "supervised") -> dict:
+    hp = dict(spec["hyperparameters"])
+    if kind != "dpo":
+        hp.pop("beta", None)
+    return hp
+
+
 def job_public(job: Job) -> JobPublic:
     spec = job.spec
     estimated_finish = None
@@ -21,7 +34,7 @@ def job_public(job: Job) -> JobPublic:
         fine_tuned_model=job.fine_tuned_model,
         organization_id=job.tenant_id,
         status=job.status,
-        hyperparameters=spec["hyperparameters"],
+        hyperparameters=hyperparameters_public(spec),
         training_file=job.training_file_id,
         validation_file=job.validation_file_id,
         trained_tokens=job.trained_tokens,
@@ -30,7 +43,7 @@ def job_public(job: Job) -> JobPublic:
         estimated_finish=estimated_finish,
         metadata=job.metadata_,
         suffix=job.suffix,
-        method={"type": "supervised", "supervised": {"hyperparameters": spec["hyperparameters"]}},
+        method=method_public(spec),
         adapter=spec["adapter"],
         training=spec["training"],
         evaluation=spec["evaluation"],

@@ -14,6 +14,7 @@ from app.core import job_state
 from app.core.errors import ApiError
 from app.core.job_spec import JobCreate, resolve_spec
 from app.core.job_state import add_event
+from app.core.metrics import PREFERENCE_NAMES
 from app.core.queue import enqueue_job
 from app.core.settings import Settings
 from app.core.tables import TERMINAL_STATUSES, File, Job, JobStatus, Tenant
@@ -34,7 +35,9 @@ def check_model(settings: Settings, model: str, param: str = "model") -> str:
     return source
 
 
-def check_pairing(training: File, validation: File | None) -> None:
+def check_pairing(training: File, validation: File | None, method: str = "supervised") -> None:
+    """The files suit the method: purpose fine-tune, preference rows for dpo and only for it, a validation file of
+    the training file's kind."""
     for param, file in (("training_file", training), ("validation_file", validation)):
         if file is not None and file.purpose != "fine-tune":
             raise ApiError(
@@ -43,11 +46,20 @@ def check_pairing(training: File, validation: File | None) -> None:
                 param=param,
                 code="invalid_file_purpose",
             )
-    if training.shape == "preference":
+    if method == "dpo" and training.shape != "preference":
+        raise ApiError(
+            400,
+            f"training_file {training.id} has shape '{training.shape}': preference tuning (method dpo) needs "
+            "preference rows, each a prompt with a preferred and a non-preferred answer (OpenAI's input / "
+            "preferred_output / non_preferred_output, or prompt / chosen / rejected)",
+            param="training_file",
+            code="invalid_training_file",
+        )
+    if method != "dpo" and training.shape == "preference":
         raise ApiError(
             400,
             f"training_file {training.id} holds preference rows (a preferred and a non-preferred answer per prompt): "
-            "they train with preference tuning, not supervised fine-tuning",
+            "they train with preference tuning (method type 'dpo'), not supervised fine-tuning",
             param="training_file",
             code="invalid_training_file",
         )
@@ -68,6 +80,20 @@ def _kind(shape: str) -> str:
 def validate_job(settings: Settings, body: JobCreate, param_prefix: str = "") -> str:
     """What the schema cannot check; returns the model's source. Raises before anything is added."""
     source = check_model(settings, body.model, param=f"{param_prefix}model")
+    dpo = body.method.type == "dpo"
+    if dpo and body.adapter.type == "prompt_tuning":
+        raise ApiError(
+            400,
+            "preference tuning (method dpo) trains lora, qlora or full, not prompt_tuning",
+            param=f"{param_prefix}adapter.type",
+        )
+    if not dpo and body.evaluation.selection_metric in PREFERENCE_NAMES:
+        raise ApiError(
+            400,
+            f"selection_metric '{body.evaluation.selection_metric}' is measured on preference pairs: "
+            "only preference tuning (method dpo) jobs have it",
+            param=f"{param_prefix}evaluation.selection_metric",
+        )
     if body.adapter.type == "prompt_tuning" and body.adapter.num_virtual_tokens >= body.training.max_seq_length:
         raise ApiError(
             400,
@@ -78,12 +104,12 @@ def validate_job(settings: Settings, body: JobCreate, param_prefix: str = "") ->
 
 
 def training_files(
-    session: Session, tenant: Tenant, training_id: str, validation_id: str | None
+    session: Session, tenant: Tenant, training_id: str, validation_id: str | None, method: str = "supervised"
 ) -> tuple[File, File | None]:
-    """The tenant's training file and optional validation file, checked to be of matching kinds."""
+    """The tenant's training file and optional validation file, checked to suit the method and each other."""
     training = owned_file(session, tenant, training_id, param="training_file")
     validation = owned_file(session, tenant, validation_id, param="validation_file") if validation_id else None
-    check_pairing(training, validation)
+    check_pairing(training, validation, method)
     return training, validation
 
 
@@ -115,7 +141,8 @@ def build_job(
     )
     session.add(job)
     session.flush()
-    add_event(session, job.id, f"Created fine-tuning job {job.id}: {body.adapter.type} on {body.model}")
+    how = f"{body.adapter.type}" + (" preference tuning (dpo)" if body.method.type == "dpo" else "")
+    add_event(session, job.id, f"Created fine-tuning job {job.id}: {how} on {body.model}")
     return job
 
 
@@ -151,7 +178,7 @@ def check_active_job_room(session: Session, settings: Settings, tenant: Tenant, 
 
 
 def create(session: Session, settings: Settings, tenant: Tenant, body: JobCreate) -> Job:
-    training, validation = training_files(session, tenant, body.training_file, body.validation_file)
+    training, validation = training_files(session, tenant, body.training_file, body.validation_file, body.method.type)
     check_active_job_room(session, settings, tenant, 1)
     job = build_job(session, settings, tenant, body, training, validation)
     session.commit()  # commit, then enqueue: the worker must find the row

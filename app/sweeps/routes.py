@@ -31,7 +31,7 @@ router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
     summary="Train several candidates on one file (models x adapter types x hyperparameters) and pick the best",
 )
 def create_sweep(body: SweepCreate, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep) -> SweepPublic:
-    training, validation = training_files(session, tenant, body.training_file, body.validation_file)
+    training, validation = training_files(session, tenant, body.training_file, body.validation_file, body.method)
     candidates = expand_candidates(body)
     metric = body.selection_metric
     if metric == "auto":

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.core.job_spec import EvaluationSpec, Metadata, Strict
+from app.core.job_spec import EvaluationSpec, Metadata, MethodType, Strict
 from app.core.metrics import RankMetric
 
 # Dotted names a grid may vary, and where each lands in a job request.
@@ -21,7 +21,9 @@ class CandidateSpec(Strict):
     model: str | None = Field(None, min_length=1, max_length=300)
     adapter: dict[str, Any] | None = Field(None, description="fields of a job's `adapter`, e.g. {type: qlora, r: 16}")
     training: dict[str, Any] | None = Field(None, description="fields of a job's `training`")
-    hyperparameters: dict[str, Any] | None = Field(None, description="n_epochs, batch_size, learning_rate_multiplier")
+    hyperparameters: dict[str, Any] | None = Field(
+        None, description="n_epochs, batch_size, learning_rate_multiplier; beta with method dpo"
+    )
 
 
 class SweepCreate(Strict):
@@ -50,10 +52,13 @@ class SweepCreate(Strict):
         description="held-out rows for every candidate; default: the same seeded split of the "
         "training file for all candidates",
     )
+    method: MethodType = Field(
+        "supervised", description="every candidate's method: supervised, or dpo on a file of preference rows"
+    )
     selection_metric: RankMetric = Field(
         "auto",
-        description="ranks the candidates and picks each job's checkpoint; auto = rougeL when rows have "
-        "completions, eval_loss for raw text",
+        description="ranks the candidates and picks each job's checkpoint; auto = preference_accuracy for "
+        "preference tuning (method dpo), rougeL when rows have completions, eval_loss for raw text",
     )
     seed: int | None = Field(
         None,

@@ -101,7 +101,7 @@ def job_request(body: SweepCreate, index: int, name: str, candidate: dict, metri
         "metadata": {"sweep_candidate": name[:512]},
         "adapter": candidate.get("adapter", {}),
         "training": candidate.get("training", {}),
-        "method": {"type": "supervised", "supervised": {"hyperparameters": candidate.get("hyperparameters", {})}},
+        "method": {"type": body.method, body.method: {"hyperparameters": candidate.get("hyperparameters", {})}},
         # One evaluation for all: the same rows, and each job ships its best checkpoint by the sweep's metric.
         "evaluation": {**body.evaluation.model_dump(), "selection_metric": metric},
     }
@@ -116,7 +116,7 @@ def job_request(body: SweepCreate, index: int, name: str, candidate: dict, metri
     except ValidationError as exc:
         err = exc.errors()[0]
         # the job request's path, in the sweep's own words: hyperparameters sit directly on a candidate
-        field = loc_to_param(tuple(err["loc"])).removeprefix("method.supervised.")
+        field = loc_to_param(tuple(err["loc"])).removeprefix(f"method.{body.method}.")
         raise ApiError(
             400,
             f"Candidate {index} ('{name}'): {field}: {err['msg']}",

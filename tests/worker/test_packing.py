@@ -9,9 +9,9 @@ import torch
 
 from tests.helpers.training import CPU, SRC, adapter, config, hooks, sql_examples
 from worker.training.data import IGNORE, Example, Formatter
-from worker.training.loop import collate, train
+from worker.training.loop import train
 from worker.training.modeling import load_base_model, wrap_for_training
-from worker.training.packing import collate_packed, pack
+from worker.training.packing import collate, collate_packed, pack
 
 ROW = 256
 

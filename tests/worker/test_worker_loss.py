@@ -9,9 +9,8 @@ import torch
 
 from tests.helpers.training import CPU, loss_and_grads, sql_examples, trained
 from worker.training.data import IGNORE, Example
-from worker.training.loop import collate
 from worker.training.loss import completion_loss, head_weight, loss_fn_for, model_loss
-from worker.training.packing import collate_packed
+from worker.training.packing import collate, collate_packed
 
 
 @pytest.fixture(scope="module")

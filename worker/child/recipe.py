@@ -59,23 +59,30 @@ def load_records(file_row: File) -> list[tuple[int, dict]]:
     )
 
 
-def format_rows(fmt, rows: list[tuple[int, dict]], file_id: str, model: str) -> tuple[list, int, int]:
-    """(examples with something to train, rows cut, rows dropped). A row the model's chat template cannot render
-    fails the job with its line and field."""
+def format_rows(
+    fmt, rows: list[tuple[int, dict]], file_id: str, model: str, preference: bool = False
+) -> tuple[list, int, int]:
+    """(examples with something to train, rows cut, rows dropped); with `preference`, pairs (preference.Pair) of
+    which both answers have something to train. A row the model's chat template cannot render fails the job with
+    its line and field."""
     from worker.training.data import ChatTemplateError
+    from worker.training.preference import Pair
 
     examples, cut, dropped = [], 0, 0
     for line, record in rows:
         try:
-            example = fmt.example(record)
+            made = fmt.pair(record) if preference else fmt.example(record)
         except ChatTemplateError as exc:
             where = f"line {line}" + (f", field {exc.field}" if exc.field else "")
             raise UserError("invalid_training_row", f"file {file_id}, {where}: {exc.message} (model {model})") from exc
-        if example is None:
+        if made is None:
             dropped += 1
-        elif example.num_loss_tokens > 0:
-            examples.append(example)
-            cut += example.cut
+            continue
+        item = Pair(*made) if preference else made
+        answers = (item.chosen, item.rejected) if preference else (item,)
+        if all(a.num_loss_tokens > 0 for a in answers):
+            examples.append(item)
+            cut += item.cut
     return examples, cut, dropped
 
 
@@ -135,7 +142,8 @@ class TrainingRecipe:
         except ModelRefused as exc:
             raise UserError(exc.code, str(exc)) from exc
         fmt = Formatter(self.tokenizer, spec.training.max_seq_length)
-        self.train_examples, cut, dropped = format_rows(fmt, train_rows, self.train_file.id, self.job.model)
+        pref = spec.preference
+        self.train_examples, cut, dropped = format_rows(fmt, train_rows, self.train_file.id, self.job.model, pref)
         if not self.train_examples:
             raise UserError(
                 "no_trainable_tokens",
@@ -143,8 +151,8 @@ class TrainingRecipe:
                 f"{dropped} of {len(train_rows)} rows dropped",
             )
         val_file = self.val_file or self.train_file
-        format_rows(fmt, val_rows[: ev_spec.max_rows], val_file.id, self.job.model)  # names a bad row's line
-        self.eval_set = EvalSet.build(fmt, [record for _, record in val_rows[: ev_spec.max_rows]])
+        format_rows(fmt, val_rows[: ev_spec.max_rows], val_file.id, self.job.model, pref)  # names a bad row's line
+        self.eval_set = EvalSet.build(fmt, [record for _, record in val_rows[: ev_spec.max_rows]], pref)
         summary = {
             "training_rows": len(train_rows),
             "validation_rows": len(self.eval_set.rows),
@@ -161,11 +169,11 @@ class TrainingRecipe:
             )
         # The shipped checkpoint is picked by the selection metric; checkpoint evaluations measure every
         # requested metric and whatever the selection metric needs.
-        self.selection = selection_for(ev_spec.model_dump(), bool(self.eval_set.gen_rows))
+        self.selection = selection_for(ev_spec.model_dump(), bool(self.eval_set.gen_rows), pref)
         self.ckpt_metrics = sorted(set(ev_spec.metrics) | metrics_for_selection(self.selection))
         ctx.event(
-            f"Data: {len(self.train_examples)} training rows, {len(self.eval_set.rows)} evaluation rows "
-            f"({self.train_file.shape}); device {self.device}"
+            f"Data: {len(self.train_examples)} training {'pairs' if pref else 'rows'}, {len(self.eval_set.rows)} "
+            f"evaluation rows ({self.train_file.shape}); device {self.device}"
         )
 
     def load_model(self) -> None:
@@ -196,7 +204,7 @@ class TrainingRecipe:
         if self.has_base_eval:  # a resumed attempt keeps the base measurement it already made
             return
         self.ctx.progress({"phase": "evaluating_base"}, force=True)
-        base = self.evaluate_model(self.spec.evaluation.metrics)
+        base = self.evaluate_model(self.spec.evaluation.metrics, is_reference=True)
         store_base_eval(self.ctx, base, self.eval_set)
         self.ctx.event("Base model evaluated", type="metrics", data={"subject": "base", **base.metrics})
 
@@ -217,18 +225,43 @@ class TrainingRecipe:
         self.params = count_params(self.model)
         ctx.update(trainable_params=self.params[0], total_params=self.params[1])
         if spec.training.micro_batch_size == "auto":
+            sequences = [s for p in self.train_examples for s in (p.chosen, p.rejected)] if spec.preference else None
             micro, why = choose_micro_batch(
                 self.model,
-                [len(e.input_ids) for e in self.train_examples],
+                [len(e.input_ids) for e in sequences or self.train_examples],
                 spec.training.max_seq_length,
                 packs(spec),
                 self.params[0],
                 self.device,
             )
+            if spec.preference:  # a pair is two sequences
+                micro = max(1, micro // 2)
+                why += f", {micro} pairs"
             self.spec = with_micro_batch(spec, micro)
             ctx.update(spec=self.spec.stored())
             ctx.event(f"micro_batch_size auto: {why}")
         ctx.event(f"{self.spec.adapter.type}: {self.params[0]:,} trainable parameters of {self.params[1]:,}")
+        if self.spec.preference:
+            self.attach_reference()
+
+    def attach_reference(self) -> None:
+        """Preference tuning: the frozen base's log-probabilities of every training and held-out pair's answers,
+        measured with the adapter disabled before the first step (this attempt has not loaded its checkpoint yet,
+        so a full fine-tune is still the base too), or read back from an earlier attempt."""
+        import time
+
+        from worker.training.preference import attach_reference
+
+        ctx = self.ctx
+        ctx.progress({"phase": "reference"}, force=True)
+        pairs = self.train_examples + self.eval_set.pairs
+        t = time.monotonic()
+        micro = self.spec.training.micro_batch_size
+        measured = attach_reference(
+            self.model, pairs, self.tokenizer.pad_token_id, self.device, micro, ctx.files.checkpoints
+        )
+        how = f"measured in {time.monotonic() - t:.1f}s" if measured else "read back from an earlier attempt"
+        ctx.event(f"Reference log-probabilities of {len(pairs)} pairs (the base, adapter disabled): {how}")
 
     def train(self):
         """The training loop, resumed from the job's last checkpoint; returns its TrainSummary."""
@@ -245,6 +278,12 @@ class TrainingRecipe:
             interrupt_requested=lambda: ctx.interrupt_requested,
         )
         cfg = TrainConfig.from_spec(self.spec, self.job.seed, self.settings.checkpoint_every_s)
+        objective = None
+        if self.spec.preference:
+            from worker.training.preference import PreferenceObjective
+
+            beta = self.spec.hyperparameters.beta
+            objective = PreferenceObjective(beta, self.tokenizer.pad_token_id, self.device, cfg.pack_length)
         if cfg.early_stopping_patience and selection is None:
             ctx.event("early_stopping_patience is ignored: selection_metric 'last' has no metric to stop on")
         ckpt_root = ctx.files.checkpoints
@@ -262,6 +301,7 @@ class TrainingRecipe:
                 ckpt_root,
                 hooks,
                 selection,
+                objective,
             )
         except TrainingInterrupted as exc:
             raise Interrupted(str(exc)) from exc
@@ -339,8 +379,9 @@ class TrainingRecipe:
 
     # ------------------------------------------------------------------------------------------- helpers
 
-    def evaluate_model(self, metrics: list[str]):
-        """The model as it is now (base, checkpoint, tuned) on the evaluation rows."""
+    def evaluate_model(self, metrics: list[str], is_reference: bool = False):
+        """The model as it is now (base, checkpoint, tuned) on the evaluation rows; is_reference: the base, which is
+        preference tuning's reference."""
         from worker.evaluation.evaluate import evaluate
 
         return evaluate(
@@ -351,11 +392,21 @@ class TrainingRecipe:
             spec=self.spec.evaluation.model_copy(update={"metrics": metrics}),
             device=self.device,
             bertscorer=self.bertscorer,
+            pairs=self.eval_set.pairs,
+            beta=self.spec.hyperparameters.beta,
+            reference_is_model=is_reference,
         )
 
     def evaluate_checkpoint(self, step: int, epoch: float) -> dict:
         result = self.evaluations[step] = self.evaluate_model(self.ckpt_metrics)
-        shown = ("eval_loss", "rougeL", "bertscore_f1", self.selection[0] if self.selection else "eval_loss")
+        shown = (
+            "preference_accuracy",
+            "reward_margin",
+            "eval_loss",
+            "rougeL",
+            "bertscore_f1",
+            self.selection[0] if self.selection else "eval_loss",
+        )
         self.ctx.event(
             f"Step {step} (epoch {epoch:.2f}) evaluated: "
             + ", ".join(f"{k} {result.metrics[k]:.4f}" for k in dict.fromkeys(shown) if k in result.metrics),

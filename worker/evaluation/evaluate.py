@@ -16,9 +16,10 @@ import torch
 from app.core.job_spec import EvaluationSpec
 from app.core.metrics import perplexity
 from worker.evaluation.generation import generate, generation_batch_size
-from worker.training.data import IGNORE, Example, Formatter, GenerationRow
-from worker.training.loop import collate
+from worker.training.data import IGNORE, Example, Formatter, GenerationRow, answer_records
 from worker.training.modeling import mixed_precision
+from worker.training.packing import collate
+from worker.training.preference import Pair, measure_logps, preference_rows
 
 PROMPT_CHARS = 2000  # a raw-text row is shown (and stored) by its first characters
 
@@ -29,6 +30,7 @@ class EvalResult:
     outputs: list[str] = field(default_factory=list)  # per generation row
     row_scores: list[dict[str, float]] = field(default_factory=list)  # per generation row
     tf_rows: list[dict[str, float]] = field(default_factory=list)  # per loss example: nll, loss/correct tokens
+    pair_rows: list[dict[str, float]] = field(default_factory=list)  # per preference pair (preference.preference_rows)
     skipped: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -37,21 +39,42 @@ class EvalResult:
 class EvalSet:
     """A job's evaluation rows and what each can be measured by. Only rows with loss tokens have a loss
     example and only rows with a completion a generation row: the index lists map both back to the rows,
-    so every row keeps its position (row_index), aligned across jobs on the same rows."""
+    so every row keeps its position (row_index), aligned across jobs on the same rows.
+
+    Preference rows are measured as pairs (preference accuracy, reward margin) and, by their preferred answer,
+    like any prompt and completion (loss, generation)."""
 
     rows: list[dict]
     loss_examples: list[Example]
     loss_index: list[int]  # loss_examples[k] is rows[loss_index[k]]
     gen_rows: list[GenerationRow]
     gen_index: list[int]  # gen_rows[k] is rows[gen_index[k]]
+    pairs: list[Pair] = field(default_factory=list)
+    pair_index: list[int] = field(default_factory=list)  # pairs[k] is rows[pair_index[k]]
 
     @classmethod
-    def build(cls, fmt: Formatter, rows: list[dict]) -> EvalSet:
-        examples = [fmt.example(r) for r in rows]
-        gens = [fmt.generation_row(r) for r in rows]
+    def build(cls, fmt: Formatter, rows: list[dict], preference: bool = False) -> EvalSet:
+        pairs, pair_index = [], []
+        if preference:
+            made = [fmt.pair(r) for r in rows]
+            pair_index = [i for i, p in enumerate(made) if p is not None]
+            pairs = [Pair(*made[i]) for i in pair_index]
+            answered = [answer_records(r)[0] for r in rows]  # each prompt with its preferred answer
+        else:
+            answered = rows
+        examples = [fmt.example(r) for r in answered]
+        gens = [fmt.generation_row(r) for r in answered]
         loss_index = [i for i, e in enumerate(examples) if e is not None and e.num_loss_tokens > 0]
         gen_index = [i for i, g in enumerate(gens) if g is not None]
-        return cls(rows, [examples[i] for i in loss_index], loss_index, [gens[i] for i in gen_index], gen_index)
+        return cls(
+            rows,
+            [examples[i] for i in loss_index],
+            loss_index,
+            [gens[i] for i in gen_index],
+            gen_index,
+            pairs,
+            pair_index,
+        )
 
     def shown(self) -> list[tuple[str, str]]:
         """What each row shows: its prompt and reference, or for raw text the text itself and no reference."""
@@ -74,6 +97,8 @@ class EvalSet:
             out[i].update(result.row_scores[k])
         for k, i in enumerate(self.loss_index[: len(result.tf_rows)]):
             out[i].update(result.tf_rows[k])
+        for k, i in enumerate(self.pair_index[: len(result.pair_rows)]):
+            out[i].update(result.pair_rows[k])
         return [d or None for d in out]
 
 
@@ -126,8 +151,14 @@ def evaluate(
     spec: EvaluationSpec | dict,
     device,
     bertscorer=None,
+    pairs: list[Pair] | None = None,
+    beta: float | None = None,
+    reference_is_model: bool = False,
 ) -> EvalResult:
-    """Every requested metric for one model; metrics that do not apply are skipped with a reason."""
+    """Every requested metric for one model; metrics that do not apply are skipped with a reason.
+
+    With preference `pairs` (a DPO job), always their preference accuracy and reward margin against each pair's
+    reference log-probabilities, with `beta`; reference_is_model: this model is the reference (the base)."""
     from worker.evaluation.metrics import rouge_per_row
 
     spec = spec if isinstance(spec, EvaluationSpec) else EvaluationSpec.model_validate(spec)
@@ -143,6 +174,13 @@ def evaluate(
             stats, res.tf_rows = teacher_forced_stats(model, loss_examples, tf_batch, tokenizer.pad_token_id, device)
             res.metrics.update({k: v for k, v in stats.items() if k in wanted or k == "eval_loss"})
             res.timings["teacher_forced_s"] = time.monotonic() - t
+        if pairs:
+            t = time.monotonic()
+            logps = measure_logps(model, pairs, tokenizer.pad_token_id, device, TEACHER_FORCED_BATCH // 2)
+            res.pair_rows = preference_rows(logps, pairs, beta, reference_is_model)
+            for key in ("preference_accuracy", "reward_margin"):
+                res.metrics[key] = sum(r[key] for r in res.pair_rows) / len(res.pair_rows)
+            res.timings["preference_s"] = time.monotonic() - t
         gen_metrics = wanted & {"rouge", "bertscore"}
         if gen_metrics and not gen_rows:
             for m in sorted(gen_metrics):

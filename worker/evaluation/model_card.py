@@ -58,7 +58,7 @@ def model_card(
         base_model_relation="finetune" if whole else "adapter",
         library_name="transformers" if whole else "peft",
         pipeline_tag=TASK,
-        tags=["ftaas", kind] + (["merged"] if merged else []),
+        tags=["ftaas", kind] + (["dpo"] if spec.preference else []) + (["merged"] if merged else []),
         metrics=_families_measured(spec, tuned),
         model_name=job["fine_tuned_model"],
         eval_results=_eval_results(job, tuned) or None,
@@ -116,7 +116,8 @@ def _body(
     lines = [
         f"# {title}" + (" merged into its base model" if merged else ""),
         "",
-        f"Fine-tuned by ftaas job `{job['id']}` from `{job['model']}` with **{kind}**.",
+        f"Fine-tuned by ftaas job `{job['id']}` from `{job['model']}` with **{kind}**"
+        + (f", by preference tuning (DPO, beta {spec.hyperparameters.beta})." if spec.preference else "."),
         f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(1, total):.4f}%).",
     ]
     if step is not None:

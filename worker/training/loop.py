@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
 from app.core.job_spec import JobSpec
 from worker.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from worker.training.data import IGNORE, Example
+from worker.training.data import Example
 from worker.training.loss import loss_fn_for
 from worker.training.modeling import mixed_precision, peak_memory_bytes
-from worker.training.packing import collate_packed
+from worker.training.packing import collate, collate_packed
 
 
 class StopTraining(Exception):
@@ -100,20 +99,30 @@ class Hooks:
     interrupt_requested: Callable[[], bool] = lambda: False
 
 
-def collate(batch: list[Example], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    ids = [torch.tensor(e.input_ids) for e in batch]
-    labels = [torch.tensor(e.labels) for e in batch]
-    input_ids = pad_sequence(ids, batch_first=True, padding_value=pad_id)
-    return {
-        "input_ids": input_ids.to(device),
-        "labels": pad_sequence(labels, batch_first=True, padding_value=IGNORE).to(device),
-        "attention_mask": pad_sequence([torch.ones(len(i), dtype=torch.long) for i in ids], batch_first=True).to(
-            device
-        ),
-    }
+class SupervisedObjective:
+    """Supervised fine-tuning: cross-entropy on the labelled tokens, padded or packed micro-batches.
+
+    An objective gives the loop two things: each item's share of a step's loss (`weight`: here its loss tokens,
+    so accumulated micro-batches equal one big batch) and a micro-batch's mean loss with its real tokens.
+    Preference tuning has its own (worker/training/preference.py)."""
+
+    def __init__(self, model, pad_id: int, device: torch.device, pack_length: int | None) -> None:
+        self.loss_fn, self.pad_id, self.device, self.pack_length = loss_fn_for(model), pad_id, device, pack_length
+
+    def weight(self, example: Example) -> int:
+        return example.num_loss_tokens
+
+    def loss(self, model, mb: list[Example]) -> tuple[torch.Tensor, int]:
+        if self.pack_length:
+            batch = collate_packed(mb, self.pack_length, self.pad_id, self.device)
+            real_tokens = int(batch.pop("num_tokens"))
+        else:
+            batch = collate(mb, self.pad_id, self.device)
+            real_tokens = int(batch["attention_mask"].sum())
+        return self.loss_fn(model, batch), real_tokens
 
 
-def micro_batches(examples: list[Example], size: int, seed: int, epoch: int) -> list[list[Example]]:
+def micro_batches(examples: list, size: int, seed: int, epoch: int) -> list[list]:
     """The epoch's micro-batches in a seeded order, so a resumed run sees exactly the same sequence."""
     g = torch.Generator().manual_seed(seed * 1000 + epoch)
     order = torch.randperm(len(examples), generator=g).tolist()
@@ -152,13 +161,14 @@ class TrainSummary:
 
 def train(
     model,
-    examples: list[Example],
+    examples: list,
     cfg: TrainConfig,
     pad_id: int,
     device: torch.device,
     ckpt_root: Path,
     hooks: Hooks,
     selection: tuple[str, bool] | None = None,
+    objective=None,
 ) -> TrainSummary:
     """Train, resuming from the last complete checkpoint under ckpt_root.
 
@@ -167,6 +177,9 @@ def train(
     picks the best of them: the summary names it (best_step, best_value, best_path) so the caller can ship
     that one. With cfg.early_stopping_patience, training stops after that many evaluations in a row
     without a strictly better value (summary.stopped_early = the step).
+
+    `examples` are what `objective` trains on: Examples for the default SupervisedObjective, preference pairs
+    for preference tuning's.
     """
     from transformers import get_scheduler
 
@@ -175,7 +188,7 @@ def train(
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.n_epochs
     params = [p for p in model.parameters() if p.requires_grad]
-    loss_fn = loss_fn_for(model)
+    objective = objective or SupervisedObjective(model, pad_id, device, cfg.pack_length)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
         cfg.lr_scheduler,
@@ -212,22 +225,16 @@ def train(
         if epoch != batches_epoch:
             batches, batches_epoch = micro_batches(examples, cfg.micro_batch_size, cfg.seed, epoch), epoch
         group = batches[local_step * cfg.grad_accum : (local_step + 1) * cfg.grad_accum]
-        n_tokens = sum(e.num_loss_tokens for mb in group for e in mb)
+        step_weight = sum(objective.weight(e) for mb in group for e in mb)
         step_loss = 0.0
         for mb in group:
             if hooks.should_stop():
                 raise StopTraining
-            if cfg.pack_length:
-                batch = collate_packed(mb, cfg.pack_length, pad_id, device)
-                real_tokens = int(batch.pop("num_tokens"))
-            else:
-                batch = collate(mb, pad_id, device)
-                real_tokens = int(batch["attention_mask"].sum())
             with mixed_precision(device):
-                mb_loss = loss_fn(model, batch)
-            # Token-weighted across the accumulated micro-batches, so accumulation equals a big batch.
-            mb_tokens = sum(e.num_loss_tokens for e in mb)
-            loss = mb_loss * (mb_tokens / max(1, n_tokens))
+                mb_loss, real_tokens = objective.loss(model, mb)
+            # Weighted by the objective's units (loss tokens, pairs) across the accumulated micro-batches, so
+            # accumulation equals a big batch.
+            loss = mb_loss * (sum(objective.weight(e) for e in mb) / max(1, step_weight))
             loss.backward()
             step_loss += loss.item()
             trained_tokens += real_tokens

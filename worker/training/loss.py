@@ -44,7 +44,7 @@ def model_loss(model, batch: dict) -> torch.Tensor:
     return model(**batch).loss
 
 
-def _parts(model):
+def split_model(model):
     """(decoder, head) of a causal LM, through peft's wrappers; None where the split is not known to be exact."""
     from worker.training.modeling import is_peft
 
@@ -106,18 +106,22 @@ def _packed_on_gpu(batch: dict) -> bool:
     return True
 
 
-def completion_loss(model, batch: dict) -> torch.Tensor:
-    """Mean cross-entropy over the labelled next tokens, the head run on those positions only."""
-    decoder, head = _parts(model)
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+def decoder_hidden(decoder, batch: dict) -> torch.Tensor:
+    """The decoder's last hidden states for a padded or packed batch (its labels and owners are not inputs)."""
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "owner")}
     # Not under gradient checkpointing: its recomputation in backward runs outside this forward's switch of
     # attention implementation, so it would recompute a different graph.
     if _packed_on_gpu(batch) and not getattr(decoder, "gradient_checkpointing", False):
         # Packed rows as variable-length sequences: no block-diagonal mask (kernels/varlen_attention.py).
         with attention_implementation(decoder.config, VARLEN):
-            hidden = decoder(**inputs, use_cache=False, **boundaries(batch["position_ids"])).last_hidden_state
-    else:
-        hidden = decoder(**inputs, use_cache=False).last_hidden_state
+            return decoder(**inputs, use_cache=False, **boundaries(batch["position_ids"])).last_hidden_state
+    return decoder(**inputs, use_cache=False).last_hidden_state
+
+
+def completion_loss(model, batch: dict) -> torch.Tensor:
+    """Mean cross-entropy over the labelled next tokens, the head run on those positions only."""
+    decoder, head = split_model(model)
+    hidden = decoder_hidden(decoder, batch)
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
     h = hidden[:, :-1][keep]  # [trained tokens, hidden]
@@ -160,7 +164,7 @@ def completion_loss(model, batch: dict) -> torch.Tensor:
 
 def loss_fn_for(model) -> LossFn:
     """completion_loss where the model splits exactly into decoder and head, else the model's own loss."""
-    if _parts(model) is None:
+    if split_model(model) is None:
         log.info("loss: the model's own forward")
         return model_loss
     log.info("loss: decoder, then the head on the labelled positions only")
