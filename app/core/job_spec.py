@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.metrics import EVALUATION_FAMILIES, EvaluationFamily, SelectionMetric
 
@@ -68,13 +68,6 @@ class Method(Strict):
     )
     supervised: Supervised | None = None
     dpo: Dpo | None = None
-
-    @model_validator(mode="after")
-    def _one_method(self) -> Method:
-        other = "dpo" if self.type == "supervised" else "supervised"
-        if getattr(self, other) is not None:
-            raise ValueError(f"method.{other} is given but method.type is '{self.type}'")
-        return self
 
     def hyperparameters(self) -> Hyperparameters:
         """The hyperparameters of the method's type, its defaults where the request has none."""
@@ -233,13 +226,6 @@ class JobCreate(Strict):
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
-
-    @model_validator(mode="after")
-    def _hyperparameters_of_the_method(self) -> JobCreate:
-        # The deprecated top-level hyperparameters are supervised ones: OpenAI has no other place for beta.
-        if self.hyperparameters is not None and self.method.type != "supervised":
-            raise ValueError(f"hyperparameters: give them in method.{self.method.type}.hyperparameters")
-        return self
 
 
 # Base learning rates per adapter type, scaled by learning_rate_multiplier ("auto" = 1).

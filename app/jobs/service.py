@@ -81,6 +81,17 @@ def validate_job(settings: Settings, body: JobCreate, param_prefix: str = "") ->
     """What the schema cannot check; returns the model's source. Raises before anything is added."""
     source = check_model(settings, body.model, param=f"{param_prefix}model")
     dpo = body.method.type == "dpo"
+    other = "supervised" if dpo else "dpo"
+    if getattr(body.method, other) is not None:
+        raise ApiError(
+            400,
+            f"method.{other} is given but method.type is '{body.method.type}'",
+            param=f"{param_prefix}method.{other}",
+        )
+    if dpo and body.hyperparameters is not None:  # OpenAI's deprecated place is for supervised ones only
+        raise ApiError(
+            400, "give preference tuning's hyperparameters in method.dpo.hyperparameters", param="hyperparameters"
+        )
     if dpo and body.adapter.type == "prompt_tuning":
         raise ApiError(
             400,

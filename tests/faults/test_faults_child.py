@@ -49,10 +49,9 @@ def test_a_poison_job_stops_after_the_capped_attempts_and_fails_with_the_reason(
     assert after["status"] == "failed" and events_later == events
 
 
-def test_a_job_killed_mid_training_and_resumed_ends_as_if_never_interrupted(database):
-    """kill -9 of the training child after a complete checkpoint, then the next attempt: it resumes from that
-    checkpoint (model, optimizer, scheduler, RNG, data order) and ends with the same eval loss, within 2%,
-    as the same job (same seed) run straight through."""
+def kill_after_a_checkpoint_then_resume(job_id: str, database: str) -> int:
+    """Run the job's child, kill -9 it right after a complete checkpoint mid-training, then run attempt 2 to the
+    end in this process, as the worker's retry would; returns the step of the checkpoint seen before the kill."""
     import os
     import signal
     import subprocess
@@ -63,20 +62,8 @@ def test_a_job_killed_mid_training_and_resumed_ends_as_if_never_interrupted(data
     from app.core.db import get_sessionmaker
     from app.core.tables import Checkpoint, Job
     from tests.conftest import ROOT, TEST_ENV
-    from tests.helpers.child import run_job, running_job_row, sql_rows, stored
     from worker.child.recipe import main
 
-    body = {
-        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 8}}},
-        "adapter": {"type": "lora", "r": 8, "alpha": 16, "target_modules": "all-linear"},
-        "training": {"learning_rate": 0.005},
-        "evaluation": {"metrics": ["perplexity"], "max_rows": 30},
-    }
-    # 120 rows x 2 epochs of batch 8: 30 steps, a checkpoint every 2 s and at the first epoch's end (step 15)
-    rows, val = sql_rows("train.jsonl", 120), sql_rows("test.jsonl", 30)
-    straight = run_job(body, rows, val, "\nA: ", via_main=True)
-
-    job_id = running_job_row(body, rows, val, "\nA: ")
     env = {
         **os.environ,
         **TEST_ENV,
@@ -101,20 +88,81 @@ def test_a_job_killed_mid_training_and_resumed_ends_as_if_never_interrupted(data
         s.execute(update(Job).where(Job.id == job_id).values(attempt=2))  # as the worker's retry claims it
         s.commit()
     main([job_id, "2"])
+    return killed_at
+
+
+def resumed_step(events: list[str]) -> int | None:
+    resumed = [e for e in events if "resumed at step" in e]
+    return int(resumed[0].split("resumed at step ")[1].rstrip(")")) if resumed else None
+
+
+def test_a_job_killed_mid_training_and_resumed_ends_as_if_never_interrupted(database):
+    """kill -9 of the training child after a complete checkpoint, then the next attempt: it resumes from that
+    checkpoint (model, optimizer, scheduler, RNG, data order) and ends with the same eval loss, within 2%,
+    as the same job (same seed) run straight through."""
+    from tests.helpers.child import run_job, running_job_row, sql_rows, stored
+
+    body = {
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 8}}},
+        "adapter": {"type": "lora", "r": 8, "alpha": 16, "target_modules": "all-linear"},
+        "training": {"learning_rate": 0.005},
+        "evaluation": {"metrics": ["perplexity"], "max_rows": 30},
+    }
+    # 120 rows x 2 epochs of batch 8: 30 steps, a checkpoint every 2 s and at the first epoch's end (step 15)
+    rows, val = sql_rows("train.jsonl", 120), sql_rows("test.jsonl", 30)
+    straight = run_job(body, rows, val, "\nA: ", via_main=True)
+    job_id = running_job_row(body, rows, val, "\nA: ")
+    killed_at = kill_after_a_checkpoint_then_resume(job_id, database)
 
     job_a, evals_a, *_ = stored(straight)
     job_b, evals_b, _rows, _ckpts, events = stored(job_id)
     loss_a, loss_b = evals_a["tuned"].metrics["eval_loss"], evals_b["tuned"].metrics["eval_loss"]
-    resumed = [e for e in events if "resumed at step" in e]
     print(
         f"\n[faults] resume fidelity: killed after the checkpoint at step {killed_at} of {job_b.total_steps}; "
-        f"{resumed[0] if resumed else 'no resume event'}; eval loss straight {loss_a:.5f}, "
+        f"resumed at step {resumed_step(events)}; eval loss straight {loss_a:.5f}, "
         f"interrupted {loss_b:.5f} ({abs(loss_b - loss_a) / loss_a:.3%} apart)"
     )
     assert job_a.status == job_b.status == "succeeded", events
     # the last complete checkpoint: the one seen before the kill, or one the child finished just before it died
-    assert resumed and int(resumed[0].split("resumed at step ")[1].rstrip(")")) >= killed_at
+    assert (resumed_step(events) or 0) >= killed_at
     assert abs(loss_b - loss_a) / loss_a <= 0.02
+
+
+def test_a_dpo_job_killed_mid_training_resumes_with_its_reference_and_ends_the_same(database):
+    """The same for preference tuning (full fine-tuning, whose base weights are gone once it has stepped): the
+    resumed attempt reads the reference log-probabilities the first one stored, and ends with the same held-out
+    reward margin, within 2%, and preference accuracy as the job run straight through."""
+    from tests.conftest import DATASETS
+    from tests.helpers.child import run_job, running_job_row, stored
+    from tests.helpers.preference_rows import trl_preference_rows
+
+    body = {
+        "method": {"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 2, "batch_size": 4, "beta": 0.1}}},
+        "adapter": {"type": "full"},
+        "training": {"learning_rate": 0.002},
+        "evaluation": {"metrics": ["perplexity"], "max_rows": 16},
+    }
+    # 40 pairs x 2 epochs of batch 4: 20 steps, a checkpoint every 2 s and at the first epoch's end (step 10)
+    rows = trl_preference_rows(DATASETS / "wikisql" / "train.jsonl", 40)
+    val = trl_preference_rows(DATASETS / "wikisql" / "valid.jsonl", 16)
+    straight = run_job(body, rows, val, None, via_main=True)
+    job_id = running_job_row(body, rows, val, None)
+    killed_at = kill_after_a_checkpoint_then_resume(job_id, database)
+
+    job_a, evals_a, *_ = stored(straight)
+    job_b, evals_b, _rows, _ckpts, events = stored(job_id)
+    a, b = evals_a["tuned"].metrics, evals_b["tuned"].metrics
+    print(
+        f"\n[faults] DPO resume: killed after step {killed_at} of {job_b.total_steps}, resumed at step "
+        f"{resumed_step(events)}; reward margin straight {a['reward_margin']:.4f}, interrupted "
+        f"{b['reward_margin']:.4f}; preference accuracy {a['preference_accuracy']:.3f} / {b['preference_accuracy']:.3f}"
+    )
+    assert job_a.status == job_b.status == "succeeded", events
+    assert (resumed_step(events) or 0) >= killed_at
+    assert any("read back from an earlier attempt" in e for e in events), events
+    assert abs(b["reward_margin"] - a["reward_margin"]) <= 0.02 * abs(a["reward_margin"])
+    assert abs(b["preference_accuracy"] - a["preference_accuracy"]) <= 1 / 16
+    assert a["reward_margin"] > 0
 
 
 CANCELS = 6  # half cancelled before training, half in training
