@@ -24,6 +24,8 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRAS = ("worker", "gpu")
+# From the test extra, what the GPU benchmarks run beside the service: bench/bench_dpo.py's TRL DPOTrainer.
+COMPARED = ("trl",)
 # The GPU machine's Python, for environment markers (python_version < "3.12" and the like).
 GPU_MARKERS = {**default_environment(), "python_version": "3.12", "python_full_version": "3.12.3"}
 
@@ -50,6 +52,7 @@ def applies(req: Requirement, extras: tuple[str, ...] = ("",)) -> bool:
 def project_requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = list(project["dependencies"]) + [r for e in EXTRAS for r in project["optional-dependencies"][e]]
+    reqs += [r for r in project["optional-dependencies"]["test"] if Requirement(r).name in COMPARED]
     return [r for r in map(Requirement, reqs) if applies(r)]
 
 
