@@ -91,17 +91,36 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _stopped_with_this_process() -> None:
+    """Run in a child between fork and exec (Linux): the kernel sends it SIGTERM when `serve` dies, however it
+    dies (kill -9 included), so an embedded worker never outlives its server re-parented to init. SIGTERM is
+    a worker's warm shutdown: its running job checkpoints and goes back to the queue."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _exit_on_sigterm(signum, _frame) -> None:
+    # uvicorn takes SIGTERM for its graceful shutdown, then raises it again under the handler it found: this
+    # one, which unwinds into cmd_serve's `finally` (stopping the embedded workers) where Python's default
+    # would end the process on the spot.
+    raise SystemExit(128 + signum)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.core.settings import get_settings
 
     settings = get_settings()
     embedded = args.embedded or settings.database_url.startswith("sqlite")
     worker = preview_worker = None
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if embedded:
         migrate()
         if not args.no_worker:
-            worker = subprocess.Popen(worker_argv(None, "warning"))
-            preview_worker = subprocess.Popen(preview_worker_argv("warning"))
+            tied = {"preexec_fn": _stopped_with_this_process} if sys.platform.startswith("linux") else {}
+            worker = subprocess.Popen(worker_argv(None, "warning"), **tied)
+            preview_worker = subprocess.Popen(preview_worker_argv("warning"), **tied)
     host = "localhost" if args.host in ("0.0.0.0", "127.0.0.1") else args.host
     print(f"ftaas API on http://{host}:{args.port} — Swagger UI: http://{host}:{args.port}/docs", flush=True)
     if worker is not None:

@@ -94,7 +94,8 @@ def test_create_returns_openai_job_shape(client, auth, db_session, training_file
     assert row.tenant_id == tenant.id == job["organization_id"]
     assert row.status == JobStatus.queued
     assert row.model_source.endswith("stories260k")
-    assert row.spec["hyperparameters"] == resolved
+    assert row.spec["hyperparameters"] == {**resolved, "beta": None}  # beta: preference tuning only
+    assert row.spec["method"] == "supervised"
     messages = db_session.scalars(select(JobEvent.message).where(JobEvent.job_id == job["id"])).all()
     assert len(messages) == 1
     assert messages[0].startswith(f"Created fine-tuning job {job['id']}")

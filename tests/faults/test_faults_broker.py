@@ -23,7 +23,7 @@ from pathlib import Path
 import redis
 
 from tests.conftest import DATASETS
-from tests.helpers.e2e_service import _free_port, child_pids, client_for, running_service, upload
+from tests.helpers.e2e_service import child_pids, client_for, free_port, running_service, upload
 
 JOBS = "/v1/fine_tuning/jobs"
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -44,7 +44,7 @@ class PrivateRedis:
     NOSAVE it forgets every queued and unacked message, as a production Redis without AOF/RDB would."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder, self.port, self.proc = folder, _free_port(), None
+        self.folder, self.port, self.proc = folder, free_port(), None
         folder.mkdir(parents=True, exist_ok=True)
 
     @property

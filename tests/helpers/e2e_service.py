@@ -28,7 +28,7 @@ from tests.conftest import (
 JOB_TIMEOUT_S = 40 * 60
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
@@ -63,7 +63,7 @@ def running_service(
         **(extra_env or {}),
     }
     migrate_database(env["FTAAS_DATABASE_URL"])
-    port = _free_port()
+    port = free_port()
     logs = ARTIFACTS / f"e2e-{run}-logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs = [

@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.helpers.e2e_service import _free_port
+from tests.helpers.e2e_service import free_port
 
 
 def _pg_bin(name: str) -> str:
@@ -25,7 +25,7 @@ class PrivatePostgres:
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="ftaas-pg-"))
         self.data, self.log = self.folder / "data", self.folder / "postgres.log"
-        self.port = _free_port()
+        self.port = free_port()
         self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self.as_postgres:
             shutil.chown(self.folder, "postgres")

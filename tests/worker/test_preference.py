@@ -17,10 +17,10 @@ from worker.training.preference import (
     REFERENCE_FILE,
     Pair,
     PreferenceObjective,
-    model_forward_logps,
     attach_reference,
     dpo_loss,
     measure_logps,
+    model_forward_logps,
     preference_rows,
     sequence_logps,
 )
