@@ -24,6 +24,16 @@ class Settings(BaseSettings):
     broker_url: str = Field("filesystem://", description="Celery broker; redis://host:6379/0 in production")
     data_dir: Path = Field(Path("./var"), description="where the embedded broker folders live")
     artifacts_dir: Path = Field(Path("./var/artifacts"), description="uploads, checkpoints and adapter archives")
+    store_url: str | None = Field(
+        None,
+        description="the object store every host shares (app/core/object_store.py): s3://bucket[/prefix]; "
+        "unset: the local folder artifacts_dir",
+    )
+    s3_endpoint: str | None = Field(None, description="an S3-compatible server's URL (MinIO, R2); unset: AWS")
+    s3_region: str = Field("us-east-1", description="the object store's region")
+    store_retry_s: float = Field(
+        120.0, gt=0, description="how long a request to the object store is retried before its error is reported"
+    )
     allowed_models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["meta-llama/Llama-3.2-1B", "google/gemma-2b-it", "meta-llama/Llama-2-7b-hf"],
         description="comma-separated hub ids or local model directories that jobs may use",

@@ -11,6 +11,9 @@
     <artifacts_dir>/jobs/<job_id>/merged/<source>.log                   the merge child's output
     <artifacts_dir>/comparisons/<comparison_id>.log           a comparison child's output
 
+The same names relative to artifacts_dir are the keys in the object store every host shares
+(app/core/object_store.py; the local folder is its default backend).
+
 Rows name job files relative to the jobs folder (Job.adapter_name, Checkpoint.dir_name, .adapter_name), so
 the folder can move with the settings; JobFiles.relative makes those names and JobFiles.resolve reads them.
 """

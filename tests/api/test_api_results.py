@@ -314,7 +314,23 @@ def test_healthz(client):
     assert r.json() == {"status": "ok"}
 
 
-def test_readyz_checks_database_and_broker(client):
+def test_readyz_checks_database_broker_and_store(client):
     r = client.get("/readyz")
     assert r.status_code == 200, r.text
-    assert r.json() == {"status": "ok", "checks": {"database": True, "broker": True}}
+    assert r.json() == {"status": "ok", "checks": {"database": True, "broker": True, "store": True}, "reasons": None}
+
+
+def test_readyz_names_a_misconfigured_store(client, monkeypatch):
+    from app.core import object_store
+    from tests.helpers.s3_server import CREDENTIALS, s3_server
+
+    with s3_server() as s3:
+        for key, value in CREDENTIALS.items():
+            monkeypatch.setenv(key, value)
+        wrong = object_store.ObjectStore("s3://the-bucket-nobody-made", endpoint=s3.endpoint, retry_s=3)
+        monkeypatch.setattr("app.api.health.get_store", lambda: wrong)
+        r = client.get("/readyz")
+    assert r.status_code == 503, r.text
+    body = r.json()
+    assert body["checks"] == {"database": True, "broker": True, "store": False}
+    assert "the-bucket-nobody-made" in body["reasons"]["store"]
