@@ -6,7 +6,9 @@ For LoRA and QLoRA (r=8, all-linear, trained EOS row), on the same seeded exampl
 1. packed rows through variable-length flash attention (worker/training/kernels/varlen_attention.py) against the same
    examples padded, through SDPA with a padding mask: the loss and every trained weight's gradient;
 2. the fused LoRA linear (worker/training/kernels/fast_lora.py) against peft's own forward, on the padded batch;
-3. no example attends to another in a packed row: changing one example leaves the next one's loss as is.
+3. no example attends to another in a packed row: changing one example leaves the next one's loss as is;
+4. the head and loss on the completion positions only (Liger's fused linear cross-entropy) against the model's own
+   forward and loss, on the padded batch.
 Prints each difference and exits non-zero when one is beyond bf16 rounding.
 """
 
@@ -23,7 +25,7 @@ import torch  # noqa: E402
 
 from bench.bench_train import synth_pairs, to_example  # noqa: E402
 from worker.training.data import Example  # noqa: E402
-from worker.training.loss import completion_loss  # noqa: E402
+from worker.training.loss import completion_loss, model_loss  # noqa: E402
 from worker.training.modeling import (  # noqa: E402
     attention_without_per_shape_plans,
     load_base_model,
@@ -86,6 +88,15 @@ def main() -> int:
         report(f"{kind} packed (varlen) vs padded (SDPA) loss", abs(l_packed - l_padded) / abs(l_padded), LOSS_TOL)
         diff, name = worst(g_packed, g_padded)
         report(f"{kind} packed vs padded gradients (worst: {name})", diff, GRAD_TOL)
+
+        model.zero_grad(set_to_none=True)
+        with mixed_precision(device):
+            own = model_loss(model, padded)
+        own.backward()
+        g_own = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
+        report(f"{kind} fused head+CE vs the model's own loss", abs(l_padded - own.item()) / abs(own.item()), LOSS_TOL)
+        diff, name = worst(g_padded, g_own)
+        report(f"{kind} fused head+CE vs the model's own gradients (worst: {name})", diff, GRAD_TOL)
 
         fused = [m for m in model.modules() if hasattr(m, "_ftaas_peft_forward")]
         for m in fused:  # peft's own forward, for the comparison

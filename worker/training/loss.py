@@ -87,11 +87,13 @@ CHUNK_MEM_CONST = 16
 
 
 def _fused_ce():
+    """Liger's fused linear + cross-entropy, by its functional API (keyword arguments: its positional layout has
+    changed between releases), or None without Liger."""
     try:
-        from liger_kernel.ops import LigerFusedLinearCrossEntropyFunction
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
     except ImportError:
         return None
-    return LigerFusedLinearCrossEntropyFunction
+    return liger_fused_linear_cross_entropy
 
 
 def _packed_on_gpu(batch: dict) -> bool:
@@ -131,33 +133,17 @@ def completion_loss(model, batch: dict) -> torch.Tensor:
     weight = head_weight(head)
     fused = _fused_ce() if h.is_cuda else None
     if fused is not None:
-        # The head's gradient (a trained EOS row) accumulates in the weight's dtype over the few ~2k-token
-        # chunks: an fp32 [vocabulary, hidden] buffer would add 1 GiB for one row's gradient.
-        accum = None
-        # Positional: (input, weight, target, bias, ce_weight, ignore_index, lse_square_scale, label_smoothing,
-        # reduction, softcap, return_z_loss, accum_dtype, use_token_scaling, return_token_accuracy,
-        # return_predicted_tokens, ce_impl, ce_mode, chunk_mem_const).
-        loss, *_ = fused.apply(
+        # The head's gradient (a trained EOS row) accumulates in the weight's dtype (accum_dtype None) over the few
+        # ~2k-token chunks: an fp32 [vocabulary, hidden] buffer would add 1 GiB for one row's gradient.
+        return fused(
             h.to(weight.dtype),
             weight,
             target,
-            None,
-            None,
-            IGNORE,
-            0.0,
-            0.0,
-            "mean",
-            None,
-            False,
-            accum,
-            False,
-            False,
-            False,
-            None,
-            None,
-            CHUNK_MEM_CONST,
+            ignore_index=IGNORE,
+            reduction="mean",
+            accum_dtype=None,
+            chunk_mem_const=CHUNK_MEM_CONST,
         )
-        return loss
     logits = F.linear(h, weight.to(h.dtype))
     return F.cross_entropy(logits.float(), target)
 
