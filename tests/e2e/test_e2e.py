@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from app.core.metrics import METRIC_NAMES
+from app.core.metrics import METRIC_NAMES, PREFERENCE_NAMES
 from tests.conftest import DATASETS, MODEL_DIR, REPORT
 from tests.helpers.e2e_service import client_for, running_service, upload, wait_for_jobs
 
-ALL_METRICS = set(METRIC_NAMES)
+ALL_METRICS = set(METRIC_NAMES) - set(PREFERENCE_NAMES)  # preference tuning's: tests/e2e/test_e2e_dpo.py
 
 
 @pytest.fixture(scope="module")
