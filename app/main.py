@@ -12,6 +12,7 @@ from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.input_guard import NulGuardMiddleware
 from app.api.openapi import build_openapi
+from app.api.telemetry import install_metrics
 from app.api.upload_limit import UploadLimitMiddleware
 from app.comparisons import routes as comparisons
 from app.core.settings import get_settings
@@ -58,6 +59,7 @@ def create_app() -> FastAPI:
     for router in routers:
         app.include_router(router)
     install_docs(app)
+    install_metrics(app)  # GET /metrics, Prometheus (app/api/telemetry.py)
     return app
 
 

@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 
-from app.core.settings import Settings
+from app.core.settings import Settings, get_settings
 from app.jobs.event_stream import SHUTTING_DOWN
 
 
@@ -29,6 +29,7 @@ def run(host: str, port: int, loglevel: str, workers: int) -> bool:
 
     config = uvicorn.Config("app.main:app", host=host, port=port, log_level=loglevel, workers=workers)
     if workers > 1:
+        prometheus_files(get_settings())  # before the processes start: they inherit where to count
         from uvicorn.supervisors import Multiprocess
 
         Multiprocess(config, sockets=[config.bind_socket()]).run()
@@ -36,6 +37,17 @@ def run(host: str, port: int, loglevel: str, workers: int) -> bool:
     server = uvicorn.Server(config)
     server.run()
     return server.started
+
+
+def prometheus_files(settings: Settings) -> None:
+    """An empty folder of this server's own for prometheus-client's multiprocess mode (app/api/telemetry.py): every
+    API process counts into its files, a scrape sums them. Emptied at each start, so a dead server's counts go."""
+    import shutil
+
+    folder = settings.data_dir / "prometheus" / str(os.getpid())
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder.resolve())
 
 
 # gen0 collections every 50,000 allocations instead of 700 (generations 1 and 2 as CPython's defaults): a status

@@ -64,3 +64,13 @@ def broker_reachable(timeout: float = 2.0) -> bool:
         return True
     except Exception:
         return False
+
+
+def queue_depth(queue: str, timeout: float = 2.0) -> int | None:
+    """Messages waiting in a queue (not the ones a worker holds), None when the broker does not answer."""
+    try:
+        with producer().connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+    except Exception:  # noqa: BLE001 - a queue nothing was ever sent to does not exist yet, too
+        return None
