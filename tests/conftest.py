@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.factories import make_file_row
+from tests.helpers.machine_load import OutsideLoad
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -233,7 +234,18 @@ def pytest_runtest_logreport(report):
                 REPORT.append(line)
 
 
+# The CPU other processes take meanwhile, the run's last figure: on a shared machine the slow tests slow down many
+# times over (tests/helpers/machine_load.py says why), which no change of the code explains.
+OUTSIDE: list[OutsideLoad] = []
+
+
+def pytest_sessionstart(session):
+    OUTSIDE.append(OutsideLoad().start())
+
+
 def pytest_terminal_summary(terminalreporter):
+    if OUTSIDE:
+        REPORT.append(OUTSIDE.pop().stop())
     if REPORT:
         terminalreporter.section("ftaas figures")
         for line in REPORT:
