@@ -38,7 +38,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402  (after bench_train, which sets the allocator's environment first)
 
-from bench.bench_train import GIB, StepMeter, free_memory, sync, synth_pairs, to_example, word_ids, zipf_sampler  # noqa: E402
+from bench.bench_train import (  # noqa: E402
+    GIB,
+    StepMeter,
+    free_memory,
+    metered_hooks,
+    sync,
+    synth_pairs,
+    to_example,
+    word_ids,
+    zipf_sampler,
+)
 from worker.training.preference import Pair  # noqa: E402
 
 
@@ -70,7 +80,7 @@ def spec_for(kind: str, batch: int, max_len: int, method: str) -> dict:
 
 
 def run_service(name: str, args, tok, triples, device, meter: StepMeter) -> dict:
-    from worker.training.loop import Hooks, StopTraining, TrainConfig, train
+    from worker.training.loop import StopTraining, TrainConfig, train
     from worker.training.modeling import count_params, load_base_model, wrap_for_training
     from worker.training.preference import PreferenceObjective, attach_reference
 
@@ -94,20 +104,7 @@ def run_service(name: str, args, tok, triples, device, meter: StepMeter) -> dict
         reference_s = time.perf_counter() - t
         objective = PreferenceObjective(spec["hyperparameters"]["beta"], tok.pad_token_id, device, cfg.pack_length)
         check = packed_vs_padded(model, items[: args.batch], tok.pad_token_id, device, cfg.pack_length)
-    last = {"tokens": 0}
-
-    def on_progress(d: dict) -> None:
-        if "train_loss" in d:
-            meter.step_end(useful=d["trained_tokens"] - last["tokens"], loss=d["train_loss"])
-            last["tokens"] = d["trained_tokens"]
-
-    hooks = Hooks(
-        on_progress=on_progress,
-        on_log=lambda d: None,
-        on_checkpoint=lambda *a: None,
-        on_evaluate=lambda step, epoch: {},
-        should_stop=meter.done,
-    )
+    hooks = metered_hooks(meter)
     meter.start()
     try:
         train(model, items, cfg, tok.pad_token_id, device, Path(ckpt.name), hooks, None, objective)

@@ -497,9 +497,31 @@ def run_recipe(c: dict, args, tok, examples: list[Example], device, meter: StepM
     return {"trainable_params": trainable, "total_params": total, "description": describe(c, None, False)}
 
 
+def metered_hooks(meter: StepMeter):
+    """The training loop's hooks for a timed run: each step's end and its trained tokens to the meter, which stops
+    the loop after its last timed step; no evaluation, no checkpoint records."""
+    from worker.training.loop import Hooks
+
+    last = {"tokens": 0}
+
+    def on_progress(d: dict) -> None:
+        if "train_loss" not in d:  # the loop's first report, before any step
+            return
+        meter.step_end(useful=d["trained_tokens"] - last["tokens"], loss=d["train_loss"])
+        last["tokens"] = d["trained_tokens"]
+
+    return Hooks(
+        on_progress=on_progress,
+        on_log=lambda d: None,
+        on_checkpoint=lambda *a: None,
+        on_evaluate=lambda step, epoch: {},
+        should_stop=meter.done,
+    )
+
+
 def run_service(c: dict, args, tok, examples: list[Example], device, meter: StepMeter) -> dict:
     """Configurations 2-4: the service's own loading, wrapping and training loop."""
-    from worker.training.loop import Hooks, StopTraining, TrainConfig, train
+    from worker.training.loop import StopTraining, TrainConfig, train
     from worker.training.modeling import count_params, load_base_model, wrap_for_training
 
     spec, packed = service_spec(c, args.max_len)
@@ -517,21 +539,7 @@ def run_service(c: dict, args, tok, examples: list[Example], device, meter: Step
         print(f"{c['name']}: micro_batch_size auto: {auto_why}", flush=True)
     cfg = TrainConfig.from_spec(spec, args.seed, checkpoint_every_s=1e9)
     packed = packed and bool(getattr(cfg, "pack_length", None) or getattr(cfg, "packing", False))
-    last = {"tokens": 0}
-
-    def on_progress(d: dict) -> None:
-        if "train_loss" not in d:  # the loop's first report, before any step
-            return
-        meter.step_end(useful=d["trained_tokens"] - last["tokens"], loss=d["train_loss"])
-        last["tokens"] = d["trained_tokens"]
-
-    hooks = Hooks(
-        on_progress=on_progress,
-        on_log=lambda d: None,
-        on_checkpoint=lambda *a: None,
-        on_evaluate=lambda step, epoch: {},
-        should_stop=meter.done,
-    )
+    hooks = metered_hooks(meter)
     # On the decoder: the service's loss may run the decoder and head itself, never the top model's forward.
     decoder = (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
     handle = decoder.register_forward_pre_hook(meter.pre_forward, with_kwargs=True)

@@ -54,22 +54,14 @@ class ServiceCollector:
 
 
 def _registry() -> CollectorRegistry:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
+    """Every API process's counts summed (multiprocess mode), or this single process's own registry."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    from prometheus_client import multiprocess
 
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        registry = CollectorRegistry()
-        registry.register(_ProcessMetrics())
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
     return registry
-
-
-class _ProcessMetrics:
-    """This single process's own metrics (the default registry: the instrumentator's and the process collector's)."""
-
-    def collect(self):
-        yield from REGISTRY.collect()
 
 
 def install_metrics(app: FastAPI) -> None:

@@ -41,8 +41,7 @@ class ObjectStore:
     ) -> None:
         """retry_s: how long a request is retried (with backoff) while the store does not answer or answers 5xx,
         before its error reaches the caller: a store away for a minute does not fail a job."""
-
-        self.url, self.retry_s = url.rstrip("/"), retry_s
+        self.url = url.rstrip("/")
         self.is_local = url.startswith("file://")
         self._endpoint, self._region = endpoint, region
         self._store = self._open(retry_s)
