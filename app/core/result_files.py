@@ -10,7 +10,8 @@ import io
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core.storage import upload_path
+from app.core.object_store import get_store
+from app.core.storage import upload_key
 from app.core.tables import Checkpoint, File, Job, JobEvent, new_id
 
 RESULTS_PURPOSE = "fine-tune-results"
@@ -48,13 +49,11 @@ def step_metrics_csv(session: Session, job_id: str) -> tuple[bytes, int]:
 
 
 def attach_result_file(session: Session, job: Job) -> File:
-    """Write the CSV under the uploads directory and add its File row to the session (the caller commits,
-    in the transaction that marks the job succeeded)."""
+    """Store the CSV as an uploaded file is stored and add its File row to the session (the caller commits, in
+    the transaction that marks the job succeeded; an object no row names is never served)."""
     content, num_rows = step_metrics_csv(session, job.id)
     file_id = new_id("file")
-    path = upload_path(file_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content)
+    get_store().put_stream(upload_key(file_id), [content])
     row = File(
         id=file_id,
         tenant_id=job.tenant_id,

@@ -23,7 +23,24 @@ class Settings(BaseSettings):
     )
     broker_url: str = Field("filesystem://", description="Celery broker; redis://host:6379/0 in production")
     data_dir: Path = Field(Path("./var"), description="where the embedded broker folders live")
-    artifacts_dir: Path = Field(Path("./var/artifacts"), description="uploads, checkpoints and adapter archives")
+    artifacts_dir: Path = Field(
+        Path("./var/artifacts"),
+        description="the local object store (uploads, checkpoints, adapter archives) when store_url is unset",
+    )
+    cache_dir: Path = Field(
+        Path("./var/cache"),
+        description="this host's own copies of stored objects (a worker's checkpoints before they are uploaded, "
+        "datasets and adapters it read); never shared between hosts",
+    )
+    cache_max_gb: float = Field(
+        100.0, gt=0, description="the cache's bound: the least recently used jobs' and files' copies go past it"
+    )
+    download_redirect_s: int = Field(
+        0,
+        ge=0,
+        description="0: downloads stream through the API; N: an S3 store's downloads redirect (307) to a presigned "
+        "URL valid for N seconds",
+    )
     store_url: str | None = Field(
         None,
         description="the object store every host shares (app/core/object_store.py): s3://bucket[/prefix]; "
@@ -191,14 +208,6 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
-
-    @property
-    def uploads_dir(self) -> Path:
-        return self.artifacts_dir / "files"
-
-    @property
-    def jobs_dir(self) -> Path:
-        return self.artifacts_dir / "jobs"
 
     def resolved_models(self) -> dict[str, str]:
         """Model id as clients name it -> what from_pretrained gets (hub id or absolute directory).

@@ -1,21 +1,26 @@
 """Where the service keeps its files: the one description of the storage layout, for the API and the worker.
 
-    <artifacts_dir>/files/<storage_name>                      an uploaded file (File.storage_name)
-    <artifacts_dir>/jobs/<job_id>/attempt-<n>.log             a training attempt's child output
-    <artifacts_dir>/jobs/<job_id>/checkpoints/step-<n>/       resumable checkpoints
-    <artifacts_dir>/jobs/<job_id>/adapter/                    the shipped adapter folder (comparisons load it)
-    <artifacts_dir>/jobs/<job_id>/adapter.tar.gz              the shipped archive (GET .../adapter)
-    <artifacts_dir>/jobs/<job_id>/checkpoint-archives/step-<n>.tar.gz   an evaluated checkpoint's archive
-    <artifacts_dir>/jobs/<job_id>/merged/<source>-<attempt>.tar.gz      the base with an adapter merged in
-                                                                        (GET .../adapter?format=merged)
-    <artifacts_dir>/jobs/<job_id>/merged/<source>.log                   the merge child's output
-    <artifacts_dir>/comparisons/<comparison_id>.log           a comparison child's output
+Every file a job needs or makes is an object in the store every host shares (app/core/object_store.py: the local
+folder artifacts_dir by default, or an S3-compatible bucket). Its key:
 
-The same names relative to artifacts_dir are the keys in the object store every host shares
-(app/core/object_store.py; the local folder is its default backend).
+    files/<storage_name>                              an uploaded file, or a job's result file (File.storage_name)
+    jobs/<job_id>/checkpoints/step-<n>/               resumable checkpoints (COMPLETE is uploaded last)
+    jobs/<job_id>/checkpoints/reference_logps.pt      preference tuning's reference log-probabilities
+    jobs/<job_id>/adapter/                            the shipped adapter folder (comparisons load it)
+    jobs/<job_id>/adapter.tar.gz                      the shipped archive (GET .../adapter)
+    jobs/<job_id>/checkpoint-archives/step-<n>.tar.gz an evaluated checkpoint's archive
+    jobs/<job_id>/merged/<source>-<attempt>.tar.gz    the base with an adapter merged in (?format=merged)
 
-Rows name job files relative to the jobs folder (Job.adapter_name, Checkpoint.dir_name, .adapter_name), so
-the folder can move with the settings; JobFiles.relative makes those names and JobFiles.resolve reads them.
+A host works on its own copies under cache_dir, at the same relative names (app/core/local_cache.py), and keeps its
+logs there too, which no other host reads:
+
+    <cache_dir>/jobs/<job_id>/attempt-<n>.log         a training attempt's child output
+    <cache_dir>/jobs/<job_id>/merged/<source>.log     a merge child's output
+    <cache_dir>/comparisons/<comparison_id>.log       a comparison child's output
+
+Rows name job files relative to jobs/ (Job.adapter_name "<job_id>/adapter.tar.gz", Checkpoint.dir_name,
+.adapter_name, MergedModel.archive_name): JobFiles.relative makes those names, JobFiles.key turns one into its key
+and JobFiles.resolve into this host's copy.
 """
 
 from __future__ import annotations
@@ -25,25 +30,27 @@ from pathlib import Path
 
 from app.core.settings import Settings, get_settings
 
+JOBS = "jobs"
 
-def upload_path(storage_name: str, settings: Settings | None = None) -> Path:
-    return (settings or get_settings()).uploads_dir / storage_name
+
+def upload_key(storage_name: str) -> str:
+    return f"files/{storage_name}"
 
 
 def comparison_log(comparison_id: str, settings: Settings | None = None) -> Path:
-    return (settings or get_settings()).artifacts_dir / "comparisons" / f"{comparison_id}.log"
+    return (settings or get_settings()).cache_dir / "comparisons" / f"{comparison_id}.log"
 
 
 @dataclass(frozen=True)
 class JobFiles:
-    """The files of one job."""
+    """The files of one job: this host's copies (paths under cache_dir) and their keys in the store."""
 
     job_id: str
     jobs_dir: Path
 
     def __init__(self, job_id: str, settings: Settings | None = None) -> None:
         object.__setattr__(self, "job_id", job_id)
-        object.__setattr__(self, "jobs_dir", (settings or get_settings()).jobs_dir)
+        object.__setattr__(self, "jobs_dir", (settings or get_settings()).cache_dir / JOBS)
 
     @property
     def root(self) -> Path:
@@ -73,17 +80,24 @@ class JobFiles:
         writes its own, so two builds of one model never overwrite the file a row points at."""
         return self.root / "merged" / f"{source}-{attempt}.tar.gz"
 
-    def merged_archives(self, source: str) -> list[Path]:
-        """Every attempt's merged archive of `source` (an older one is removed once a newer one is ready)."""
-        return sorted((self.root / "merged").glob(f"{source}-*.tar.gz"))
+    def merged_prefix(self) -> str:
+        return f"{JOBS}/{self.job_id}/merged"
 
     def merge_log(self, source: str) -> Path:
         return self.root / "merged" / f"{source}.log"
 
     def relative(self, path: Path) -> str:
-        """The name a row stores for a file of this job (relative to the jobs folder)."""
-        return str(path.relative_to(self.jobs_dir))
+        """The name a row stores for a file of this job (relative to jobs/)."""
+        return str(Path(path).relative_to(self.jobs_dir))
+
+    def key(self, stored_name: str) -> str:
+        """The store's key of a name a row stored (see relative)."""
+        return f"{JOBS}/{stored_name}"
+
+    def key_of(self, path: Path) -> str:
+        """The store's key of this host's copy `path`."""
+        return self.key(self.relative(path))
 
     def resolve(self, stored_name: str) -> Path:
-        """The path of a name a row stored (see relative)."""
+        """This host's copy of a name a row stored (see relative); fetched with LocalCache."""
         return self.jobs_dir / stored_name

@@ -117,7 +117,7 @@ class File(Base):
     token_estimate: Mapped[int] = mapped_column(BigInteger)
     column_mapping: Mapped[dict | None] = mapped_column(JSONType)
     completion_separator: Mapped[str | None] = mapped_column(Text)
-    storage_name: Mapped[str] = mapped_column(String(64))  # server-made, relative to uploads_dir
+    storage_name: Mapped[str] = mapped_column(String(64))  # server-made; its object is files/<storage_name>
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(TZDateTime)
 
@@ -163,7 +163,7 @@ class Job(Base):
     train_seconds: Mapped[float | None] = mapped_column(Float)
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)  # CUDA peak allocated, or the child's RSS
     # the downloadable adapter archive
-    adapter_name: Mapped[str | None] = mapped_column(String(300))  # relative to jobs_dir
+    adapter_name: Mapped[str | None] = mapped_column(String(300))  # relative to the store's jobs/ (app/core/storage.py)
     adapter_sha256: Mapped[str | None] = mapped_column(String(64))
     adapter_bytes: Mapped[int | None] = mapped_column(BigInteger)
     # OpenAI's result_files: a CSV of the step metrics, a File of the tenant's, written when the job succeeds
@@ -195,7 +195,7 @@ class Checkpoint(Base):
     step: Mapped[int] = mapped_column(Integer)
     epoch: Mapped[float] = mapped_column(Float)
     metrics: Mapped[dict | None] = mapped_column(JSONType)
-    dir_name: Mapped[str] = mapped_column(String(300))  # relative to jobs_dir
+    dir_name: Mapped[str] = mapped_column(String(300))  # relative to the store's jobs/ (app/core/storage.py)
     evaluated: Mapped[bool] = mapped_column(Boolean, default=False)  # metrics on the held-out rows
     # an evaluated checkpoint's own downloadable archive (GET .../adapter?step=N), written when the job ends
     adapter_name: Mapped[str | None] = mapped_column(String(300))
@@ -217,7 +217,7 @@ class MergedModel(Base):
     status: Mapped[str] = mapped_column(String(20), default=MergeStatus.queued)
     # each claim by a worker counts one; the child's writes are fenced on it, and its archive carries it
     attempt: Mapped[int] = mapped_column(Integer, default=0)
-    archive_name: Mapped[str | None] = mapped_column(String(300))  # relative to jobs_dir
+    archive_name: Mapped[str | None] = mapped_column(String(300))  # relative to the store's jobs/ (app/core/storage.py)
     sha256: Mapped[str | None] = mapped_column(String(64))
     bytes: Mapped[int | None] = mapped_column(BigInteger)
     error: Mapped[dict | None] = mapped_column(JSONType)

@@ -1,21 +1,25 @@
-"""/v1/files: upload (streamed to a server-made name, size-capped, validated), list, get, content, delete,
-plus the file's leaderboard (in leaderboard.py)."""
+"""/v1/files: upload (streamed to the object store under a server-made name, size-capped, validated), list, get,
+content, delete, plus the file's leaderboard (in leaderboard.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Form, Query, UploadFile
+from fastapi import APIRouter, Form, Query, Response, UploadFile
 
 from app.api.deps import CurrentTenant, OwnedFile, SessionDep, SettingsDep
-from app.api.downloads import Download
+from app.api.downloads import REDIRECT_RESPONSE, Download, stored_download
 from app.api.openapi import error_responses
 from app.api.pagination import after_query, limit_query, list_page, page_of
 from app.core.errors import ApiError
-from app.core.storage import upload_path
+from app.core.object_store import StoreError, get_store
+from app.core.storage import upload_key
 from app.core.tables import TERMINAL_STATUSES, File, Job, new_id, utcnow
 from app.datasets import Bounds, DatasetValidationError, check_column_mapping, validate_file
 from app.files.presenters import file_public
@@ -40,17 +44,36 @@ def _parse_mapping(raw: str | None) -> dict[str, str] | None:
     return mapping
 
 
-def _store_upload(upload: UploadFile, dest: str, cap: int) -> tuple[int, str]:
-    """Copy the spooled upload to its final name in chunks; 413 as soon as it passes the cap."""
-    digest, size = hashlib.sha256(), 0
-    with open(dest, "xb") as out:
-        while chunk := upload.file.read(COPY_CHUNK):
-            size += len(chunk)
-            if size > cap:
-                raise ApiError(413, f"File is larger than the {cap}-byte limit", param="file", code="file_too_large")
-            digest.update(chunk)
-            out.write(chunk)
-    return size, digest.hexdigest()
+class _Incoming:
+    """The spooled upload read once, in chunks: each goes to the object store's multipart upload and to a local
+    copy the validation reads (Parquet needs random access), while the size is capped and the SHA-256 computed."""
+
+    def __init__(self, upload: UploadFile, copy: Path, cap: int) -> None:
+        self.upload, self.copy, self.cap = upload, copy, cap
+        self.size, self.digest, self.too_large = 0, hashlib.sha256(), False
+
+    def chunks(self) -> Iterator[bytes]:
+        with open(self.copy, "xb") as out:
+            while chunk := self.upload.file.read(COPY_CHUNK):
+                self.size += len(chunk)
+                if self.size > self.cap:
+                    self.too_large = True  # stop here; the object made so far is deleted by the caller
+                    return
+                self.digest.update(chunk)
+                out.write(chunk)
+                yield chunk
+
+
+def _store_upload(upload: UploadFile, key: str, copy: Path, cap: int) -> tuple[int, str]:
+    """The upload stored at `key` and copied to `copy`; 413 as soon as it passes the cap."""
+    incoming = _Incoming(upload, copy, cap)
+    try:
+        get_store().put_stream(key, incoming.chunks())
+    except StoreError as exc:
+        raise ApiError(503, f"The file could not be stored: {exc}", code="store_unavailable") from exc
+    if incoming.too_large:
+        raise ApiError(413, f"File is larger than the {cap}-byte limit", param="file", code="file_too_large")
+    return incoming.size, incoming.digest.hexdigest()
 
 
 @router.post(
@@ -82,14 +105,16 @@ def upload_file(
     client_name = os.path.basename((file.filename or "upload").replace("\\", "/")).replace("\x00", "")[:255]
 
     file_id = new_id("file")
-    # The stored name is the server-made id: nothing the client sends becomes a path.
-    dest = upload_path(file_id, settings)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    # The stored name is the server-made id: nothing the client sends becomes a key or a path.
+    key = upload_key(file_id)
+    incoming = settings.cache_dir / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    copy = incoming / file_id
     try:
-        size, sha256 = _store_upload(file, str(dest), settings.max_upload_bytes)
+        size, sha256 = _store_upload(file, key, copy, settings.max_upload_bytes)
         try:
             summary = validate_file(
-                dest,
+                copy,
                 client_name,
                 column_mapping=mapping,
                 completion_separator=separator,
@@ -122,10 +147,13 @@ def upload_file(
         session.add(row)
         session.commit()
     except BaseException:
-        # Nothing half-stored: no row without its file, no file without its row.
+        # Nothing half-stored: no row without its object, no object without its row.
         session.rollback()
-        dest.unlink(missing_ok=True)
+        with suppress(StoreError):  # the store is away: the object is an orphan no row names, never served
+            get_store().delete([key])
         raise
+    finally:
+        copy.unlink(missing_ok=True)
     return file_public(row)
 
 
@@ -160,15 +188,21 @@ def get_file(file: OwnedFile) -> FilePublic:
             "description": "the requested byte range(s)",
             "content": {"application/octet-stream": {}, "multipart/byteranges": {}},
         },
-        **error_responses(416),
+        **REDIRECT_RESPONSE,
+        **error_responses(416, 500),
     },
     summary="The file's bytes, as uploaded (Range resumes a download)",
 )
-def file_content(file: OwnedFile, settings: SettingsDep) -> Download:
-    path = upload_path(file.storage_name, settings)
-    if not path.is_file():  # FileResponse would raise (a 500) on a missing path
-        raise ApiError(404, f"The content of file {file.id} is missing from storage", code="file_content_missing")
-    return Download(path, media_type="application/octet-stream", filename=file.filename)
+def file_content(file: OwnedFile, settings: SettingsDep) -> Response:
+    return stored_download(
+        settings,
+        upload_key(file.storage_name),
+        expected_bytes=file.bytes,
+        sha256=file.sha256,
+        media_type="application/octet-stream",
+        filename=file.filename,
+        missing=ApiError(404, f"The content of file {file.id} is missing from storage", code="file_content_missing"),
+    )
 
 
 @router.delete(
@@ -177,7 +211,7 @@ def file_content(file: OwnedFile, settings: SettingsDep) -> Download:
     responses=error_responses(409),
     summary="Delete a file (jobs that used it keep their results)",
 )
-def delete_file(file: OwnedFile, session: SessionDep, settings: SettingsDep) -> FileDeleted:
+def delete_file(file: OwnedFile, session: SessionDep) -> FileDeleted:
     busy = (
         session.query(Job.id)
         .filter(
@@ -193,5 +227,6 @@ def delete_file(file: OwnedFile, session: SessionDep, settings: SettingsDep) -> 
     # Soft delete: finished jobs keep pointing at the row; the bytes go now.
     file.deleted_at = utcnow()
     session.commit()
-    upload_path(file.storage_name, settings).unlink(missing_ok=True)
+    with suppress(StoreError):  # the row is deleted; an object the store kept is never served again
+        get_store().delete([upload_key(file.storage_name)])
     return FileDeleted(id=file.id)

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.errors import ApiError
+from app.core.object_store import get_store
 from app.core.queue import enqueue_merge
 from app.core.settings import Settings
 from app.core.storage import JobFiles
@@ -59,7 +60,7 @@ def request_merged(session: Session, settings: Settings, job: Job, source: str) 
         row = _first_request(session, job.id, source)
     now = utcnow()
     if row.status == MergeStatus.ready:
-        if JobFiles(job.id, settings).resolve(row.archive_name).is_file():
+        if get_store().size(JobFiles(job.id, settings).key(row.archive_name)) is not None:
             return row
         _ask_again(session, row)  # its archive is gone from storage: build it again
     elif row.status == MergeStatus.failed:

@@ -3,7 +3,6 @@ and the choice of a model per file."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -12,10 +11,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.deps import OwnedJob, SessionDep, SettingsDep
-from app.api.downloads import Download
+from app.api.downloads import REDIRECT_RESPONSE, Download, stored_download
 from app.api.openapi import error_responses
 from app.api.presenting import unix
 from app.core.errors import ApiError
+from app.core.settings import Settings
 from app.core.storage import JobFiles
 from app.core.tables import Checkpoint, Evaluation, EvaluationRow, Job, JobStatus, MergeStatus
 from app.evaluation.schemas import EvaluationPublic, EvaluationSample
@@ -108,6 +108,7 @@ ArchiveFormat = Literal["adapter", "merged"]
             "description": "the requested byte range(s) of the archive",
             "content": {"application/gzip": {}, "multipart/byteranges": {}},
         },
+        **REDIRECT_RESPONSE,
         **error_responses(409, 416, 500),
     },
     summary="Download the adapter (the best evaluated checkpoint, or ?step=N): safetensors weights, config, "
@@ -144,12 +145,11 @@ def download_adapter(
         )
     if archive_format == "merged":
         check_mergeable(job)
-    name, digest, label = adapter_archive(session, job, step)
+    name, digest, size, label = adapter_archive(session, job, step)
     files = JobFiles(job.id, settings)
-    if not files.resolve(name).is_file():
-        raise ApiError(404, f"The adapter archive of job {job.id} is missing from storage", code="adapter_missing")
     if archive_format == "adapter":
-        return archive_download(files.resolve(name), digest, f"{job.id}-{label}.tar.gz")
+        missing = ApiError(404, f"The adapter archive of job {job.id} is missing from storage", code="adapter_missing")
+        return archive_download(settings, files.key(name), digest, size, f"{job.id}-{label}.tar.gz", missing)
     merged = request_merged(session, settings, job, label)
     if merged.status != MergeStatus.ready:
         pending = MergedModelPending(
@@ -161,13 +161,16 @@ def download_adapter(
         )
         return JSONResponse(pending.model_dump(), status_code=202, headers={"Retry-After": str(ASK_AGAIN_S)})
     merged_label = "merged" if step is None else f"{label}-merged"
-    return archive_download(files.resolve(merged.archive_name), merged.sha256, f"{job.id}-{merged_label}.tar.gz")
+    missing = ApiError(404, f"The merged model of job {job.id} is missing from storage", code="adapter_missing")
+    name = f"{job.id}-{merged_label}.tar.gz"
+    return archive_download(settings, files.key(merged.archive_name), merged.sha256, merged.bytes, name, missing)
 
 
-def adapter_archive(session: Session, job: Job, step: int | None) -> tuple[str, str | None, str]:
-    """(stored name, sha256, label) of the shipped adapter's archive, or of checkpoint `step`'s (404 if none)."""
+def adapter_archive(session: Session, job: Job, step: int | None) -> tuple[str, str | None, int | None, str]:
+    """(stored name, sha256, bytes, label) of the shipped adapter's archive, or of checkpoint `step`'s (404 if
+    none)."""
     if step is None:
-        return job.adapter_name, job.adapter_sha256, "adapter"
+        return job.adapter_name, job.adapter_sha256, job.adapter_bytes, "adapter"
     ckpt = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step == step))
     if ckpt is None or not ckpt.adapter_name:
         kept = session.scalars(
@@ -182,14 +185,20 @@ def adapter_archive(session: Session, job: Job, step: int | None) -> tuple[str, 
             param="step",
             code="checkpoint_not_found",
         )
-    return ckpt.adapter_name, ckpt.adapter_sha256, f"step-{step}"
+    return ckpt.adapter_name, ckpt.adapter_sha256, ckpt.adapter_bytes, f"step-{step}"
 
 
-def archive_download(path: Path, digest: str | None, filename: str) -> Download:
-    return Download(
-        path,
+def archive_download(
+    settings: Settings, key: str, digest: str | None, size: int | None, filename: str, missing: ApiError
+) -> Response:
+    return stored_download(
+        settings,
+        key,
+        expected_bytes=size,
+        sha256=digest,
         media_type="application/gzip",
         filename=filename,
+        missing=missing,
         headers={"X-Checksum-SHA256": digest or "", "ETag": f'"{digest}"'},
     )
 

@@ -12,6 +12,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
+from app.core.object_store import get_store
 from app.core.storage import JobFiles
 from app.core.tables import Checkpoint, MergedModel, MergeStatus, utcnow
 from app.jobs import merging
@@ -41,12 +42,12 @@ def merged(db_session, job, source: str = "adapter") -> MergedModel:
 
 def built(db_session, row: MergedModel, data: bytes) -> str:
     """The row as a worker leaves a finished build: its archive stored, ready."""
-    path = JobFiles(row.job_id).merged_archive(row.source, row.attempt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    files = JobFiles(row.job_id)
+    name = files.relative(files.merged_archive(row.source, row.attempt))
+    get_store().put_stream(files.key(name), [data])
     digest = hashlib.sha256(data).hexdigest()
     row.status, row.finished_at = MergeStatus.ready, utcnow()
-    row.archive_name, row.sha256, row.bytes = JobFiles(row.job_id).relative(path), digest, len(data)
+    row.archive_name, row.sha256, row.bytes = name, digest, len(data)
     db_session.commit()
     return digest
 
@@ -195,7 +196,7 @@ def test_a_lost_message_a_dead_build_and_a_lost_archive_are_sent_again(
     # ready, but its archive is gone from storage
     row = merged(db_session, job)
     built(db_session, row, b"x")
-    JobFiles(job.id).resolve(row.archive_name).unlink()
+    get_store().delete([JobFiles(job.id).key(row.archive_name)])
     assert get_merged(client, auth, job).status_code == 202 and len(sent) == 4
     assert merged(db_session, job).status == MergeStatus.queued
 

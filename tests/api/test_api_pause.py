@@ -9,8 +9,10 @@ import io
 from sqlalchemy import select, update
 
 from app.core.job_state import add_event, finish_job, pause_after_checkpoint
+from app.core.object_store import get_store
 from app.core.result_files import step_metrics_csv
 from app.core.settings import get_settings
+from app.core.storage import upload_key
 from app.core.tables import Checkpoint, File, Job, JobEvent, JobStatus, utcnow
 from tests.helpers.factories import make_job
 
@@ -148,7 +150,7 @@ def test_the_result_file_has_every_logged_step_and_the_held_out_metrics(db_sessi
     db_session.refresh(job)
     result = db_session.get(File, job.result_file_id)
     assert result.purpose == "fine-tune-results" and result.tenant_id == acme.id and result.num_rows == 2
-    assert (get_settings().uploads_dir / result.storage_name).read_bytes() == content
+    assert b"".join(get_store().read(upload_key(result.storage_name))) == content
     assert result.created_at <= utcnow()
 
 

@@ -16,6 +16,7 @@ operation and phase (about a minute on two cores).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import Counter, defaultdict
@@ -25,7 +26,9 @@ import pytest
 import schemathesis
 from schemathesis.engine import Status, events, from_schema
 
+from app.core.object_store import get_store
 from app.core.settings import get_settings
+from app.core.storage import upload_key
 from app.core.tables import Checkpoint, Comparison, JobEvent, JobStatus, Sweep, WebhookDelivery
 from tests.conftest import REPORT
 from tests.helpers.factories import finished_job, make_endpoint, make_file_row, store_adapter
@@ -67,9 +70,8 @@ class Run:
 def tenant_objects(db_session, acme, train_file):
     """acme's objects: a file with its bytes and one without, a succeeded job with evaluation, checkpoint,
     adapter archive and loss curve, queued jobs (one in a running sweep), a queued comparison."""
-    settings = get_settings()
-    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
-    (settings.uploads_dir / train_file.storage_name).write_bytes(PC_JSONL)
+    get_store().put_stream(upload_key(train_file.storage_name), [PC_JSONL])
+    train_file.bytes, train_file.sha256 = len(PC_JSONL), hashlib.sha256(PC_JSONL).hexdigest()
     make_file_row(db_session, acme, filename="lost.jsonl")  # its bytes are missing from storage
     done = finished_job(db_session, acme, train_file, base={"rougeL": 0.2}, tuned={"rougeL": 0.4}, rows=3)
     store_adapter(db_session, done, b"\x1f\x8b" + bytes(4000))

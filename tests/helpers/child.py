@@ -20,8 +20,10 @@ def _file(s, settings, tenant, rows: list[dict], separator: str | None):
     from worker.evaluation.artifacts import sha256_of
 
     file_id = f"file-{uuid.uuid4().hex[:24]}"
-    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.uploads_dir / file_id
+    from app.core.storage import upload_key
+
+    path = settings.artifacts_dir / upload_key(file_id)  # the local store's folder, where an upload's object is
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = validate_file(path, "data.jsonl", completion_separator=separator)
     return make_file_row(

@@ -55,6 +55,7 @@ def running_service(
         "FTAAS_QUEUE_NAME": f"gpu-e2e-{run}",
         "FTAAS_PREVIEW_QUEUE_NAME": f"preview-e2e-{run}",
         "FTAAS_ARTIFACTS_DIR": str(ARTIFACTS / f"e2e-{run}"),
+        "FTAAS_CACHE_DIR": str(ARTIFACTS / f"e2e-{run}-cache"),
         "FTAAS_DATA_DIR": str(ARTIFACTS / f"e2e-{run}-data"),
         "FTAAS_MAX_UPLOAD_BYTES": str(64 * 1024 * 1024),
         "FTAAS_PROGRESS_EVERY_S": "1",

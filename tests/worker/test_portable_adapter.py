@@ -51,7 +51,7 @@ def unpack(archive: Path, into: Path, top: str = "adapter") -> Path:
 def archives_of(job, ckpts) -> dict[str, Path]:
     from app.core.settings import get_settings
 
-    jobs_dir = get_settings().jobs_dir
+    jobs_dir = get_settings().artifacts_dir / "jobs"
     found = {"shipped": jobs_dir / job.adapter_name}
     found.update({f"step-{c.step}": jobs_dir / c.adapter_name for c in ckpts if c.adapter_name})
     return found
@@ -209,7 +209,7 @@ def test_the_merge_task_builds_a_bf16_model_with_the_logits_of_base_plus_adapter
     assert merge(merge_id) == "done"
     row = merged_row(merge_id)
     assert row.status == "ready" and row.attempt == 1 and row.error is None, row.error
-    archive = get_settings().jobs_dir / row.archive_name
+    archive = get_settings().artifacts_dir / "jobs" / row.archive_name
     assert sha256_of(archive) == row.sha256 and archive.stat().st_size == row.bytes
     folder = unpack(archive, tmp_path / "merged", top="merged")
     names = {f.name for f in folder.iterdir()}
@@ -224,7 +224,7 @@ def test_the_merge_task_builds_a_bf16_model_with_the_logits_of_base_plus_adapter
     assert {"ftaas", "lora", "merged"} <= set(card.data.tags) and "merged into its base model" in card.text
 
     ids = torch.tensor([tok("Q: How many heads are in the department?\nA: SELECT").input_ids])
-    check_merged_logits(folder, unpack(get_settings().jobs_dir / job.adapter_name, tmp_path / "a"), ids)
+    check_merged_logits(folder, unpack(get_settings().artifacts_dir / "jobs" / job.adapter_name, tmp_path / "a"), ids)
     assert merge(merge_id) == "skipped"  # a second delivery: built already
 
 
@@ -237,10 +237,10 @@ def test_a_checkpoint_merges_its_own_weights(lora_job, tok, tmp_path):
     merge_id = merge_row(job.id, "step-1")
     assert run_merge(merge_id, claimed(merge_id)) == "ready"
     row = merged_row(merge_id)
-    folder = unpack(get_settings().jobs_dir / row.archive_name, tmp_path / "m", top="merged")
+    folder = unpack(get_settings().artifacts_dir / "jobs" / row.archive_name, tmp_path / "m", top="merged")
     assert "checkpoint of step 1" in (folder / "README.md").read_text()
     ids = torch.tensor([tok("Q: Which team won?\nA: SELECT").input_ids])
-    check_merged_logits(folder, unpack(get_settings().jobs_dir / step1.adapter_name, tmp_path / "a"), ids)
+    check_merged_logits(folder, unpack(get_settings().artifacts_dir / "jobs" / step1.adapter_name, tmp_path / "a"), ids)
 
 
 def test_qlora_merges_into_the_bf16_base_not_the_4bit_one(tok, tmp_path):

@@ -57,7 +57,7 @@ def test_child_lora_job_stores_rows_checkpoints_and_costs(database):
     assert job.step == 10 and job.epoch == 2.0 and job.trained_tokens > 0
     assert 0 < job.train_seconds and job.peak_memory_bytes > 10 * 2**20
     assert [(c.step, c.evaluated) for c in ckpts] == [(4, True), (5, False), (8, True), (10, True)]
-    jobs_dir = get_settings().jobs_dir
+    jobs_dir = get_settings().artifacts_dir / "jobs"
     for c in ckpts:
         if c.evaluated:  # each evaluated step has its own archive, with its own card
             assert {"eval_loss", "rougeL", "train_loss"} <= set(c.metrics)
@@ -96,7 +96,7 @@ def test_child_full_job_on_raw_text(database):
     assert all(r.prompt and "\nA: " in r.prompt for r in rows)
     check_recomputable(evals["tuned"].metrics, [r.tuned_scores for r in rows])
     assert evals["tuned"].details["skipped"]["rouge"].startswith("raw-text")
-    with tarfile.open(get_settings().jobs_dir / job.adapter_name) as tar:
+    with tarfile.open(get_settings().artifacts_dir / "jobs" / job.adapter_name) as tar:
         names = set(tar.getnames())
         card = tar.extractfile("adapter/README.md").read().decode()
         files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}

@@ -3,8 +3,9 @@
 The Celery task (worker/tasks/comparisons.py) claims the comparison row and runs `python -m worker.child
 compare ID`: CUDA lives only in the child, as for training. The child loads each distinct base model once
 (4-bit for QLoRA jobs, unquantized otherwise), generates greedily with it, then applies each job's adapter
-from the job's adapter folder (app.core.storage.JobFiles.adapter_dir), generates, and removes the adapter
-again before the next job. A full fine-tune's folder holds a whole model, which is loaded on its own.
+from the job's adapter folder (app.core.storage.JobFiles.adapter_dir, fetched from the store), generates, and
+removes the adapter again before the next job. A full fine-tune's folder holds a whole model, which is loaded on
+its own.
 Prompts are formatted as the job's training formatted them. The child writes the results, or `failed` with
 {code, message}.
 
@@ -28,6 +29,7 @@ from app.core.db import get_sessionmaker
 from app.core.errors import error_body
 from app.core.job_spec import AdapterSpec, JobSpec
 from app.core.job_state import claim_comparison, finish_comparison
+from app.core.local_cache import LocalCache
 from app.core.settings import get_settings
 from app.core.storage import JobFiles
 from app.core.tables import Comparison, ComparisonStatus, File, Job
@@ -76,6 +78,7 @@ class JobInfo:
 
 
 def load_job_infos(session, job_ids: list[str]) -> list[JobInfo]:
+    cache = LocalCache.from_settings()  # each job's adapter folder, fetched from the store to this host
     infos = []
     for job_id in job_ids:
         job = session.get(Job, job_id)
@@ -93,7 +96,7 @@ def load_job_infos(session, job_ids: list[str]) -> list[JobInfo]:
                 max_seq_length=spec.training.max_seq_length,
                 batch_size=spec.evaluation.batch_size,
                 fine_tuned_model=job.fine_tuned_model,
-                folder=JobFiles(job.id).adapter_dir,
+                folder=cache.pull(cache.key_of(JobFiles(job.id).adapter_dir)),
             )
         )
     return infos

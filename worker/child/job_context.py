@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.core.db import get_sessionmaker
 from app.core.job_state import add_event, fenced, finish_job, update_job
+from app.core.local_cache import LocalCache
 from app.core.settings import get_settings
 from app.core.storage import JobFiles
 from app.core.tables import Job, JobStatus, utcnow
@@ -68,6 +69,7 @@ class JobContext:
         self.parent = os.getppid()
         self.files = JobFiles(job_id, self.settings)
         self.files.root.mkdir(parents=True, exist_ok=True)
+        self.cache = LocalCache.from_settings(self.settings)  # this host's copies; the store has the job's files
         self._last_progress = 0.0
         self._last_check = 0.0
         self._deferred: list[Callable[[Session], None]] = []  # writes made while the database was away

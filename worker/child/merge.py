@@ -17,6 +17,8 @@ from sqlalchemy import select
 from app.core.db import get_sessionmaker
 from app.core.errors import error_body
 from app.core.job_state import finish_merge
+from app.core.local_cache import LocalCache
+from app.core.object_store import StoreError
 from app.core.settings import get_settings, public_model_name
 from app.core.storage import JobFiles
 from app.core.tables import Checkpoint, Evaluation, Job, MergedModel, MergeStatus
@@ -29,7 +31,8 @@ log = logging.getLogger("ftaas.merge")
 class MergePlan:
     """What one build needs, read from the database before any model is loaded."""
 
-    adapter_archive: Path
+    adapter_archive: Path  # this host's copy (fetched from the store with its checksum)
+    adapter_sha256: str | None
     base_source: str
     base_model: str  # its public name
     card: str
@@ -56,6 +59,7 @@ def read_plan(session, row: MergedModel) -> MergePlan:
     )
     return MergePlan(
         adapter_archive=files.resolve(adapter_name),
+        adapter_sha256=job.adapter_sha256 if step is None else ckpt.adapter_sha256,
         base_source=job.model_source,
         base_model=public_model_name(job.model_source),
         card=card,
@@ -77,10 +81,14 @@ def run_merge(merge_id: str, attempt: int) -> str:
             log.info("merged model %s is not being built by attempt %s; nothing to do", merge_id, attempt)
             return "skipped"
         plan = read_plan(s, row)
+    cache = LocalCache.from_settings()
     try:
+        cache.fetch(plan.files.key_of(plan.adapter_archive), sha256=plan.adapter_sha256)
         archive, digest, size = package_merged(
             plan.adapter_archive, plan.base_source, plan.base_model, plan.card, plan.archive
         )
+        cache.push(archive)
+        archive.unlink()  # downloads come from the store
     except Exception as exc:  # noqa: BLE001 - any failure ends this build, with its reason
         traceback.print_exc()
         with Session() as s:
@@ -103,13 +111,14 @@ def run_merge(merge_id: str, attempt: int) -> str:
             bytes=size,
             error=None,
         )
+    ours = plan.files.key_of(archive)
     if won:  # what earlier attempts left (a build presumed dead that finished after all, a lost file's first copy)
-        stale = [p for p in plan.files.merged_archives(plan.source) if p != archive]
+        prefix = plan.files.merged_prefix()
+        stale = [k for k in cache.store.list(prefix) if k.startswith(f"{prefix}/{plan.source}-") and k != ours]
     else:  # another attempt holds the row: ours is not the archive it names
-        stale = [archive]
-    for path in stale:
-        with suppress(OSError):
-            path.unlink()
+        stale = [ours]
+    with suppress(StoreError):
+        cache.store.delete(stale)
     return MergeStatus.ready if won else "skipped"
 
 

@@ -17,10 +17,11 @@ from contextlib import suppress
 from sqlalchemy import select
 
 from app.core.job_spec import JobSpec
+from app.core.local_cache import LocalCache
 from app.core.metrics import metrics_for_selection, selection_for
 from app.core.naming import fine_tuned_name
 from app.core.settings import get_settings, public_model_name
-from app.core.storage import upload_path
+from app.core.storage import upload_key
 from app.core.tables import Checkpoint, Evaluation, File, Job, JobStatus
 from app.datasets import iter_records
 from worker.child.job_context import (
@@ -43,11 +44,13 @@ from worker.child.stored_results import (
 log = logging.getLogger("ftaas.child")
 
 
-def load_records(file_row: File) -> list[tuple[int, dict]]:
-    """The file's records with their lines, which a problem found at training names."""
-    path = upload_path(file_row.storage_name)
-    if not path.is_file():
-        raise UserError("file_missing", f"file {file_row.id} is no longer stored")
+def load_records(cache: LocalCache, file_row: File) -> list[tuple[int, dict]]:
+    """The file's records with their lines, which a problem found at training names (read from this host's copy,
+    fetched from the store and checked against the file's SHA-256)."""
+    try:
+        path = cache.fetch(upload_key(file_row.storage_name), sha256=file_row.sha256)
+    except FileNotFoundError as exc:
+        raise UserError("file_missing", f"file {file_row.id} is no longer stored") from exc
     return list(
         iter_records(
             path,
@@ -99,6 +102,7 @@ class TrainingRecipe:
 
         prepare_torch(self.settings)
         self.read_job()
+        self.restore_checkpoints()
         torch.manual_seed(self.job.seed)
         self.load_data()
         self.load_model()
@@ -120,6 +124,15 @@ class TrainingRecipe:
             )
         self.spec = JobSpec.of(self.job.spec)
 
+    def restore_checkpoints(self) -> None:
+        """This host's checkpoints folder made equal to the store's: an attempt resumes from the last checkpoint any
+        host stored, on any host, with or without a cache (a new host, a lost disk). Room is made in the cache
+        first, sparing this job and its files."""
+        ctx = self.ctx
+        keep = [f"jobs/{ctx.job_id}"] + [f"files/{f.storage_name}" for f in (self.train_file, self.val_file) if f]
+        ctx.cache.trim(keep)
+        ctx.cache.pull(ctx.files.key_of(ctx.files.checkpoints))
+
     def load_data(self) -> None:
         from worker.evaluation.evaluate import EvalSet
         from worker.training.data import Formatter, split_rows
@@ -127,9 +140,9 @@ class TrainingRecipe:
 
         ctx, spec, ev_spec = self.ctx, self.spec, self.spec.evaluation
         ctx.progress({"phase": "loading_data"}, force=True)
-        rows = load_records(self.train_file)
+        rows = load_records(ctx.cache, self.train_file)
         if self.val_file is not None:
-            train_rows, val_rows = rows, load_records(self.val_file)
+            train_rows, val_rows = rows, load_records(ctx.cache, self.val_file)
         else:
             train_rows, val_rows = split_rows(rows, spec.training.validation_split, self.job.seed)
         if not train_rows or not val_rows:
@@ -265,14 +278,21 @@ class TrainingRecipe:
 
     def train(self):
         """The training loop, resumed from the job's last checkpoint; returns its TrainSummary."""
+        from worker.child.checkpoint_upload import CheckpointUploader
         from worker.training.checkpoints import checkpoint_step, latest_checkpoint, load_trainable_weights
         from worker.training.loop import Hooks, TrainConfig, TrainingInterrupted, train
 
         ctx, selection = self.ctx, self.selection
+        uploader = CheckpointUploader(ctx.cache, ctx.files.checkpoints)
+
+        def on_checkpoint(step: int, epoch: float, path, metrics: dict, evaluated: bool) -> None:
+            uploader.submit(path, step)
+            record_checkpoint(ctx, step, epoch, path, metrics, evaluated)
+
         hooks = Hooks(
             on_progress=ctx.progress,
             on_log=lambda d: ctx.event(f"Step {d['step']}: train_loss {d['train_loss']:.4f}", type="metrics", data=d),
-            on_checkpoint=lambda *args: record_checkpoint(ctx, *args),
+            on_checkpoint=on_checkpoint,
             on_evaluate=self.evaluate_checkpoint,
             should_stop=ctx.should_stop,
             interrupt_requested=lambda: ctx.interrupt_requested,
@@ -304,9 +324,15 @@ class TrainingRecipe:
                 objective,
             )
         except TrainingInterrupted as exc:
+            uploader.wait()  # the checkpoint it stopped at is the one the next attempt, on any host, resumes from
             raise Interrupted(str(exc)) from exc
+        except BaseException:
+            with suppress(Exception):  # the error that stopped training is the one to report
+                uploader.wait()
+            raise
         finally:
             ctx.in_training = False
+        uploader.wait()
         if ctx.interrupt_requested:  # asked during the last step: its checkpoint is saved, the rest can wait
             raise Interrupted("training finished; evaluation and packaging are left to the next attempt")
         if summary.stopped_early is not None:
@@ -360,6 +386,8 @@ class TrainingRecipe:
             self.card(name, tuned.metrics),
             base_model=public_model_name(self.job.model_source),
         )
+        ctx.cache.push_folder(files.adapter_dir)  # comparisons load the folder, downloads the archive
+        ctx.cache.push(archive)
         self.package_checkpoints(name)
         ok = ctx.finish(
             JobStatus.succeeded,
@@ -435,7 +463,7 @@ class TrainingRecipe:
             ).all()
         out_dir = files.checkpoint_archives
         for step, dir_name, metrics, done in rows:
-            if done and files.resolve(done).is_file():  # packaged by an earlier attempt
+            if done and ctx.cache.store.size(files.key(done)) is not None:  # packaged by an earlier attempt
                 continue
             if weights_file(files.resolve(dir_name)) is None:
                 continue
@@ -450,6 +478,8 @@ class TrainingRecipe:
                 base_model=public_model_name(self.job.model_source),
                 keep_folder=False,
             )
+            ctx.cache.push(archive)
+            archive.unlink()  # nothing on this host reads it again; downloads come from the store
             record_checkpoint_archive(ctx, step, archive, digest, size)
 
 

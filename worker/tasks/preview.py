@@ -12,7 +12,8 @@ from app.core.celery_app import PREVIEW_TASK
 from app.core.db import get_sessionmaker
 from app.core.errors import error_body
 from app.core.job_state import claim_preview, finish_preview
-from app.core.storage import upload_path
+from app.core.local_cache import LocalCache
+from app.core.storage import upload_key
 from app.core.tables import File, Preview, PreviewStatus
 from app.datasets import iter_records
 from worker.tasks.runtime import celery
@@ -44,9 +45,10 @@ def run_preview(preview_id: str) -> str:
         file = s.get(File, row.file_id)
         source, max_len, num_rows = row.model_source, row.max_seq_length, row.num_rows
         fmt, mapping, separator = file.format, file.column_mapping, file.completion_separator
-        path = upload_path(file.storage_name)
+        key, sha256 = upload_key(file.storage_name), file.sha256
     status, result, error = PreviewStatus.failed, None, None
     try:
+        path = LocalCache.from_settings().fetch(key, sha256=sha256)
         records = iter_records(path, fmt, column_mapping=mapping, completion_separator=separator, with_lines=True)
         result = preview(_tokenizer(source), islice(records, MAX_ROWS_COUNTED), max_len, num_rows)
         status = PreviewStatus.succeeded
