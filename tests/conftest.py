@@ -209,7 +209,7 @@ def _purge_test_queue():
 # Each folder of tests/ is a layer of the code, and its name is the marker of every test in it (registered in
 # pyproject.toml): `-m worker`, `-m "not e2e and not faults"`. A test elsewhere that starts the live service
 # carries the e2e mark by hand, so that leaving out e2e leaves out every slow run.
-FOLDER_MARKERS = ("unit", "api", "worker", "e2e", "faults", "contract", "deploy", "load")
+FOLDER_MARKERS = ("unit", "api", "worker", "e2e", "faults", "contract", "deploy", "load", "multihost")
 
 
 def pytest_collection_modifyitems(items):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,9 +43,11 @@ def running_service(
     extra_env: dict[str, str] | None = None,
     pg_admin_url: str = PG_ADMIN_URL,
     preview_worker: bool = False,
+    worker_env: Callable[[int], dict[str, str]] | None = None,
 ):
     """pg_admin_url: the Postgres server to make the service's database on (a test's private one); preview_worker:
-    start `ftaas preview-worker` too (file previews)."""
+    start `ftaas preview-worker` too (file previews); worker_env: worker i's own settings over the service's (its
+    host name, its private folders)."""
     run = uuid.uuid4().hex[:8]
     db = f"ftaas_e2e_{run}"
     create_database(db, pg_admin_url)
@@ -82,7 +85,7 @@ def running_service(
         proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "worker", "--loglevel", "info"],
             cwd=ROOT,
-            env={**env, "FTAAS_WORKER_NAME": f"worker-{i}"},
+            env={**env, "FTAAS_WORKER_NAME": f"worker-{i}", **(worker_env(i) if worker_env else {})},
             stdout=open(logs / (log_name or ("worker.log" if i == 0 else f"worker-{i}.log")), "a"),
             stderr=subprocess.STDOUT,
         )
