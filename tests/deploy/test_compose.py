@@ -309,7 +309,11 @@ def test_dockerfiles():
     # both images install at the lock's versions (constraints.txt), as scripts/install.sh does
     assert re.search(r"pip install -c constraints\.txt \.(\s|$)", api)
     assert "[worker" not in api and "torch" not in api
-    assert re.search(r"^ARG BASE_IMAGE=pytorch/pytorch:[\d.]+-cuda[\d.]+-cudnn\d+-runtime$", worker, re.M)
+    base = re.search(r"^ARG BASE_IMAGE=pytorch/pytorch:(\d+)\.(\d+)\.\d+-cuda[\d.]+-cudnn\d+-runtime$", worker, re.M)
+    assert base and tuple(map(int, base.groups())) >= (2, 11), "torch.nn.attention.varlen (packed rows) needs 2.10+"
+    # the build stops when the GPU fast path is missing, after the install and before the user switch
+    check = worker.index("RUN python -m worker.training.kernels.fast_path")
+    assert worker.index("pip install") < check < worker.index("USER ")
     assert re.search(r"^ARG EXTRAS=worker,gpu$", worker, re.M)  # the GPU image gets the fused kernels
     assert 'pip install -c /tmp/torch-constraint.txt -c constraints.txt ".[${EXTRAS}]"' in worker
     for text in (api, worker):
