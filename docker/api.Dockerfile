@@ -16,10 +16,10 @@ COPY worker ./worker
 COPY migrations ./migrations
 RUN pip install -c constraints.txt . \
  && useradd --create-home --uid 10001 ftaas \
- && mkdir -p /var/lib/ftaas \
- && chown ftaas:ftaas /var/lib/ftaas
+ && mkdir -p /var/lib/ftaas/data \
+ && chown -R ftaas:ftaas /var/lib/ftaas
 
-# Same uid as the worker image: both write the shared artifacts volume.
+# A fixed uid: the API's data volume (docker-compose.yml) is made owned by it from the folder above.
 USER ftaas
 EXPOSE 8000
 CMD ["ftaas", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,4 +1,5 @@
-"""docker-compose.yml renders with a real Compose CLI (`config`), and the rendered stack is the intended one.
+"""The compose files render with a real Compose CLI (`config`), and the rendered stack is the intended one:
+docker-compose.yml alone, with docker-compose.fleet.yml, and a GPU host's docker-compose.gpu-host.yml.
 
 Needs `docker compose` (v2 plugin) or `docker-compose` (>= 1.29, e.g. Debian's `apt-get install
 docker-compose`); no Docker engine is needed, `config` only parses, interpolates and validates.
@@ -17,7 +18,9 @@ import pytest
 from tests.conftest import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-SERVICES = {"postgres", "redis", "migrate", "api", "preview", "worker-gpu0", "worker-gpu1"}
+FLEET_FILE = ROOT / "docker-compose.fleet.yml"
+GPU_HOST_FILE = ROOT / "docker-compose.gpu-host.yml"
+SERVICES = {"postgres", "redis", "minio", "bucket", "migrate", "api", "preview", "worker-gpu0", "worker-gpu1"}
 WORKERS = {"worker-gpu0": "0", "worker-gpu1": "1"}
 
 
@@ -46,14 +49,17 @@ def _cli() -> tuple[str, ...]:
     return cli
 
 
-def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+STACK_VARIABLES = ("COMPOSE_", "FTAAS_", "POSTGRES_", "REDIS_", "MINIO_", "AWS_", "GPU_HOST_", "FLEET_", "HF_TOKEN")
+
+
+def compose(
+    *args: str, env: dict[str, str] | None = None, files=(COMPOSE_FILE,), check: bool = True
+) -> subprocess.CompletedProcess[str]:
     # A clean environment: no COMPOSE_FILE / COMPOSE_PROFILES / stack variables leaking in from the shell.
-    clean = {
-        k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "FTAAS_", "POSTGRES_")) and k != "HF_TOKEN"
-    }
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(STACK_VARIABLES)}
     clean.update(env or {})
     proc = subprocess.run(
-        [*_cli(), "-f", str(COMPOSE_FILE), *args],
+        [*_cli(), *(arg for f in files for arg in ("-f", str(f))), *args],
         cwd=ROOT,
         env=clean,
         capture_output=True,
@@ -61,16 +67,17 @@ def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         timeout=120,
     )
     command = " ".join([*_cli(), *args])
-    assert proc.returncode == 0, f"{command} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0 or not check, f"{command} exited {proc.returncode}\n{output}"
     return proc
 
 
-def rendered(*args: str, env: dict[str, str] | None = None) -> dict:
+def rendered(*args: str, env: dict[str, str] | None = None, files=(COMPOSE_FILE,)) -> dict:
     try:
         import yaml
     except ImportError:
         pytest.fail("PyYAML is needed to parse the rendered compose config (pip install pyyaml)")
-    return yaml.safe_load(compose(*args, "config", env=env).stdout)
+    return yaml.safe_load(compose(*args, "config", env=env, files=files).stdout)
 
 
 GPU2 = ("--profile", "gpu2")
@@ -135,6 +142,10 @@ def test_rendered_services_and_dependencies():
     assert _volume_targets(services["postgres"])["/var/lib/postgresql/data"] == "pgdata"
     assert services["redis"]["image"] == "redis:7"
     assert "redis-cli" in " ".join(services["redis"]["healthcheck"]["test"])
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == "ftaas"  # the healthcheck's password
+    assert services["redis"]["command"][-2:] == ["--requirepass", "ftaas"]
+    assert _conditions(services["bucket"]) == {"minio": "service_healthy"}
+    assert _volume_targets(services["minio"])["/data"] == "miniodata"
 
     migrate = services["migrate"]
     assert migrate["command"] == ["ftaas", "migrate"]
@@ -145,18 +156,23 @@ def test_rendered_services_and_dependencies():
     assert api["command"] == ["ftaas", "serve", "--host", "0.0.0.0", "--port", "8000"]
     # several API processes (uvicorn workers), a number that keeps their pools under Postgres' max_connections
     assert int(api["environment"]["FTAAS_WEB_WORKERS"]) == 4
-    assert _conditions(api) == {"migrate": "service_completed_successfully", "redis": "service_healthy"}
+    assert _conditions(api) == {
+        "migrate": "service_completed_successfully",
+        "redis": "service_healthy",
+        "bucket": "service_completed_successfully",
+    }
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
     (port,) = api["ports"]
     if isinstance(port, str):
         assert port.split("/")[0] == "8000:8000"
     else:
         assert (str(port["published"]), int(port["target"])) == ("8000", 8000)
-    assert _volume_targets(api)["/var/lib/ftaas"] == "artifacts"
+    assert _volume_targets(api) == {"/var/lib/ftaas/data": "api-data"}  # its own state only, no artifacts
     assert api["build"]["dockerfile"].endswith("docker/api.Dockerfile")
     assert migrate["image"] == api["image"]
 
-    assert {"pgdata", "artifacts", "hf-cache"} <= set(cfg["volumes"])
+    assert {"pgdata", "miniodata", "api-data", "hf-cache"} <= set(cfg["volumes"])
+    assert "artifacts" not in cfg["volumes"]
 
 
 def test_rendered_gpu_workers():
@@ -169,25 +185,26 @@ def test_rendered_gpu_workers():
         assert device["device_ids"] == [gpu]
         assert "gpu" in device["capabilities"]
         volumes = _volume_targets(worker)
-        assert volumes["/var/lib/ftaas"] == "artifacts"
-        assert volumes["/var/cache/huggingface"] == "hf-cache"
+        assert volumes == {"/var/cache/ftaas": f"cache-gpu{gpu}", "/var/cache/huggingface": "hf-cache"}
+        assert worker["environment"]["FTAAS_CACHE_DIR"] == "/var/cache/ftaas"
         assert worker["environment"]["HF_HOME"] == "/var/cache/huggingface"
         assert "HF_TOKEN" in worker["environment"]
         assert worker["build"]["dockerfile"].endswith("docker/worker.Dockerfile")
         assert _conditions(worker)["migrate"] == "service_completed_successfully"
+        assert _conditions(worker)["bucket"] == "service_completed_successfully"
     assert services["worker-gpu0"].get("profiles") in (None, [])
     assert services["worker-gpu1"]["profiles"] == ["gpu2"]
     assert services["worker-gpu0"]["hostname"] != services["worker-gpu1"]["hostname"]
 
 
 def test_rendered_preview_worker():
-    """The preview worker: the worker image and its volumes (uploads, the model cache) on the CPU."""
+    """The preview worker: the worker image, its own cache and the model cache, on the CPU."""
     preview = rendered()["services"]["preview"]
     assert preview["command"] == ["ftaas", "preview-worker"]
     assert "deploy" not in preview  # no GPU reserved
     assert preview["build"]["dockerfile"].endswith("docker/worker.Dockerfile")
     volumes = _volume_targets(preview)
-    assert volumes["/var/lib/ftaas"] == "artifacts" and volumes["/var/cache/huggingface"] == "hf-cache"
+    assert volumes == {"/var/cache/ftaas": "preview-cache", "/var/cache/huggingface": "hf-cache"}
     assert _conditions(preview)["migrate"] == "service_completed_successfully"
 
 
@@ -196,21 +213,87 @@ def test_rendered_environment_and_interpolation():
     for name in ("migrate", "api", "preview", *WORKERS):
         env = services[name]["environment"]
         assert env["FTAAS_DATABASE_URL"] == "postgresql+psycopg://ftaas:ftaas@postgres:5432/ftaas", name
-        assert env["FTAAS_BROKER_URL"] == "redis://redis:6379/0"
+        assert env["FTAAS_BROKER_URL"] == "redis://:ftaas@redis:6379/0"
         assert env["FTAAS_ARTIFACTS_DIR"] == "/var/lib/ftaas"
+        assert env["FTAAS_STORE_URL"] == "s3://ftaas"
+        assert env["FTAAS_S3_ENDPOINT"] == "http://minio:9000"
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == ("ftaas", "ftaas-minio")
         assert env["FTAAS_ALLOWED_MODELS"] == ("meta-llama/Llama-3.2-1B,google/gemma-2b-it,meta-llama/Llama-2-7b-hf")
     assert services["worker-gpu0"]["environment"]["HF_TOKEN"] in ("", None)
 
     services = rendered(
         *GPU2,
-        env={"POSTGRES_PASSWORD": "s3cret", "FTAAS_ALLOWED_MODELS": "a/b,c/d", "HF_TOKEN": "hf_test"},
+        env={
+            "POSTGRES_PASSWORD": "s3cret",
+            "REDIS_PASSWORD": "r3dis",
+            "MINIO_ROOT_USER": "store-user",
+            "MINIO_ROOT_PASSWORD": "store-s3cret",
+            "FTAAS_ALLOWED_MODELS": "a/b,c/d",
+            "HF_TOKEN": "hf_test",
+        },
     )["services"]
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == "r3dis"
+    assert services["worker-gpu0"]["environment"]["FTAAS_BROKER_URL"] == "redis://:r3dis@redis:6379/0"
+    assert services["minio"]["environment"] == {"MINIO_ROOT_USER": "store-user", "MINIO_ROOT_PASSWORD": "store-s3cret"}
+    for name in ("bucket", "api", "worker-gpu1"):
+        env = services[name]["environment"]
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == ("store-user", "store-s3cret"), name
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "s3cret"
     assert services["api"]["environment"]["FTAAS_DATABASE_URL"] == (
         "postgresql+psycopg://ftaas:s3cret@postgres:5432/ftaas"
     )
     assert services["worker-gpu1"]["environment"]["FTAAS_ALLOWED_MODELS"] == "a/b,c/d"
     assert services["worker-gpu1"]["environment"]["HF_TOKEN"] == "hf_test"
+
+
+GPU_HOST_ENV = {
+    "GPU_HOST_NAME": "gpu-a",
+    "FTAAS_DATABASE_URL": "postgresql+psycopg://ftaas:pw@10.0.0.5:5432/ftaas",
+    "FTAAS_BROKER_URL": "redis://:pw@10.0.0.5:6379/0",
+    "FTAAS_STORE_URL": "s3://ftaas",
+    "FTAAS_S3_ENDPOINT": "http://10.0.0.5:9000",
+    "AWS_ACCESS_KEY_ID": "key",
+    "AWS_SECRET_ACCESS_KEY": "secret",
+}
+
+
+def test_gpu_host_renders_with_its_settings():
+    services = rendered(*GPU2, env=GPU_HOST_ENV, files=(GPU_HOST_FILE,))["services"]
+    assert set(services) == set(WORKERS)
+    for name, gpu in WORKERS.items():
+        worker = services[name]
+        assert worker["hostname"] == f"gpu-a-gpu{gpu}"
+        env = worker["environment"]
+        for var in ("FTAAS_DATABASE_URL", "FTAAS_BROKER_URL", "FTAAS_STORE_URL", "FTAAS_S3_ENDPOINT"):
+            assert env[var] == GPU_HOST_ENV[var], var
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == ("key", "secret")
+        assert _volume_targets(worker) == {"/var/cache/ftaas": f"cache-gpu{gpu}", "/var/cache/huggingface": "hf-cache"}
+    # AWS S3 itself: an empty endpoint is accepted
+    env = rendered(env={**GPU_HOST_ENV, "FTAAS_S3_ENDPOINT": ""}, files=(GPU_HOST_FILE,))["services"]["worker-gpu0"]
+    assert env["environment"]["FTAAS_S3_ENDPOINT"] in ("", None)
+
+
+@pytest.mark.parametrize("missing", sorted(GPU_HOST_ENV))
+def test_gpu_host_stops_on_a_missing_setting(missing):
+    env = {k: v for k, v in GPU_HOST_ENV.items() if k != missing}
+    proc = compose("config", "--quiet", env=env, files=(GPU_HOST_FILE,), check=False)
+    assert proc.returncode != 0, f"config rendered without {missing}"
+    assert f"set {missing}" in proc.stderr, proc.stderr  # the message says which variable, and what to put there
+
+
+def test_fleet_publishes_postgres_redis_and_minio_on_the_given_address():
+    files = (COMPOSE_FILE, FLEET_FILE)
+    proc = compose("config", "--quiet", files=files, check=False)
+    assert proc.returncode != 0 and "set FLEET_BIND_ADDRESS" in proc.stderr, proc.stderr
+    services = rendered(env={"FLEET_BIND_ADDRESS": "10.0.0.5"}, files=files)["services"]
+    for name, port in (("postgres", 5432), ("redis", 6379), ("minio", 9000)):
+        (published,) = services[name]["ports"]
+        if isinstance(published, str):
+            assert published.split("/")[0] == f"10.0.0.5:{port}:{port}", name
+        else:
+            assert (published["host_ip"], int(published["published"]), published["target"]) == ("10.0.0.5", port, port)
+    assert "max_connections=300" in services["postgres"]["command"]
+    assert "ports" not in rendered()["services"]["postgres"]  # the single-host stack publishes none of them
 
 
 def test_dockerfiles():
@@ -226,10 +309,14 @@ def test_dockerfiles():
     # both images install at the lock's versions (constraints.txt), as scripts/install.sh does
     assert re.search(r"pip install -c constraints\.txt \.(\s|$)", api)
     assert "[worker" not in api and "torch" not in api
-    assert re.search(r"^ARG BASE_IMAGE=pytorch/pytorch:[\d.]+-cuda[\d.]+-cudnn\d+-runtime$", worker, re.M)
+    base = re.search(r"^ARG BASE_IMAGE=pytorch/pytorch:(\d+)\.(\d+)\.\d+-cuda[\d.]+-cudnn\d+-runtime$", worker, re.M)
+    assert base and tuple(map(int, base.groups())) >= (2, 11), "torch.nn.attention.varlen (packed rows) needs 2.10+"
+    # the build stops when the GPU fast path is missing, after the install and before the user switch
+    check = worker.index("RUN python -m worker.training.kernels.fast_path")
+    assert worker.index("pip install") < check < worker.index("USER ")
     assert re.search(r"^ARG EXTRAS=worker,gpu$", worker, re.M)  # the GPU image gets the fused kernels
     assert 'pip install -c /tmp/torch-constraint.txt -c constraints.txt ".[${EXTRAS}]"' in worker
     for text in (api, worker):
         users = re.findall(r"^USER (\S+)", text, re.M)
         assert users and users[-1] not in ("root", "0"), "images must run as a non-root user"
-        assert "--uid 10001" in text  # same uid in both: they share the artifacts volume
+        assert "--uid 10001" in text  # a fixed uid, which the images' folders (and so their volumes) belong to

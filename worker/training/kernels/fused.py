@@ -13,6 +13,17 @@ import logging
 log = logging.getLogger("ftaas.kernels")
 
 
+def liger_installed() -> bool:
+    """Both Liger entry points ftaas calls are importable: the model patch here and the fused loss
+    (worker/training/loss.py)."""
+    try:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy  # noqa: F401
+        from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def apply_fused_kernels(model, *, fused_cross_entropy: bool) -> str | None:
     """Patch this model instance (before peft wraps it); returns what was applied, or None.
 

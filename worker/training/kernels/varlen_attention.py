@@ -15,6 +15,7 @@ everything else (evaluation, generation, CPUs) keeps the model's own attention.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 
 import torch
@@ -30,8 +31,19 @@ def _varlen_fn():
     return varlen_attn
 
 
+@functools.cache
+def supported() -> bool:
+    """This PyTorch has `varlen_attn` in a form `_causal_varlen` can make causal (the worker image's build checks
+    it: worker/training/kernels/fast_path.py). Cached: the answer cannot change within a process."""
+    fn = _varlen_fn()
+    if fn is None:
+        return False
+    params = inspect.signature(fn).parameters
+    return "is_causal" in params or "window_size" in params
+
+
 def available(device: torch.device) -> bool:
-    return device.type == "cuda" and _varlen_fn() is not None
+    return device.type == "cuda" and supported()
 
 
 def _causal_varlen(q, k, v, cu, max_len: int, scale: float | None):
