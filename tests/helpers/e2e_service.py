@@ -42,9 +42,11 @@ def running_service(
     extra_env: dict[str, str] | None = None,
     pg_admin_url: str = PG_ADMIN_URL,
     preview_worker: bool = False,
+    api_loglevel: str = "warning",
 ):
     """pg_admin_url: the Postgres server to make the service's database on (a test's private one); preview_worker:
-    start `ftaas preview-worker` too (file previews)."""
+    start `ftaas preview-worker` too (file previews); api_loglevel: `ftaas serve --loglevel` (info: its lines of
+    every request too)."""
     run = uuid.uuid4().hex[:8]
     db = f"ftaas_e2e_{run}"
     create_database(db, pg_admin_url)
@@ -68,7 +70,7 @@ def running_service(
     logs.mkdir(parents=True, exist_ok=True)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--loglevel", "warning"],
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--loglevel", api_loglevel],
             cwd=ROOT,
             env=env,
             stdout=open(logs / "api.log", "w"),

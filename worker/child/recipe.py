@@ -465,8 +465,10 @@ def main(argv: list[str]) -> int:
     prepare_process(get_settings())
     ctx = JobContext(job_id, attempt)
     signal.signal(signal.SIGTERM, ctx.on_sigterm)
+    log.info("job %s attempt %s: training child started", job_id, attempt)
     try:
         run(ctx)
+        log.info("job %s attempt %s: training child done", job_id, attempt)
         return EXIT_DONE
     except Interrupted as exc:
         log.info("job %s attempt %s interrupted by a shutdown: %s", job_id, attempt, exc)
