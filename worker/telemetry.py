@@ -21,8 +21,8 @@ the children inherit it), and a scrape sums them. So a counter recorded by a pro
 and the child reports the very figures its progress hook already reports (JobContext.progress calls
 JobFigures.observe). The per-job gauges are "live" ones: the files of a process that ended are dropped at the
 next scrape (prometheus-client's mark_process_dead), so a finished job's series go with its child, however it
-ended (kill -9 included). The folder is emptied at each start of the worker: counters restart, as Prometheus
-expects of a restarted process.
+ended (kill -9 included). Each start of a worker makes a new folder and removes those of workers no longer
+running: counters restart, as Prometheus expects of a restarted process.
 
 When the port is 0 no folder is made and every recording here is a no-op (a child checks PROMETHEUS_MULTIPROC_DIR).
 Torch-free: the training child imports this, and reads CUDA's figures only if torch is already loaded.
@@ -51,8 +51,12 @@ def enabled() -> bool:
 def serve_metrics(port: int, data_dir: Path) -> bool:
     """In the worker's main process, before its pool starts: this worker's metric files, and the port serving
     them. A port already taken is logged and the worker runs without metrics (training matters more)."""
-    folder = (data_dir / "prometheus" / f"worker-{os.getpid()}").resolve()
-    shutil.rmtree(folder, ignore_errors=True)
+    folders = data_dir / "prometheus"
+    for old in folders.glob("worker-*"):  # of workers no longer running (a live one's are its own)
+        pid = old.name.removeprefix("worker-")
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = (folders / f"worker-{os.getpid()}").resolve()
     folder.mkdir(parents=True)
     os.environ[FILES_ENV] = str(folder)
     from prometheus_client import CollectorRegistry, start_http_server
