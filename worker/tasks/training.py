@@ -23,10 +23,10 @@ from app.core.job_state import (
 from app.core.settings import get_settings
 from app.core.storage import JobFiles
 from app.core.tables import Job, JobStatus
+from worker import telemetry
 from worker.child.job_context import EXIT_INTERRUPTED
 from worker.tasks.runtime import celery, logging_for, worker_name
 from worker.tasks.supervise import last_lines, passing_shutdown_to, spawn_child, supervise
-from worker.telemetry import count_job
 
 log = logging.getLogger("ftaas.worker")
 
@@ -35,7 +35,11 @@ log = logging.getLogger("ftaas.worker")
 def train(self, job_id: str) -> str:
     with logging_for(Job, job_id):
         result = run_attempt(job_id)
-    count_job(outcome(job_id, result))
+        if telemetry.enabled():
+            try:
+                telemetry.count_job(outcome(job_id, result))
+            except Exception:  # noqa: BLE001 - a figure lost, never the task's result
+                log.warning("job %s: attempt not counted in /metrics", job_id, exc_info=True)
     return result
 
 
@@ -46,7 +50,7 @@ def outcome(job_id: str, result: str) -> str:
         return result
     with get_sessionmaker()() as s:
         status = s.scalar(select(Job.status).where(Job.id == job_id))
-    return status if status in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled) else "lost"
+    return str(status) if status in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled) else "lost"
 
 
 def run_attempt(job_id: str) -> str:
