@@ -76,18 +76,28 @@ def preview_worker_argv(loglevel: str) -> list[str]:
     return celery_worker_argv(get_settings().preview_queue_name, "preview@%h", loglevel, "--pool", "solo")
 
 
+def preview_worker_env() -> dict[str, str]:
+    # a tokenizer needs no GPU; and no /metrics port: FTAAS_WORKER_METRICS_PORT is the training worker's
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "FTAAS_WORKER_METRICS_PORT": "0"}
+
+
+def worker_env(gpu: str | None, metrics_port: int | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if gpu is not None:
+        # One worker per GPU: the child sees only its own card as cuda:0.
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if metrics_port is not None:  # each worker of a host its own port (worker/telemetry.py)
+        env["FTAAS_WORKER_METRICS_PORT"] = str(metrics_port)
+    return env
+
+
 def cmd_preview_worker(args: argparse.Namespace) -> int:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # a tokenizer needs no GPU
-    os.execvpe(sys.executable, preview_worker_argv(args.loglevel), env)
+    os.execvpe(sys.executable, preview_worker_argv(args.loglevel), preview_worker_env())
     return 0  # not reached
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    env = dict(os.environ)
-    if args.gpu is not None:
-        # One worker per GPU: the child sees only its own card as cuda:0.
-        env["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
-    os.execvpe(sys.executable, worker_argv(args.gpu, args.loglevel), env)
+    os.execvpe(sys.executable, worker_argv(args.gpu, args.loglevel), worker_env(args.gpu, args.metrics_port))
     return 0  # not reached
 
 
@@ -119,8 +129,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         migrate()
         if not args.no_worker:
             tied = {"preexec_fn": _stopped_with_this_process} if sys.platform.startswith("linux") else {}
-            worker = subprocess.Popen(worker_argv(None, "warning"), **tied)
-            preview_worker = subprocess.Popen(preview_worker_argv("warning"), **tied)
+            worker = subprocess.Popen(worker_argv(None, "warning"), env=worker_env(None, None), **tied)
+            preview_worker = subprocess.Popen(preview_worker_argv("warning"), env=preview_worker_env(), **tied)
     host = "localhost" if args.host in ("0.0.0.0", "127.0.0.1") else args.host
     print(f"ftaas API on http://{host}:{args.port} — Swagger UI: http://{host}:{args.port}/docs", flush=True)
     if worker is not None:
@@ -177,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("worker", help="run one Celery training worker (one per GPU)")
     p.add_argument("--gpu", default=None, help="GPU index this worker owns (sets CUDA_VISIBLE_DEVICES)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="port of this worker's Prometheus /metrics (default: FTAAS_WORKER_METRICS_PORT; 0: none)",
+    )
     p.add_argument("--loglevel", default="info")
     p.set_defaults(func=cmd_worker)
 

@@ -12,6 +12,7 @@ from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.input_guard import NulGuardMiddleware
 from app.api.openapi import build_openapi
+from app.api.request_id import RequestIdMiddleware
 from app.api.telemetry import install_metrics
 from app.api.upload_limit import UploadLimitMiddleware
 from app.comparisons import routes as comparisons
@@ -54,8 +55,10 @@ def create_app() -> FastAPI:
     install_error_handlers(app, routes=[route for router in routers for route in router.routes])
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(NulGuardMiddleware)
-    # outermost: a request waits for its turn before anything else runs (app/api/admission.py)
+    # a request waits for its turn before anything else runs (app/api/admission.py)
     app.add_middleware(AdmissionMiddleware)
+    # around everything, so that even a request refused for want of a turn answers (and logs) its X-Request-ID
+    app.add_middleware(RequestIdMiddleware)
     for router in routers:
         app.include_router(router)
     install_docs(app)

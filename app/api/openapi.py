@@ -3,8 +3,8 @@
 FastAPI cannot know them: validation errors are answered 400 in OpenAI's error shape (app/errors.py), not
 422 in its own, and the API key, the rate limit, the NUL guard and the database handler answer for every
 route. So every operation documents 400; every authenticated one 401, 429 and 503; every one with a path
-parameter 404. Routes declare their own extra errors (409, 413, ...) with `error_responses`. Schemathesis
-(tests/contract/test_schemathesis.py) holds the document to what the app answers.
+parameter 404; and every response its X-Request-ID. Routes declare their own extra errors (409, 413, ...) with
+`error_responses`. Schemathesis (tests/contract/test_schemathesis.py) holds the document to what the app answers.
 """
 
 from __future__ import annotations
@@ -44,6 +44,15 @@ ERRORS: dict[int, tuple[str, dict[str, Any] | None]] = {
         "The service's database (or, for a request that starts a worker task, its task queue) is unavailable",
         _RETRY_AFTER,
     ),
+}
+
+
+# Every answer names its request (app/api/request_id.py): one header component, referred to from every response.
+REQUEST_ID_HEADER = {
+    "description": "the request's id: the client's X-Request-ID when it is a token of at most 128 characters of "
+    "A-Z a-z 0-9 . _ : + = / -, else a new one; the log lines of the request, and of the job it creates, name it",
+    "required": True,
+    "schema": {"type": "string"},
 }
 
 
@@ -87,6 +96,9 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             common.append(404)
         for status in common:
             responses.setdefault(str(status), error_response(status))
+        for response in responses.values():
+            response.setdefault("headers", {})["X-Request-ID"] = {"$ref": "#/components/headers/X-Request-ID"}
+    document["components"]["headers"] = {"X-Request-ID": REQUEST_ID_HEADER}
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     _restore_nulls_in_examples(schemas)

@@ -27,7 +27,10 @@ def run(host: str, port: int, loglevel: str, workers: int) -> bool:
     """What uvicorn.run does; False when a single process could not start (the port taken, the app failing)."""
     import uvicorn
 
-    config = uvicorn.Config("app.main:app", host=host, port=port, log_level=loglevel, workers=workers)
+    log_config = json_log_config(loglevel) if get_settings().log_format == "json" else uvicorn.config.LOGGING_CONFIG
+    config = uvicorn.Config(
+        "app.main:app", host=host, port=port, log_level=loglevel, workers=workers, log_config=log_config
+    )
     if workers > 1:
         prometheus_files(get_settings())  # before the processes start: they inherit where to count
         from uvicorn.supervisors import Multiprocess
@@ -37,6 +40,26 @@ def run(host: str, port: int, loglevel: str, workers: int) -> bool:
     server = uvicorn.Server(config)
     server.run()
     return server.started
+
+
+def json_log_config(loglevel: str) -> dict:
+    """FTAAS_LOG_FORMAT=json: every line of an API process (uvicorn's access and error lines, ftaas' own) one JSON
+    object with its request id (app/core/logs.py). A logging dictConfig, since uvicorn applies it in each of its
+    processes."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"context": {"()": "app.core.logs.ContextFilter"}},
+        "formatters": {"json": {"()": "app.core.logs.json_formatter", "component": "api"}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "filters": ["context"], "formatter": "json"},
+        },
+        "root": {"handlers": ["stderr"], "level": loglevel.upper()},
+        # uvicorn's own loggers pass their lines to the root's handler (uvicorn sets their levels)
+        "loggers": {
+            name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+        },
+    }
 
 
 def prometheus_files(settings: Settings) -> None:

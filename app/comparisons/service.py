@@ -10,6 +10,7 @@ from app.api.deps import owned_job
 from app.comparisons.schemas import MAX_PROMPT_CHARS, ComparisonCreate
 from app.core.errors import ApiError
 from app.core.job_state import finish_comparison
+from app.core.logs import REQUEST_ID
 from app.core.queue import enqueue_comparison
 from app.core.tables import Comparison, ComparisonStatus, EvaluationRow, Job, JobStatus, Tenant
 
@@ -82,6 +83,7 @@ def create(session: Session, tenant: Tenant, body: ComparisonCreate) -> Comparis
         max_new_tokens=body.max_new_tokens,
         status=ComparisonStatus.queued,
         results=stored,  # where the prompts came from; the worker adds the outputs
+        request_id=REQUEST_ID.get(),
     )
     session.add(row)
     session.commit()  # commit, then enqueue: the worker must find the row

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -201,6 +201,18 @@ class Settings(BaseSettings):
     )
     webhook_poll_s: float = Field(1.0, gt=0, description="how often the dispatcher looks for due deliveries")
     webhook_concurrency: int = Field(4, ge=1, description="deliveries one dispatcher sends at once")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text: plain lines for a terminal (the quick start); json: one JSON object per line with the "
+        "request id and job id (app/core/logs.py), for a log collector",
+    )
+    worker_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="port a training worker serves Prometheus /metrics on (worker/telemetry.py); 0: none. Each worker "
+        "on one host needs its own (`ftaas worker --metrics-port`)",
+    )
 
     @field_validator("allowed_models", mode="before")
     @classmethod

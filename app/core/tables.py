@@ -168,6 +168,8 @@ class Job(Base):
     adapter_bytes: Mapped[int | None] = mapped_column(BigInteger)
     # OpenAI's result_files: a CSV of the step metrics, a File of the tenant's, written when the job succeeds
     result_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
+    # X-Request-ID of the request that created it (app/api/request_id.py): the worker's and child's log lines name it
+    request_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(TZDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
@@ -221,6 +223,8 @@ class MergedModel(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     bytes: Mapped[int | None] = mapped_column(BigInteger)
     error: Mapped[dict | None] = mapped_column(JSONType)
+    # X-Request-ID of the request that asked for its latest build: the worker's and child's log lines name it
+    request_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(TZDateTime)  # last put on the queue; None: not yet
     started_at: Mapped[datetime | None] = mapped_column(TZDateTime)
@@ -259,6 +263,8 @@ class Comparison(Base):
     # {"source", "held_out_job_id", "references"} at creation; the worker adds "base" and "jobs" output lists
     results: Mapped[dict | None] = mapped_column(JSONType)
     error: Mapped[dict | None] = mapped_column(JSONType)
+    # X-Request-ID of the request that created it (app/api/request_id.py): the worker's and child's log lines name it
+    request_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(TZDateTime)
 

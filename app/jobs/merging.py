@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.errors import ApiError
+from app.core.logs import REQUEST_ID
 from app.core.object_store import get_store
 from app.core.queue import enqueue_merge
 from app.core.settings import Settings
@@ -93,7 +94,7 @@ def request_merged(session: Session, settings: Settings, job: Job, source: str) 
 
 
 def _first_request(session: Session, job_id: str, source: str) -> MergedModel:
-    row = MergedModel(job_id=job_id, source=source, status=MergeStatus.queued)
+    row = MergedModel(job_id=job_id, source=source, status=MergeStatus.queued, request_id=REQUEST_ID.get())
     session.add(row)
     try:
         session.commit()
@@ -104,7 +105,7 @@ def _first_request(session: Session, job_id: str, source: str) -> MergedModel:
 
 
 def _ask_again(session: Session, row: MergedModel) -> None:
-    row.status, row.sent_at, row.error = MergeStatus.queued, None, None
+    row.status, row.sent_at, row.error, row.request_id = MergeStatus.queued, None, None, REQUEST_ID.get()
     session.commit()
 
 

@@ -4,6 +4,7 @@ this module decides which one a request asks for and what follows it (enqueueing
 
 from __future__ import annotations
 
+import logging
 import secrets
 
 from sqlalchemy import func, select
@@ -14,11 +15,14 @@ from app.core import job_state
 from app.core.errors import ApiError
 from app.core.job_spec import JobCreate, resolve_spec
 from app.core.job_state import add_event
+from app.core.logs import REQUEST_ID
 from app.core.metrics import PREFERENCE_NAMES
 from app.core.queue import enqueue_job
 from app.core.settings import Settings
 from app.core.tables import TERMINAL_STATUSES, File, Job, JobStatus, Tenant
 from app.sweeps.service import finalize_quietly
+
+log = logging.getLogger("ftaas.api")
 
 
 def check_model(settings: Settings, model: str, param: str = "model") -> str:
@@ -149,6 +153,7 @@ def build_job(
         spec=resolve_spec(body).stored(),
         status=JobStatus.queued,
         sweep_id=sweep_id,
+        request_id=REQUEST_ID.get(),  # the worker logs under the request that made the job
     )
     session.add(job)
     session.flush()
@@ -193,6 +198,7 @@ def create(session: Session, settings: Settings, tenant: Tenant, body: JobCreate
     check_active_job_room(session, settings, tenant, 1)
     job = build_job(session, settings, tenant, body, training, validation)
     session.commit()  # commit, then enqueue: the worker must find the row
+    log.info("created job %s", job.id, extra={"job_id": job.id})
     enqueue_job(job.id)
     return job
 

@@ -44,10 +44,12 @@ def running_service(
     pg_admin_url: str = PG_ADMIN_URL,
     preview_worker: bool = False,
     worker_env: Callable[[int], dict[str, str]] | None = None,
+    api_loglevel: str = "warning",
 ):
     """pg_admin_url: the Postgres server to make the service's database on (a test's private one); preview_worker:
     start `ftaas preview-worker` too (file previews); worker_env: worker i's own settings over the service's (its
-    host name, its private folders)."""
+    host name, its private folders); api_loglevel: `ftaas serve --loglevel` (info: its lines of every request
+    too)."""
     run = uuid.uuid4().hex[:8]
     db = f"ftaas_e2e_{run}"
     create_database(db, pg_admin_url)
@@ -72,7 +74,7 @@ def running_service(
     logs.mkdir(parents=True, exist_ok=True)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--loglevel", "warning"],
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--loglevel", api_loglevel],
             cwd=ROOT,
             env=env,
             stdout=open(logs / "api.log", "w"),

@@ -34,7 +34,7 @@ from app.core.settings import get_settings
 from app.core.storage import JobFiles
 from app.core.tables import Comparison, ComparisonStatus, File, Job
 from app.datasets.records import format_instruction
-from worker.child.process import prepare_process, prepare_torch
+from worker.child.process import prepare_process, prepare_torch, set_up_logging
 
 log = logging.getLogger("ftaas.compare")
 
@@ -309,8 +309,8 @@ def generate_outputs(infos: list[JobInfo], prompts: list[str], max_new_tokens: i
 
 def main(argv: list[str]) -> int:
     """`python -m worker.child compare COMPARISON_ID` (see worker/child/__main__.py)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s compare %(levelname)s %(message)s")
     settings = get_settings()
+    set_up_logging(settings, "compare")
     prepare_process(settings)
     prepare_torch(settings)
     run_comparison(argv[0])

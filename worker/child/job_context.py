@@ -20,6 +20,7 @@ from app.core.local_cache import LocalCache
 from app.core.settings import get_settings
 from app.core.storage import JobFiles
 from app.core.tables import Job, JobStatus, utcnow
+from worker.telemetry import JobFigures
 
 log = logging.getLogger("ftaas.child")
 T = TypeVar("T")
@@ -77,6 +78,7 @@ class JobContext:
         self._last_try = 0.0
         self.interrupt_requested = False
         self.in_training = False  # in the loop, which saves a checkpoint before it stops
+        self.figures = JobFigures(job_id)  # the worker's /metrics (worker/telemetry.py)
 
     def on_sigterm(self, _signum, _frame) -> None:
         """The worker passes its shutdown on. In the training loop, stop at the end of the step with a
@@ -171,7 +173,8 @@ class JobContext:
 
     def progress(self, values: dict, force: bool = False) -> None:
         """Progress columns, at most every progress_every_s; skipped while the database is away (the next
-        write carries newer figures)."""
+        write carries newer figures). Every call, throttled or not, updates the worker's /metrics."""
+        self.figures.observe(values)
         now = time.monotonic()
         if force or now - self._last_progress >= self.settings.progress_every_s:
             self._last_progress = now

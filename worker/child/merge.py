@@ -22,7 +22,7 @@ from app.core.object_store import StoreError
 from app.core.settings import get_settings, public_model_name
 from app.core.storage import JobFiles
 from app.core.tables import Checkpoint, Evaluation, Job, MergedModel, MergeStatus
-from worker.child.process import prepare_process, prepare_torch
+from worker.child.process import prepare_process, prepare_torch, set_up_logging
 
 log = logging.getLogger("ftaas.merge")
 
@@ -124,8 +124,8 @@ def run_merge(merge_id: str, attempt: int) -> str:
 
 def main(argv: list[str]) -> int:
     """`python -m worker.child merge MERGED_MODEL_ID ATTEMPT` (see worker/child/__main__.py)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s merge %(levelname)s %(message)s")
     settings = get_settings()
+    set_up_logging(settings, "merge")
     prepare_process(settings)
     prepare_torch(settings)
     run_merge(argv[0], int(argv[1]))

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import os
 
+from app.core.logs import adopt_parent_context, configure_logging
 from app.core.settings import Settings
+
+
+def set_up_logging(settings: Settings, name: str) -> None:
+    """The child's lines: text as "<time> <name> <LEVEL> <message>", or JSON naming the request and job its parent
+    task logs under (app/core/logs.py)."""
+    adopt_parent_context()
+    configure_logging(settings.log_format, name, text=f"%(asctime)s {name} %(levelname)s %(message)s")
 
 
 def prepare_process(settings: Settings) -> None:

@@ -33,7 +33,7 @@ from worker.child.job_context import (
     LostJob,
     UserError,
 )
-from worker.child.process import prepare_process, prepare_torch
+from worker.child.process import prepare_process, prepare_torch, set_up_logging
 from worker.child.stored_results import (
     record_checkpoint,
     record_checkpoint_archive,
@@ -490,13 +490,15 @@ def run(ctx: JobContext) -> None:
 def main(argv: list[str]) -> int:
     """`python -m worker.child train JOB_ID ATTEMPT` (see worker/child/__main__.py); returns the exit code the
     training task reads."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s child %(levelname)s %(message)s")
+    set_up_logging(get_settings(), "child")
     job_id, attempt = argv[0], int(argv[1])
     prepare_process(get_settings())
     ctx = JobContext(job_id, attempt)
     signal.signal(signal.SIGTERM, ctx.on_sigterm)
+    log.info("job %s attempt %s: training child started", job_id, attempt)
     try:
         run(ctx)
+        log.info("job %s attempt %s: training child done", job_id, attempt)
         return EXIT_DONE
     except Interrupted as exc:
         log.info("job %s attempt %s interrupted by a shutdown: %s", job_id, attempt, exc)

@@ -10,8 +10,8 @@ from app.core.db import get_sessionmaker
 from app.core.errors import error_body
 from app.core.job_state import claim_comparison, finish_comparison
 from app.core.storage import comparison_log
-from app.core.tables import ComparisonStatus
-from worker.tasks.runtime import celery
+from app.core.tables import Comparison, ComparisonStatus
+from worker.tasks.runtime import celery, logging_for
 from worker.tasks.supervise import last_lines, spawn_child
 
 log = logging.getLogger("ftaas.worker")
@@ -19,8 +19,13 @@ log = logging.getLogger("ftaas.worker")
 
 @celery.task(name=COMPARE_TASK, bind=True)
 def compare(self, comparison_id: str) -> str:
+    with logging_for(Comparison, comparison_id):
+        return compare_now(self, comparison_id)
+
+
+def compare_now(task, comparison_id: str) -> str:
     Session = get_sessionmaker()
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
     with Session() as s:
         if not claim_comparison(s, comparison_id, take_over_running=redelivered):
             log.info("comparison %s is not queued (finished or taken); nothing to do", comparison_id)

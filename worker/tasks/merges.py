@@ -12,7 +12,7 @@ from app.core.errors import error_body
 from app.core.job_state import claim_merge, finish_merge
 from app.core.storage import JobFiles
 from app.core.tables import MergedModel, MergeStatus
-from worker.tasks.runtime import celery
+from worker.tasks.runtime import celery, logging_for
 from worker.tasks.supervise import last_lines, spawn_child
 
 log = logging.getLogger("ftaas.worker")
@@ -20,8 +20,13 @@ log = logging.getLogger("ftaas.worker")
 
 @celery.task(name=MERGE_TASK, bind=True)
 def merge(self, merge_id: str) -> str:
+    with logging_for(MergedModel, merge_id):
+        return merge_now(self, merge_id)
+
+
+def merge_now(task, merge_id: str) -> str:
     Session = get_sessionmaker()
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
     with Session() as s:
         attempt = claim_merge(s, merge_id, take_over_building=redelivered)
         row = s.get(MergedModel, merge_id) if attempt is not None else None

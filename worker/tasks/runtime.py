@@ -1,5 +1,6 @@
 """The worker process's Celery app and its process-wide hooks: the worker's name (host:pid, stored as a
-job's holder), fresh database connections after a fork, and a warm shutdown passed on to training children.
+job's holder), fresh database connections after a fork, a warm shutdown passed on to training children, the
+/metrics port (worker/telemetry.py), JSON log lines when FTAAS_LOG_FORMAT=json, and the log context of a task.
 
 `celery -A worker.tasks worker` imports worker.tasks, which imports every task module, so the app and its
 tasks are registered together.
@@ -11,12 +12,22 @@ import logging
 import os
 import signal
 import socket
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 
-from celery.signals import worker_process_init, worker_shutting_down
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_init,
+    worker_process_init,
+    worker_shutting_down,
+)
+from sqlalchemy import select
 
 from app.core.celery_app import make_celery
-from app.core.db import get_engine
+from app.core.db import get_engine, get_sessionmaker
+from app.core.logs import log_context, use_json
+from app.core.settings import get_settings
+from worker import telemetry
 from worker.tasks.supervise import training_children
 
 log = logging.getLogger("ftaas.worker")
@@ -47,3 +58,34 @@ def _fresh_connections_after_fork(**_kwargs) -> None:
     forks): drop the inherited pool without closing the parent's sockets."""
     if get_engine.cache_info().currsize:
         get_engine().dispose(close=False)
+
+
+@worker_init.connect
+def _metrics_port(**_kwargs) -> None:
+    """In the main process, before the pool starts, so that pool processes and training children inherit where
+    to record (worker/telemetry.py)."""
+    settings = get_settings()
+    if settings.worker_metrics_port:
+        telemetry.serve_metrics(settings.worker_metrics_port, settings.data_dir)
+    else:
+        telemetry.no_metrics()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _json_lines(logger=None, **_kwargs) -> None:
+    """FTAAS_LOG_FORMAT=json: Celery's handlers (its own lines, ftaas', and redirected prints) write JSON lines with
+    the task's request and job ids (app/core/logs.py); text keeps Celery's format."""
+    if get_settings().log_format == "json":
+        for handler in logger.handlers:
+            use_json(handler, "worker")
+
+
+@contextmanager
+def logging_for(table, row_id: str):
+    """Log lines of a task on `row_id` (a job, comparison or merged model) name it and the request that made it;
+    so do its child's (spawn_child hands the context on)."""
+    with get_sessionmaker()() as s:
+        request_id = s.scalar(select(table.request_id).where(table.id == row_id))
+    with log_context(request_id=request_id, job_id=row_id):
+        yield

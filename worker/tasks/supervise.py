@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from app.core.db import get_sessionmaker
 from app.core.job_state import renew_lease
+from app.core.logs import child_env
 from app.core.settings import get_settings
 from app.core.tables import Job, JobStatus
 
@@ -31,10 +32,14 @@ CANCEL_POLL_S = 1.0  # how often the supervisor looks for a cancel between heart
 
 def spawn_child(args: list[str], log_path: Path) -> subprocess.Popen:
     """A fresh interpreter, not a fork: CUDA must never be initialised in the worker itself. Its output is
-    appended to `log_path` (one file per training attempt, one per comparison)."""
+    appended to `log_path` (one file per training attempt, one per comparison); its log lines name the request and
+    job the task logs under (app/core/logs.py)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **child_env()}
     with open(log_path, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", CHILD_MODULE, *args], stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", CHILD_MODULE, *args], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
 
 
 def is_training_child(cmdline: list[str], job_id: str | None = None) -> bool:

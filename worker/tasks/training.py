@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import signal
 
+from sqlalchemy import select
+
 from app.core.celery_app import TRAIN_TASK
 from app.core.db import get_sessionmaker
 from app.core.job_state import (
@@ -21,8 +23,9 @@ from app.core.job_state import (
 from app.core.settings import get_settings
 from app.core.storage import JobFiles
 from app.core.tables import Job, JobStatus
+from worker import telemetry
 from worker.child.job_context import EXIT_INTERRUPTED
-from worker.tasks.runtime import celery, worker_name
+from worker.tasks.runtime import celery, logging_for, worker_name
 from worker.tasks.supervise import last_lines, passing_shutdown_to, spawn_child, supervise
 
 log = logging.getLogger("ftaas.worker")
@@ -30,6 +33,27 @@ log = logging.getLogger("ftaas.worker")
 
 @celery.task(name=TRAIN_TASK, bind=True)
 def train(self, job_id: str) -> str:
+    with logging_for(Job, job_id):
+        result = run_attempt(job_id)
+        if telemetry.enabled():
+            try:
+                telemetry.count_job(outcome(job_id, result))
+            except Exception:  # noqa: BLE001 - a figure lost, never the task's result
+                log.warning("job %s: attempt not counted in /metrics", job_id, exc_info=True)
+    return result
+
+
+def outcome(job_id: str, result: str) -> str:
+    """How the attempt ended, for the worker's /metrics: the task's result, or for "done" (the child wrote the
+    job's end, or the job was cancelled or taken over meanwhile) the job's status then."""
+    if result != "done":
+        return result
+    with get_sessionmaker()() as s:
+        status = s.scalar(select(Job.status).where(Job.id == job_id))
+    return str(status) if status in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled) else "lost"
+
+
+def run_attempt(job_id: str) -> str:
     settings, Session = get_settings(), get_sessionmaker()
     with Session() as s:
         attempt = claim_job(s, job_id, worker_name(), settings.lease_s)

@@ -226,7 +226,7 @@ def train(
             batches, batches_epoch = micro_batches(examples, cfg.micro_batch_size, cfg.seed, epoch), epoch
         group = batches[local_step * cfg.grad_accum : (local_step + 1) * cfg.grad_accum]
         step_weight = sum(objective.weight(e) for mb in group for e in mb)
-        step_loss = 0.0
+        step_loss, step_tokens, step_t0 = 0.0, 0, time.monotonic()
         for mb in group:
             if hooks.should_stop():
                 raise StopTraining
@@ -237,7 +237,8 @@ def train(
             loss = mb_loss * (sum(objective.weight(e) for e in mb) / max(1, step_weight))
             loss.backward()
             step_loss += loss.item()
-            trained_tokens += real_tokens
+            step_tokens += real_tokens
+        trained_tokens += step_tokens
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))  # before clipping
         optimizer.step()
         scheduler.step()
@@ -255,6 +256,9 @@ def train(
                 "train_loss": step_loss,
                 "eta_s": eta,
                 "trained_tokens": trained_tokens,
+                # this step alone, for the worker's /metrics (worker/telemetry.py): loss.item() waited for the GPU
+                "step_seconds": time.monotonic() - step_t0,
+                "step_tokens": step_tokens,
             }
         )
         if step % cfg.logging_steps == 0 or step == total_steps:
