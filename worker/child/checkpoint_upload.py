@@ -4,7 +4,9 @@ The loop saves a checkpoint to this host's cache (worker/training/checkpoints.py
 pushes it to the store (COMPLETE last, so a checkpoint half uploaded never looks whole to the host that resumes)
 and deletes what the loop pruned since (COMPLETE first, so a checkpoint half deleted never looks whole either).
 One push at a time: the next checkpoint waits for the previous push, which bounds what is in flight to one
-checkpoint and keeps the loop's pruning (never the newest two) away from the folder being pushed.
+checkpoint and keeps the loop's pruning (never the newest two) away from the folder being pushed. A checkpoint's row
+(GET .../checkpoints) is written once its push is done (`take_stored`, from the training thread, which owns the
+database writes): a listed checkpoint is one any host can resume from.
 
 A store away for a while (a restart, the network) costs nothing but time: the store's own retries
 (store_retry_s) carry the push until it is back. A store away for longer fails the attempt, with the store's
@@ -30,14 +32,23 @@ class CheckpointUploader:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.pushed: list[tuple[int, float]] = []  # (step, seconds) of each checkpoint pushed
+        self._stored: list = []  # what submit was given with each folder now stored, until take_stored
 
-    def submit(self, folder: Path, step: int) -> None:
-        """Push `folder` (a checkpoint just saved) from a thread, after the previous push has finished."""
+    def submit(self, folder: Path, step: int, about=None) -> None:
+        """Push `folder` (a checkpoint just saved) from a thread, after the previous push has finished; `about`
+        comes back from take_stored once it is stored."""
         self.wait()
-        self._thread = threading.Thread(target=self._push, args=(folder, step), name="checkpoint-upload", daemon=True)
+        self._thread = threading.Thread(
+            target=self._push, args=(folder, step, about), name="checkpoint-upload", daemon=True
+        )
         self._thread.start()
 
-    def _push(self, folder: Path, step: int) -> None:
+    def take_stored(self) -> list:
+        """The `about` of each checkpoint stored since the last call, oldest first."""
+        taken, self._stored = self._stored, []
+        return taken
+
+    def _push(self, folder: Path, step: int, about) -> None:
         t = time.monotonic()
         try:
             for path in sorted(self.ckpt_root.iterdir()):  # files beside the checkpoints (reference_logps.pt)
@@ -46,6 +57,7 @@ class CheckpointUploader:
             self.cache.push_folder(folder, last=(COMPLETE_MARKER,))
             self.cache.drop_stored_extras(self.ckpt_root, first=(COMPLETE_MARKER,))
             self.pushed.append((step, time.monotonic() - t))
+            self._stored.append(about)
             log.info("checkpoint of step %s stored in %.1fs", step, time.monotonic() - t)
         except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
             self._error = exc

@@ -285,12 +285,20 @@ class TrainingRecipe:
         ctx, selection = self.ctx, self.selection
         uploader = CheckpointUploader(ctx.cache, ctx.files.checkpoints)
 
+        def record_stored() -> None:
+            for args in uploader.take_stored():
+                record_checkpoint(ctx, *args)
+
         def on_checkpoint(step: int, epoch: float, path, metrics: dict, evaluated: bool) -> None:
-            uploader.submit(path, step)
-            record_checkpoint(ctx, step, epoch, path, metrics, evaluated)
+            uploader.submit(path, step, (step, epoch, path, metrics, evaluated))
+            record_stored()  # the previous checkpoint's row: submit waited for its push
+
+        def on_progress(values: dict, force: bool = False) -> None:
+            record_stored()
+            ctx.progress(values, force)
 
         hooks = Hooks(
-            on_progress=ctx.progress,
+            on_progress=on_progress,
             on_log=lambda d: ctx.event(f"Step {d['step']}: train_loss {d['train_loss']:.4f}", type="metrics", data=d),
             on_checkpoint=on_checkpoint,
             on_evaluate=self.evaluate_checkpoint,
@@ -325,6 +333,7 @@ class TrainingRecipe:
             )
         except TrainingInterrupted as exc:
             uploader.wait()  # the checkpoint it stopped at is the one the next attempt, on any host, resumes from
+            record_stored()
             raise Interrupted(str(exc)) from exc
         except BaseException:
             with suppress(Exception):  # the error that stopped training is the one to report
@@ -333,6 +342,7 @@ class TrainingRecipe:
         finally:
             ctx.in_training = False
         uploader.wait()
+        record_stored()
         if ctx.interrupt_requested:  # asked during the last step: its checkpoint is saved, the rest can wait
             raise Interrupted("training finished; evaluation and packaging are left to the next attempt")
         if summary.stopped_early is not None:
