@@ -341,6 +341,7 @@ def main() -> int:
         FTAAS_BROKER_URL="filesystem://",
         FTAAS_DATA_DIR=str(args.work / "var"),
         FTAAS_ARTIFACTS_DIR=str(args.work / "var" / "artifacts"),
+        FTAAS_CACHE_DIR=str(args.work / "var" / "cache"),
         FTAAS_ALLOWED_MODELS=",".join(str(m) for m in (m1, m8) if m),
         FTAAS_HF_OFFLINE="true",
         FTAAS_BERTSCORE_MODEL=bertscore,
