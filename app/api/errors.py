@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Route
 
 from app.core.errors import ApiError, loc_to_param
+from app.core.object_store import StoreError
 
 DB_RETRY_AFTER_S = 5
 
@@ -99,6 +100,14 @@ def install_error_handlers(app: FastAPI, routes: Iterable[BaseRoute] = ()) -> No
             "The service's database is unavailable; retry shortly",
             code="database_unavailable",
             headers={"Retry-After": str(DB_RETRY_AFTER_S)},
+        )
+
+    @app.exception_handler(StoreError)
+    async def _store_away(_request: Request, exc: Exception) -> JSONResponse:
+        # The object store refused or did not answer after its retries (down, a wrong bucket or key): a 503 that
+        # says which store and why, never a 500. An upload it refused kept nothing (app/files/routes.py).
+        return error_response(
+            503, f"The object store is unavailable: {exc}", code="store_unavailable", headers={"Retry-After": "5"}
         )
 
     @app.exception_handler(PoolTimeout)

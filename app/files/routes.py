@@ -67,10 +67,7 @@ class _Incoming:
 def _store_upload(upload: UploadFile, key: str, copy: Path, cap: int) -> tuple[int, str]:
     """The upload stored at `key` and copied to `copy`; 413 as soon as it passes the cap."""
     incoming = _Incoming(upload, copy, cap)
-    try:
-        get_store().put_stream(key, incoming.chunks())
-    except StoreError as exc:
-        raise ApiError(503, f"The file could not be stored: {exc}", code="store_unavailable") from exc
+    get_store().put_stream(key, incoming.chunks())  # a StoreError is the API's 503 (app/api/errors.py)
     if incoming.too_large:
         raise ApiError(413, f"File is larger than the {cap}-byte limit", param="file", code="file_too_large")
     return incoming.size, incoming.digest.hexdigest()

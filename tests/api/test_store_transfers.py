@@ -14,6 +14,7 @@ from app.api.downloads import ChecksumMismatch
 from app.core.object_store import get_store
 from app.core.settings import get_settings
 from app.core.storage import upload_key
+from tests.helpers.factories import make_file_row
 from tests.helpers.files import PC_JSONL, file_row_count, upload
 from tests.helpers.s3_server import CREDENTIALS, s3_server
 
@@ -93,21 +94,27 @@ def test_a_damaged_object_is_never_served_as_a_good_one(client, auth, bucket):
     assert r.status_code == 404 and r.json()["error"]["code"] == "file_content_missing"
 
 
-def test_an_upload_the_store_refuses_is_a_503_that_says_why_and_stores_nothing(client, auth, db_session, monkeypatch):
+def test_a_store_out_of_reach_is_a_503_that_says_why_and_an_upload_keeps_nothing(
+    client, auth, acme, db_session, monkeypatch
+):
+    from tests.helpers.e2e_service import free_port
+
     settings = get_settings()
     for key, value in CREDENTIALS.items():
         monkeypatch.setenv(key, value)
-    with s3_server() as s3:
-        monkeypatch.setattr(settings, "store_url", "s3://no-such-bucket")
-        monkeypatch.setattr(settings, "s3_endpoint", s3.endpoint)
-        monkeypatch.setattr(settings, "store_retry_s", 3.0)
+    monkeypatch.setattr(settings, "store_url", "s3://the-fleet-bucket")
+    monkeypatch.setattr(settings, "s3_endpoint", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setattr(settings, "store_retry_s", 2.0)
+    get_store.cache_clear()
+    try:
+        rows = file_row_count(db_session)
+        uploaded = upload(client, auth, "train.jsonl", PC_JSONL)
+        listed = make_file_row(db_session, acme)
+        downloaded = client.get(f"/v1/files/{listed.id}/content", headers=auth)
+    finally:
         get_store.cache_clear()
-        try:
-            rows = file_row_count(db_session)
-            r = upload(client, auth, "train.jsonl", PC_JSONL)
-        finally:
-            get_store.cache_clear()
-    assert r.status_code == 503, r.text
-    error = r.json()["error"]
-    assert error["code"] == "store_unavailable" and "no-such-bucket" in error["message"]
-    assert file_row_count(db_session) == rows
+    for r in (uploaded, downloaded):
+        assert r.status_code == 503, r.text
+        error = r.json()["error"]
+        assert error["code"] == "store_unavailable" and "the-fleet-bucket" in error["message"]
+    assert file_row_count(db_session) == rows + 1  # the listed row only: the refused upload kept none
