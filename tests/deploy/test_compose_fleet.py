@@ -126,3 +126,15 @@ def test_compose_settings_are_settings():
         for service in load(name)["services"].values():
             unknown = {k for k in service.get("environment", {}) if k.startswith("FTAAS_")} - fields
             assert not unknown, f"{name}: not settings: {unknown}"
+
+
+def test_every_process_caches_where_its_image_lets_it_write():
+    """The images run as the `ftaas` user, which may write only what they made its own (docker/*.Dockerfile):
+    /var/lib/ftaas and, in the worker image, /var/cache/ftaas. The default ./var/cache (under the root-owned
+    /opt/ftaas) would make the API's first upload fail."""
+    for name in (STACK, GPU_HOST):
+        for service_name, service in load(name)["services"].items():
+            env = service.get("environment") or {}
+            if service.get("command") and "ftaas" in service["command"][:1]:
+                cache = env.get("FTAAS_CACHE_DIR", "")
+                assert cache.startswith(("/var/lib/ftaas", "/var/cache/ftaas")), f"{name} {service_name}: {cache!r}"
