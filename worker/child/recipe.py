@@ -129,7 +129,8 @@ class TrainingRecipe:
         host stored, on any host, with or without a cache (a new host, a lost disk). Room is made in the cache
         first, sparing this job and its files."""
         ctx = self.ctx
-        keep = [f"jobs/{ctx.job_id}"] + [f"files/{f.storage_name}" for f in (self.train_file, self.val_file) if f]
+        keep = [ctx.cache.key_of(ctx.files.root)]
+        keep += [upload_key(f.storage_name) for f in (self.train_file, self.val_file) if f]
         ctx.cache.trim(keep)
         ctx.cache.pull(ctx.files.key_of(ctx.files.checkpoints))
 
@@ -397,6 +398,7 @@ class TrainingRecipe:
             base_model=public_model_name(self.job.model_source),
         )
         ctx.cache.push_folder(files.adapter_dir)  # comparisons load the folder, downloads the archive
+        ctx.cache.drop_stored_extras(files.adapter_dir)  # what an earlier attempt's folder held and this one lacks
         ctx.cache.push(archive)
         self.package_checkpoints(name)
         ok = ctx.finish(
