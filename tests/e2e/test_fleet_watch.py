@@ -104,7 +104,7 @@ def watched(tmp_path_factory):
             "api_before": api_before,
             "api_after": scrape(api_metrics),
             "logs": service["logs"],
-            "attempt_log": Path(service["env"]["FTAAS_ARTIFACTS_DIR"]) / "jobs" / job_id / "attempt-1.log",
+            "attempt_log": Path(service["env"]["FTAAS_CACHE_DIR"]) / "jobs" / job_id / "attempt-1.log",
         }
 
 

@@ -15,6 +15,7 @@ reason, at the next checkpoint or at the end of training, never a job that succe
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -38,8 +39,10 @@ class CheckpointUploader:
         """Push `folder` (a checkpoint just saved) from a thread, after the previous push has finished; `about`
         comes back from take_stored once it is stored."""
         self.wait()
+        # in this thread's context: its log lines carry the job's request id and job id (app/core/logs.py)
+        context = contextvars.copy_context()
         self._thread = threading.Thread(
-            target=self._push, args=(folder, step, about), name="checkpoint-upload", daemon=True
+            target=context.run, args=(self._push, folder, step, about), name="checkpoint-upload", daemon=True
         )
         self._thread.start()
 
