@@ -7,12 +7,14 @@ finished goes), and a file fetched with its checksum is checked against it, so a
 fetched again and a damaged object is an error, not a silent input.
 
 Bounded: `trim` removes the least recently used units (one uploaded file, one job's folder) until the cache holds
-at most cache_max_gb, sparing the caller's own and anything used in the last IN_USE_S (a running job appends to
-its log all the time, a fetched file is touched when used): several workers of a host may share one cache_dir.
+at most cache_max_gb, sparing the caller's own, a job folder a running process holds (`hold`, a file lock), and
+anything used in the last IN_USE_S (a fetched file is touched when used): several workers of a host may share
+one cache_dir.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -27,6 +29,7 @@ from app.core.settings import Settings, get_settings
 log = logging.getLogger("ftaas.cache")
 
 IN_USE_S = 15 * 60  # a unit touched this recently may be in use by another process of this host: never evicted
+IN_USE_MARKER = ".in-use"  # a job folder's lock file, held (flock) by the process working on it: never evicted
 
 
 def sha256_file(path: Path) -> str:
@@ -124,11 +127,36 @@ class LocalCache:
         for top in ("files", "jobs", "comparisons"):
             parent = self.root / top
             for unit in parent.iterdir() if parent.is_dir() else ():
+                # the lock file says nothing of use: opened by a process that may be gone
                 entries = [unit] if unit.is_file() else [p for p in unit.rglob("*") if p.is_file()]
+                entries = [p for p in entries if p.name != IN_USE_MARKER]
                 stats = [p.stat() for p in entries if p.exists()]
                 used = max((st.st_mtime for st in stats), default=unit.stat().st_mtime)
                 out.append((used, sum(st.st_size for st in stats), unit))
         return sorted(out, key=lambda u: u[0])
+
+    def hold(self, key: str):
+        """Mark the unit `key` ("jobs/<id>") in use for as long as the returned file stays open (this process's
+        life, for a training child): trim in any process of this host leaves it alone, however long it goes
+        without writing (loading a large model, a long evaluation)."""
+        marker = self.path(key) / IN_USE_MARKER
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        held = open(marker, "a")  # noqa: SIM115 - kept open on purpose: the lock lives as long as the file
+        fcntl.flock(held, fcntl.LOCK_SH)
+        return held
+
+    @staticmethod
+    def _held(unit: Path) -> bool:
+        marker = unit / IN_USE_MARKER
+        if not marker.is_file():
+            return False
+        with open(marker, "a") as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(probe, fcntl.LOCK_UN)
+        return False
 
     def trim(self, keep: Iterable[str] = ()) -> int:
         """The least recently used units removed until the cache holds at most max_bytes, except the keys in `keep`
@@ -139,7 +167,7 @@ class LocalCache:
         for used, size, unit in units:
             if total - freed <= self.max_bytes:
                 break
-            if unit in keep_paths or now - used < IN_USE_S:
+            if unit in keep_paths or now - used < IN_USE_S or (unit.is_dir() and self._held(unit)):
                 continue
             if unit.is_dir():
                 shutil.rmtree(unit, ignore_errors=True)

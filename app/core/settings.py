@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -220,6 +220,19 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _cache_apart_from_the_local_store(self) -> Settings:
+        # The cache deletes its copies (an archive once stored, what trim evicts): inside the local store, or
+        # holding it, that would delete stored objects themselves.
+        if self.store_url is None:
+            store, cache = self.artifacts_dir.resolve(), self.cache_dir.resolve()
+            if cache == store or cache.is_relative_to(store) or store.is_relative_to(cache):
+                raise ValueError(
+                    f"cache_dir ({self.cache_dir}) must be apart from artifacts_dir ({self.artifacts_dir}), the "
+                    "local object store: neither inside the other"
+                )
+        return self
 
     def resolved_models(self) -> dict[str, str]:
         """Model id as clients name it -> what from_pretrained gets (hub id or absolute directory).

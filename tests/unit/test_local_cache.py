@@ -86,3 +86,50 @@ def test_trim_evicts_the_least_recently_used_but_never_the_kept_or_the_in_use(ca
     cache.trim()
     assert (cache.root / "files" / "new").exists()  # used a minute ago: maybe by another worker of this host
     assert local_cache.IN_USE_S >= 600
+
+
+def test_a_job_folder_held_by_a_running_process_is_never_evicted(cache):
+    import subprocess
+    import sys
+
+    old = time.time() - 5 * 3600
+    for job in ("running", "done"):
+        log_file = cache.path(f"jobs/{job}/attempt-1.log")
+        log_file.parent.mkdir(parents=True)
+        log_file.write_bytes(b"x" * 8000)
+        os.utime(log_file, (old, old))
+    held_by_another = subprocess.Popen(  # a training child of another worker of this host, quiet for hours
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from app.core.local_cache import LocalCache; "
+            "c = LocalCache(None, Path(sys.argv[1]), 0); h = c.hold('jobs/running'); print('held', flush=True); "
+            "time.sleep(60)",
+            str(cache.root),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert held_by_another.stdout.readline().strip() == "held"
+        cache.max_bytes = 0
+        cache.trim()
+        assert cache.path("jobs/running/attempt-1.log").exists() and not cache.path("jobs/done").exists()
+    finally:
+        held_by_another.kill()
+        held_by_another.wait()
+    cache.trim()  # its process gone, the lock goes with it
+    assert not cache.path("jobs/running").exists()
+
+
+def test_the_cache_must_be_apart_from_the_local_store(tmp_path):
+    from pydantic import ValidationError
+
+    from app.core.settings import Settings
+
+    with pytest.raises(ValidationError, match="must be apart from artifacts_dir"):
+        Settings(artifacts_dir=tmp_path / "store", cache_dir=tmp_path / "store" / "cache")
+    with pytest.raises(ValidationError, match="must be apart from artifacts_dir"):
+        Settings(artifacts_dir=tmp_path / "var" / "artifacts", cache_dir=tmp_path / "var")
+    Settings(artifacts_dir=tmp_path / "var" / "artifacts", cache_dir=tmp_path / "var" / "cache")
+    Settings(artifacts_dir=tmp_path / "store", cache_dir=tmp_path / "store" / "cache", store_url="s3://bucket")

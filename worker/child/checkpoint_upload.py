@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import queue
 import threading
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ class CheckpointUploader:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.pushed: list[tuple[int, float]] = []  # (step, seconds) of each checkpoint pushed
-        self._stored: list = []  # what submit was given with each folder now stored, until take_stored
+        self._stored: queue.SimpleQueue = queue.SimpleQueue()  # each stored folder's `about`, until take_stored
 
     def submit(self, folder: Path, step: int, about=None) -> None:
         """Push `folder` (a checkpoint just saved) from a thread, after the previous push has finished; `about`
@@ -48,7 +49,9 @@ class CheckpointUploader:
 
     def take_stored(self) -> list:
         """The `about` of each checkpoint stored since the last call, oldest first."""
-        taken, self._stored = self._stored, []
+        taken = []
+        while not self._stored.empty():
+            taken.append(self._stored.get_nowait())
         return taken
 
     def _push(self, folder: Path, step: int, about) -> None:
@@ -60,7 +63,7 @@ class CheckpointUploader:
             self.cache.push_folder(folder, last=(COMPLETE_MARKER,))
             self.cache.drop_stored_extras(self.ckpt_root, first=(COMPLETE_MARKER,))
             self.pushed.append((step, time.monotonic() - t))
-            self._stored.append(about)
+            self._stored.put(about)
             log.info("checkpoint of step %s stored in %.1fs", step, time.monotonic() - t)
         except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
             self._error = exc

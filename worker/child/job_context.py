@@ -71,6 +71,7 @@ class JobContext:
         self.files = JobFiles(job_id, self.settings)
         self.files.root.mkdir(parents=True, exist_ok=True)
         self.cache = LocalCache.from_settings(self.settings)  # this host's copies; the store has the job's files
+        self._held = self.cache.hold(self.cache.key_of(self.files.root))  # no trim of this host evicts it meanwhile
         self._last_progress = 0.0
         self._last_check = 0.0
         self._deferred: list[Callable[[Session], None]] = []  # writes made while the database was away

@@ -10,6 +10,7 @@ cancelled or re-claimed job ignores this process from then on, and the process n
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import traceback
 from contextlib import suppress
@@ -132,6 +133,9 @@ class TrainingRecipe:
         keep = [ctx.cache.key_of(ctx.files.root)]
         keep += [upload_key(f.storage_name) for f in (self.train_file, self.val_file) if f]
         ctx.cache.trim(keep)
+        # Fetched again rather than compared by size: a file left here by an attempt whose push never finished
+        # can have the size of the stored one of another attempt (the same step, other weights).
+        shutil.rmtree(ctx.files.checkpoints, ignore_errors=True)
         ctx.cache.pull(ctx.files.key_of(ctx.files.checkpoints))
 
     def load_data(self) -> None:
