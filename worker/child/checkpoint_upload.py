@@ -33,7 +33,6 @@ class CheckpointUploader:
         self.cache, self.ckpt_root = cache, ckpt_root
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self.pushed: list[tuple[int, float]] = []  # (step, seconds) of each checkpoint pushed
         self._stored: queue.SimpleQueue = queue.SimpleQueue()  # each stored folder's `about`, until take_stored
 
     def submit(self, folder: Path, step: int, about=None) -> None:
@@ -62,7 +61,6 @@ class CheckpointUploader:
                     self.cache.push(path)
             self.cache.push_folder(folder, last=(COMPLETE_MARKER,))
             self.cache.drop_stored_extras(self.ckpt_root, first=(COMPLETE_MARKER,))
-            self.pushed.append((step, time.monotonic() - t))
             self._stored.put(about)
             log.info("checkpoint of step %s stored in %.1fs", step, time.monotonic() - t)
         except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
