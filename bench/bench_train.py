@@ -16,6 +16,8 @@ Configurations (`--configs`, comma-separated):
      packing on where TrainingSpec has a `packing` field.
   3  the same with the service's bf16 LoRA path.
   4  prompt tuning through the same path (20 virtual tokens; never packed).
+  trl, trl-qlora, unsloth, unsloth-qlora: the peers a user compares with, on the same examples and steps
+     (bench/peers.py says exactly how each is set up; modifiers +ckpt and +pad).
 A configuration may carry modifiers after '+', for ablations: `3+noeos` (EOS row not trained), `3+qkvo`
 (targets q/k/v/o only), `2+mb64` (batch and micro-batch 64), `3+ckpt` (gradient checkpointing),
 `3+nopack`, `3+nodrop` (LoRA dropout 0), `3+drop05` (LoRA dropout 0.05), `3+r16`, `3+auto`
@@ -61,11 +63,15 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
+from bench.peers import PEERS, parse_peer, run_trl, run_unsloth_child  # noqa: E402
 from worker.training.data import IGNORE, Example, GenerationRow  # noqa: E402
 
 GIB = 2**30
 AUTO_MOST = 512  # examples per step to make room for with an `auto` micro-batch (the worker caps it lower)
 LOSS_WINDOW = 5
+# the service's configurations against the peers of the same kind (bench/peers.py), in the table's "vs best peer"
+PEER_KIND = {"3": ("trl", "unsloth"), "2": ("trl-qlora", "unsloth-qlora")}
+DATASHEET_TFLOPS = 989.0  # H100/H200 SXM dense bf16, NVIDIA's datasheet (the MFU column's second figure)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -215,6 +221,8 @@ class StepMeter:
         mask = kwargs.get("attention_mask")
         if mask is not None:
             self._mask_tokens += int(mask.sum())
+        elif ids is not None and kwargs.get("position_ids") is not None:  # padding-free (a peer): no padding at all
+            self._mask_tokens += ids.numel()
 
     def start(self) -> None:
         if self.device.type == "cuda":
@@ -321,6 +329,8 @@ class StepMeter:
 
 def parse_config(name: str, args) -> dict:
     base, *mods = name.split("+")
+    if base in PEERS:
+        return parse_peer(name, args.batch)
     if base not in {"1", "2", "3", "4"}:
         raise ValueError(f"unknown configuration {name!r}")
     c = {
@@ -574,8 +584,12 @@ def run_config(name: str, args, tok, examples, device, n_base: int) -> dict:
         # Enough examples for every step; the service path's stop check ends it after the last timed step.
         # The recipe's Trainer stops at max_steps; the service loop gets every example (the same seeded
         # micro-batches for every service configuration) and its stop check ends it after the last step.
-        info = (run_recipe if c["base"] == "1" else run_service)(c, args, tok, examples, device, meter)
-        info.update(meter.summary())
+        if c["base"].startswith("unsloth"):  # in its own process: it patches what it imports (bench/peers.py)
+            info = run_unsloth_child(c, args, meter)
+        else:
+            runner = {"1": run_recipe, "trl": run_trl, "trl-qlora": run_trl}.get(c["base"], run_service)
+            info = runner(c, args, tok, examples, device, meter)
+            info.update(meter.summary())
         info["profile"] = meter.profile_summary()
         if meter.stalls:
             info["stall_samples"] = meter.stalls.stop()
@@ -693,14 +707,26 @@ def table(results: list[dict], args, device_name: str, n_base: int) -> str:
         f"MFU = useful tokens/s x 4 x {n_base:,} FLOPs (frozen base: forward 2N + activation-gradient backward 2N; "
         f"recomputation and adapter FLOPs not counted) / {args.peak_tflops:g} TFLOP/s (H200 dense bf16).",
         "",
-        "| config | what | batch | useful tok/step | row fill | s/step median (mean) | useful tok/s | vs (1) | MFU | "
+        f"| config | what | batch | useful tok/step | row fill | s/step median (mean) | useful tok/s | vs (1) | "
+        f"MFU {args.peak_tflops:g} / {DATASHEET_TFLOPS:g} | "
         f"peak GiB | loss step 1 -> {args.warmup + args.steps} | trainable |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+    def best_peer(kind: str) -> float | None:  # the fastest peer of the same kind (bf16 LoRA or QLoRA)
+        peers = [r.get("tokens_per_s") for r in results if r["name"].split("+")[0] in PEER_KIND.get(kind, ())]
+        return max((p for p in peers if p), default=None)
+
     for r in results:
         tps = r.get("tokens_per_s")
         ratio = f"{tps / anchor:.2f}x" if tps and anchor else "-"
-        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+        peer = best_peer(r["name"].split("+")[0])
+        vs_peer = f"{tps / peer:.2f}x" if tps and peer else "-"
+        mfu = (
+            f"{100 * r['mfu']:.1f}% / {100 * r['mfu'] * args.peak_tflops / DATASHEET_TFLOPS:.1f}%"
+            if r.get("mfu")
+            else "-"
+        )
         peak = f"{r['peak_bytes'] / GIB:.1f}" if r.get("peak_bytes") else "-"
         fill = f"{100 * r['row_fill']:.0f}%" if r.get("row_fill") else "-"
         loss = (
@@ -714,7 +740,7 @@ def table(results: list[dict], args, device_name: str, n_base: int) -> str:
             what = f"FAILED {r['error'][:120]}"
         lines.append(
             f"| {r['name']} | {what} | {r['batch']} | {fmt_int(r.get('useful_tokens_per_step'))} | {fill} | {step} | "
-            f"{fmt_int(tps)} | {ratio} | {mfu} | {peak} | {loss} | {fmt_int(r.get('trainable_params'))} |"
+            f"{fmt_int(tps)} | {ratio} | {vs_peer} | {mfu} | {peak} | {loss} | {fmt_int(r.get('trainable_params'))} |"
         )
     return "\n".join(lines)
 

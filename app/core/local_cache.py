@@ -6,10 +6,10 @@ truth: a folder pulled from it is made equal to it (a stale local checkpoint of 
 finished goes), and a file fetched with its checksum is checked against it, so a copy that no longer matches is
 fetched again and a damaged object is an error, not a silent input.
 
-Bounded: `trim` removes the least recently used units (one uploaded file, one job's folder) until the cache holds
-at most cache_max_gb, sparing the caller's own, a job folder a running process holds (`hold`, a file lock), and
-anything used in the last IN_USE_S (a fetched file is touched when used): several workers of a host may share
-one cache_dir.
+Bounded: `trim` removes the least recently used units (one uploaded file, its tokenized rows, one job's folder)
+until the cache holds at most cache_max_gb, sparing the caller's own, a job folder a running process holds (`hold`,
+a file lock), and anything used in the last IN_USE_S (a fetched file is touched when used): several workers of a
+host may share one cache_dir.
 """
 
 from __future__ import annotations
@@ -122,9 +122,10 @@ class LocalCache:
     # ------------------------------------------------------------------------------------------------- bounds
 
     def units(self) -> list[tuple[float, int, Path]]:
-        """(last used, bytes, folder or file) of every unit: files/<name>, jobs/<job_id>, comparisons/<log>."""
+        """(last used, bytes, folder or file) of every unit: files/<name>, tokenized/<name>, jobs/<job_id>,
+        comparisons/<log>."""
         out = []
-        for top in ("files", "jobs", "comparisons"):
+        for top in ("files", "tokenized", "jobs", "comparisons"):
             parent = self.root / top
             for unit in parent.iterdir() if parent.is_dir() else ():
                 # the lock file says nothing of use: opened by a process that may be gone
@@ -160,7 +161,8 @@ class LocalCache:
 
     def trim(self, keep: Iterable[str] = ()) -> int:
         """The least recently used units removed until the cache holds at most max_bytes, except the keys in `keep`
-        (a job's "jobs/<id>", a file's "files/<name>") and units used in the last IN_USE_S; returns bytes freed."""
+        (a job's "jobs/<id>", a file's "files/<name>" or "tokenized/<name>") and units used in the last IN_USE_S;
+        returns bytes freed."""
         keep_paths = {self.path(k) for k in keep}
         units = self.units()
         total, freed, now = sum(u[1] for u in units), 0, time.time()

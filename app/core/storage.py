@@ -4,6 +4,7 @@ Every file a job needs or makes is an object in the store every host shares (app
 folder artifacts_dir by default, or an S3-compatible bucket). Its key:
 
     files/<storage_name>                              an uploaded file, or a job's result file (File.storage_name)
+    tokenized/<storage_name>/<fingerprint>.npz        an upload's rows as a tokenizer trains them (deleted with it)
     jobs/<job_id>/checkpoints/step-<n>/               resumable checkpoints (COMPLETE is uploaded last)
     jobs/<job_id>/checkpoints/reference_logps.pt      preference tuning's reference log-probabilities
     jobs/<job_id>/adapter/                            the shipped adapter folder (comparisons load it)
@@ -35,6 +36,15 @@ JOBS = "jobs"
 
 def upload_key(storage_name: str) -> str:
     return f"files/{storage_name}"
+
+
+def tokenized_key(storage_name: str, fingerprint: str) -> str:
+    """An upload's tokenized rows (worker/training/tokenized.py) for one (tokenizer, max_seq_length, format)."""
+    return f"{tokenized_prefix(storage_name)}/{fingerprint}.npz"
+
+
+def tokenized_prefix(storage_name: str) -> str:
+    return f"tokenized/{storage_name}"
 
 
 def comparison_log(comparison_id: str, settings: Settings | None = None) -> Path:

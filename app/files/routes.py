@@ -19,7 +19,7 @@ from app.api.openapi import error_responses
 from app.api.pagination import after_query, limit_query, list_page, page_of
 from app.core.errors import ApiError
 from app.core.object_store import StoreError, get_store
-from app.core.storage import upload_key
+from app.core.storage import tokenized_prefix, upload_key
 from app.core.tables import TERMINAL_STATUSES, File, Job, new_id, utcnow
 from app.datasets import Bounds, DatasetValidationError, check_column_mapping, validate_file
 from app.files.presenters import file_public
@@ -226,4 +226,5 @@ def delete_file(file: OwnedFile, session: SessionDep) -> FileDeleted:
     session.commit()
     with suppress(StoreError):  # the row is deleted; an object the store kept is never served again
         get_store().delete([upload_key(file.storage_name)])
+        get_store().delete_prefix(tokenized_prefix(file.storage_name))  # its tokens are its data too
     return FileDeleted(id=file.id)

@@ -156,6 +156,11 @@ def test_delete_removes_row_from_view_and_bytes_from_disk(client, auth, db_sessi
     file_id = upload(client, auth, "f.jsonl", PC_JSONL).json()["id"]
     stored = UPLOADS_DIR / file_id
     assert stored.is_file()
+    # what a worker kept of it: its rows as two tokenizers train them (worker/child/job_data.py)
+    tokenized = [ARTIFACTS_DIR / "tokenized" / db_session.get(File, file_id).storage_name / f"{n}.npz" for n in "ab"]
+    for path in tokenized:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"tokens")
 
     r = client.delete(f"/v1/files/{file_id}", headers=auth)
     assert r.status_code == 200, r.text
@@ -165,6 +170,7 @@ def test_delete_removes_row_from_view_and_bytes_from_disk(client, auth, db_sessi
     assert_error(client.get(f"/v1/files/{file_id}/content", headers=auth), 404, param="file_id")
     assert_error(client.delete(f"/v1/files/{file_id}", headers=auth), 404, param="file_id")
     assert not stored.exists()
+    assert not any(path.exists() for path in tokenized)
     assert client.get("/v1/files", headers=auth).json()["data"] == []
     db_session.expire_all()
     assert db_session.get(File, file_id).deleted_at is not None  # soft delete: finished jobs keep the row

@@ -18,13 +18,11 @@ from contextlib import suppress
 from sqlalchemy import select
 
 from app.core.job_spec import JobSpec
-from app.core.local_cache import LocalCache
 from app.core.metrics import metrics_for_selection, selection_for
 from app.core.naming import fine_tuned_name
 from app.core.settings import get_settings, public_model_name
-from app.core.storage import upload_key
+from app.core.storage import tokenized_prefix, upload_key
 from app.core.tables import Checkpoint, Evaluation, File, Job, JobStatus
-from app.datasets import iter_records
 from worker.child.job_context import (
     EXIT_CRASH,
     EXIT_DONE,
@@ -43,51 +41,6 @@ from worker.child.stored_results import (
 )
 
 log = logging.getLogger("ftaas.child")
-
-
-def load_records(cache: LocalCache, file_row: File) -> list[tuple[int, dict]]:
-    """The file's records with their lines, which a problem found at training names (read from this host's copy,
-    fetched from the store and checked against the file's SHA-256)."""
-    try:
-        path = cache.fetch(upload_key(file_row.storage_name), sha256=file_row.sha256)
-    except FileNotFoundError as exc:
-        raise UserError("file_missing", f"file {file_row.id} is no longer stored") from exc
-    return list(
-        iter_records(
-            path,
-            file_row.format,
-            column_mapping=file_row.column_mapping,
-            completion_separator=file_row.completion_separator,
-            with_lines=True,
-        )
-    )
-
-
-def format_rows(
-    fmt, rows: list[tuple[int, dict]], file_id: str, model: str, preference: bool = False
-) -> tuple[list, int, int]:
-    """(examples with something to train, rows cut, rows dropped); with `preference`, pairs (preference.Pair) of
-    which both answers have something to train. A row the model's chat template cannot render fails the job with
-    its line and field."""
-    from worker.training.data import ChatTemplateError
-    from worker.training.preference import Pair
-
-    examples, cut, dropped = [], 0, 0
-    for line, record in rows:
-        try:
-            made = fmt.pair(record) if preference else fmt.example(record)
-        except ChatTemplateError as exc:
-            where = f"line {line}" + (f", field {exc.field}" if exc.field else "")
-            raise UserError("invalid_training_row", f"file {file_id}, {where}: {exc.message} (model {model})") from exc
-        if made is None:
-            dropped += 1
-            continue
-        item = Pair(*made) if preference else made
-        answers = (item.chosen, item.rejected) if preference else (item,)
-        if all(a.num_loss_tokens > 0 for a in answers):
-            examples.append(item)
-            cut += item.cut
-    return examples, cut, dropped
 
 
 class TrainingRecipe:
@@ -132,6 +85,7 @@ class TrainingRecipe:
         ctx = self.ctx
         keep = [ctx.cache.key_of(ctx.files.root)]
         keep += [upload_key(f.storage_name) for f in (self.train_file, self.val_file) if f]
+        keep.append(tokenized_prefix(self.train_file.storage_name))
         ctx.cache.trim(keep)
         # Fetched again rather than compared by size: a file left here by an attempt whose push never finished
         # can have the size of the stored one of another attempt (the same step, other weights).
@@ -139,21 +93,20 @@ class TrainingRecipe:
         ctx.cache.pull(ctx.files.key_of(ctx.files.checkpoints))
 
     def load_data(self) -> None:
+        """The training rows as token arrays (tokenized once per file and tokenizer, kept in the store) and the
+        evaluation rows as records: the seeded held-out split of the training file, or the validation file."""
+        import numpy as np
+
+        from worker.child.job_data import file_copy, format_rows, load_tokens, records_at
         from worker.evaluation.evaluate import EvalSet
-        from worker.training.data import Formatter, split_rows
+        from worker.training.data import Formatter, split_indices
         from worker.training.modeling import ModelRefused, load_tokenizer, pick_device
+        from worker.training.tokenized import TrainingExamples, pairs_of
 
         ctx, spec, ev_spec = self.ctx, self.spec, self.spec.evaluation
         ctx.progress({"phase": "loading_data"}, force=True)
-        rows = load_records(ctx.cache, self.train_file)
-        if self.val_file is not None:
-            train_rows, val_rows = rows, load_records(ctx.cache, self.val_file)
-        else:
-            train_rows, val_rows = split_rows(rows, spec.training.validation_split, self.job.seed)
-        if not train_rows or not val_rows:
-            raise UserError(
-                "too_few_rows", f"training file {self.train_file.id} needs at least 2 rows (one is held out)"
-            )
+        train_path = file_copy(ctx.cache, self.train_file)
+        val_path = file_copy(ctx.cache, self.val_file) if self.val_file is not None else None
         self.device = pick_device()
         try:
             self.tokenizer = load_tokenizer(self.job.model_source)  # checks the model directory before reading
@@ -161,16 +114,38 @@ class TrainingRecipe:
             raise UserError(exc.code, str(exc)) from exc
         fmt = Formatter(self.tokenizer, spec.training.max_seq_length)
         pref = spec.preference
-        self.train_examples, cut, dropped = format_rows(fmt, train_rows, self.train_file.id, self.job.model, pref)
+        tokens, how = load_tokens(
+            ctx.cache,
+            train_path,
+            self.train_file,
+            fmt,
+            pref,
+            self.job.model,
+            on_progress=lambda rows: ctx.progress({"phase": "loading_data"}),  # a cancel is seen meanwhile
+        )
+        ctx.event(how)
+        if val_path is not None:
+            train_rows = np.arange(tokens.num_rows)
+            val_rows = records_at(val_path, self.val_file, list(range(ev_spec.max_rows)))
+            format_rows(fmt, val_rows, self.val_file.id, self.job.model, pref)  # names a bad row's line
+        else:
+            train_list, held = split_indices(tokens.num_rows, spec.training.validation_split, self.job.seed)
+            train_rows = np.asarray(train_list, dtype=np.int64)
+            val_rows = records_at(train_path, self.train_file, held[: ev_spec.max_rows])
+        if not len(train_rows) or not val_rows:
+            raise UserError(
+                "too_few_rows", f"training file {self.train_file.id} needs at least 2 rows (one is held out)"
+            )
+        cut, dropped = tokens.counts(train_rows)
+        trainable = tokens.trainable(train_rows)
+        self.train_examples = pairs_of(tokens, trainable) if pref else TrainingExamples(tokens, trainable)
         if not self.train_examples:
             raise UserError(
                 "no_trainable_tokens",
                 f"no row has an answer that fits max_seq_length ({spec.training.max_seq_length} tokens): "
                 f"{dropped} of {len(train_rows)} rows dropped",
             )
-        val_file = self.val_file or self.train_file
-        format_rows(fmt, val_rows[: ev_spec.max_rows], val_file.id, self.job.model, pref)  # names a bad row's line
-        self.eval_set = EvalSet.build(fmt, [record for _, record in val_rows[: ev_spec.max_rows]], pref)
+        self.eval_set = EvalSet.build(fmt, [record for _, record in val_rows], pref)
         summary = {
             "training_rows": len(train_rows),
             "validation_rows": len(self.eval_set.rows),
@@ -243,10 +218,13 @@ class TrainingRecipe:
         self.params = count_params(self.model)
         ctx.update(trainable_params=self.params[0], total_params=self.params[1])
         if spec.training.micro_batch_size == "auto":
-            sequences = [s for p in self.train_examples for s in (p.chosen, p.rejected)] if spec.preference else None
+            if spec.preference:
+                lengths = [len(s.input_ids) for p in self.train_examples for s in (p.chosen, p.rejected)]
+            else:
+                lengths = self.train_examples.lengths()
             micro, why = choose_micro_batch(
                 self.model,
-                [len(e.input_ids) for e in sequences or self.train_examples],
+                lengths,
                 spec.training.max_seq_length,
                 packs(spec),
                 self.params[0],

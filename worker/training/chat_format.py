@@ -57,6 +57,7 @@ class ChatTemplateError(ValueError):
     def __init__(self, field: str | None, message: str) -> None:
         super().__init__(message)
         self.field, self.message = field, message
+        self.row: int | None = None  # the position of the row in a batch (Formatter.examples)
 
 
 @dataclass

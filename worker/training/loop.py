@@ -122,11 +122,12 @@ class SupervisedObjective:
         return self.loss_fn(model, batch), real_tokens
 
 
-def micro_batches(examples: list, size: int, seed: int, epoch: int) -> list[list]:
-    """The epoch's micro-batches in a seeded order, so a resumed run sees exactly the same sequence."""
+def micro_batches(n: int, size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The epoch's micro-batches of positions in a seeded order, so a resumed run sees exactly the same sequence.
+    Positions, not examples: an example is made when its step comes (a file's tokenized rows make them on access)."""
     g = torch.Generator().manual_seed(seed * 1000 + epoch)
-    order = torch.randperm(len(examples), generator=g).tolist()
-    return [[examples[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
+    order = torch.randperm(n, generator=g).tolist()
+    return [order[s : s + size] for s in range(0, len(order), size)]
 
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's own file name, as in a saved adapter
@@ -223,8 +224,10 @@ def train(
     last_step = step if state["stopped_early"] is not None else total_steps
     for epoch, local_step in (divmod(s, steps_per_epoch) for s in range(step, last_step)):
         if epoch != batches_epoch:
-            batches, batches_epoch = micro_batches(examples, cfg.micro_batch_size, cfg.seed, epoch), epoch
-        group = batches[local_step * cfg.grad_accum : (local_step + 1) * cfg.grad_accum]
+            batches, batches_epoch = micro_batches(len(examples), cfg.micro_batch_size, cfg.seed, epoch), epoch
+        group = [
+            [examples[i] for i in mb] for mb in batches[local_step * cfg.grad_accum : (local_step + 1) * cfg.grad_accum]
+        ]
         step_weight = sum(objective.weight(e) for mb in group for e in mb)
         step_loss, step_tokens, step_t0 = 0.0, 0, time.monotonic()
         for mb in group:

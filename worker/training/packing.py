@@ -20,8 +20,8 @@ from worker.training.data import IGNORE, Example
 
 def collate(batch: list[Example], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     """One padded row per example, with its attention mask."""
-    ids = [torch.tensor(e.input_ids) for e in batch]
-    labels = [torch.tensor(e.labels) for e in batch]
+    ids = [torch.as_tensor(e.input_ids, dtype=torch.long) for e in batch]
+    labels = [torch.as_tensor(e.labels, dtype=torch.long) for e in batch]
     input_ids = pad_sequence(ids, batch_first=True, padding_value=pad_id)
     return {
         "input_ids": input_ids.to(device),
@@ -73,8 +73,8 @@ def collate_packed(
         for k in row:
             ex = batch[k]
             n = len(ex.input_ids)
-            input_ids[r, offset : offset + n] = torch.tensor(ex.input_ids)
-            labels[r, offset + 1 : offset + n] = torch.tensor(ex.labels[1:])  # first label masked: see above
+            input_ids[r, offset : offset + n] = torch.as_tensor(ex.input_ids)
+            labels[r, offset + 1 : offset + n] = torch.as_tensor(ex.labels[1:])  # first label masked: see above
             position_ids[r, offset : offset + n] = torch.arange(n)
             owner[r, offset : offset + n] = k
             offset += n

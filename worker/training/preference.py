@@ -20,6 +20,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -147,7 +148,8 @@ def fingerprint(pairs: list[Pair]) -> str:
     digest = hashlib.sha256()
     for p in pairs:
         for e in (p.chosen, p.rejected):
-            digest.update(repr((e.input_ids, e.labels)).encode())
+            for values in (e.input_ids, e.labels):  # lists or int32 arrays (tokenized.py): the same digest
+                digest.update(np.asarray(values, dtype=np.int64).tobytes())
     return digest.hexdigest()
 
 

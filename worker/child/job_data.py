@@ -1,0 +1,141 @@
+"""A job's rows: read from this host's copy of the uploaded file, and tokenized once per (file, tokenizer,
+max_seq_length, format), the result kept in the object store for every later attempt, candidate and host
+(worker/training/tokenized.py)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from pathlib import Path
+
+from app.core.local_cache import LocalCache
+from app.core.object_store import StoreError
+from app.core.storage import tokenized_key, upload_key
+from app.core.tables import File
+from app.datasets import iter_records
+from worker.child.job_context import UserError
+
+log = logging.getLogger("ftaas.child")
+
+
+def file_copy(cache: LocalCache, file_row: File) -> Path:
+    """This host's copy of the uploaded file, fetched from the store and checked against its SHA-256."""
+    try:
+        return cache.fetch(upload_key(file_row.storage_name), sha256=file_row.sha256)
+    except FileNotFoundError as exc:
+        raise UserError("file_missing", f"file {file_row.id} is no longer stored") from exc
+
+
+def iter_file(path: Path, file_row: File) -> Iterator[tuple[int, dict]]:
+    """The file's (line, record)s, streamed: a problem found at training names its line."""
+    return iter_records(
+        path,
+        file_row.format,
+        column_mapping=file_row.column_mapping,
+        completion_separator=file_row.completion_separator,
+        with_lines=True,
+    )
+
+
+def records_at(path: Path, file_row: File, wanted: list[int]) -> list[tuple[int, dict]]:
+    """The (line, record)s of the row numbers `wanted` (ascending), reading no further than the last of them: the
+    evaluation rows of a million-row file are near its start, spread by the seeded split."""
+    out, want = [], iter(wanted)
+    nxt = next(want, None)
+    for i, item in enumerate(iter_file(path, file_row)):
+        if nxt is None:
+            break
+        if i == nxt:
+            out.append(item)
+            nxt = next(want, None)
+    return out
+
+
+def chat_error(exc, file_id: str, model: str) -> UserError:
+    where = f"line {exc.line}" if getattr(exc, "line", None) is not None else "a row"
+    where += f", field {exc.field}" if exc.field else ""
+    return UserError("invalid_training_row", f"file {file_id}, {where}: {exc.message} (model {model})")
+
+
+def format_rows(
+    fmt, rows: list[tuple[int, dict]], file_id: str, model: str, preference: bool = False
+) -> tuple[list, int, int]:
+    """(examples with something to train, rows cut, rows dropped) of a few rows, as objects; with `preference`,
+    pairs (preference.Pair) of which both answers have something to train. A row the model's chat template cannot
+    render fails the job with its line and field."""
+    from worker.training.data import ChatTemplateError
+    from worker.training.preference import Pair
+
+    examples, cut, dropped = [], 0, 0
+    for line, record in rows:
+        try:
+            made = fmt.pair(record) if preference else fmt.example(record)
+        except ChatTemplateError as exc:
+            exc.line = line
+            raise chat_error(exc, file_id, model) from exc
+        if made is None:
+            dropped += 1
+            continue
+        item = Pair(*made) if preference else made
+        answers = (item.chosen, item.rejected) if preference else (item,)
+        if all(a.num_loss_tokens > 0 for a in answers):
+            examples.append(item)
+            cut += item.cut
+    return examples, cut, dropped
+
+
+def load_tokens(
+    cache: LocalCache,
+    path: Path,
+    file_row: File,
+    fmt,
+    preference: bool,
+    model: str,
+    on_progress: Callable[[int], None] = lambda rows: None,
+) -> tuple:
+    """(TokenizedRows of the whole file, what happened: a sentence for the job's events). Read back from the store
+    when any attempt of any job tokenized this file so before; otherwise tokenized here and stored. The store
+    being away costs only the reuse: a failed read or write is logged and the rows are tokenized here."""
+    from worker.training.data import ChatTemplateError
+    from worker.training.tokenized import DamagedTokens, TokenizedRows, fingerprint, tokenize_rows
+
+    options = {
+        "format": file_row.format,
+        "column_mapping": file_row.column_mapping,
+        "completion_separator": file_row.completion_separator,
+    }
+    made_by = fingerprint(fmt.tok, fmt.max_len, file_row.sha256, options, 1 + preference)
+    key = tokenized_key(file_row.storage_name, made_by)
+    t = time.monotonic()
+    with suppress(FileNotFoundError):
+        try:
+            tokens = TokenizedRows.load(cache.fetch(key))
+            took = time.monotonic() - t
+            return tokens, f"Tokenized rows read back from the store ({tokens.num_rows:,} rows, {took:.1f}s)"
+        except (DamagedTokens, StoreError) as exc:
+            log.warning("tokenized rows %s unusable, tokenizing again: %s", key, exc)
+    t, local = time.monotonic(), cache.path(key)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tokens = tokenize_rows(fmt, _counted(iter_file(path, file_row), on_progress), preference, local.parent)
+    except ChatTemplateError as exc:
+        raise chat_error(exc, file_row.id, model) from exc
+    took = time.monotonic() - t
+    tokens.save(local)
+    try:
+        cache.push(local)
+    except StoreError as exc:
+        log.warning("tokenized rows not stored for reuse: %s", exc)
+    return tokens, (
+        f"Tokenized {tokens.num_rows:,} rows ({len(tokens.ids):,} tokens) in {took:.1f}s, "
+        f"{len(tokens.ids) / max(took, 1e-9):,.0f} tokens/s; kept in the store for later attempts and jobs"
+    )
+
+
+def _counted(rows: Iterator, on_progress: Callable[[int], None], every: int = 4096) -> Iterator:
+    for n, item in enumerate(rows, 1):
+        if n % every == 0:
+            on_progress(n)
+        yield item
