@@ -67,6 +67,31 @@ SHAPES = {
         "tie_word_embeddings": False,
         "rope_scaling": {**LLAMA3_ROPE, "factor": 8.0},
     },
+    # google/gemma-2-2b's config.json (final logit soft-capping 30 over a 256k vocabulary: issue 18 item 4);
+    # its BOS/EOS are the word-level tokenizer's last two ids here
+    "gemma2-2b": {
+        "model_type": "gemma2",
+        "vocab_size": 256_000,
+        "hidden_size": 2304,
+        "intermediate_size": 9216,
+        "num_hidden_layers": 26,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": 8192,
+        "rope_theta": 10_000.0,
+        "rms_norm_eps": 1e-6,
+        "final_logit_softcapping": 30.0,
+        "attn_logit_softcapping": 50.0,
+        "sliding_window": 4096,
+        "query_pre_attn_scalar": 256,
+        "tie_word_embeddings": True,
+        "bos_token_id": 255_998,
+        "eos_token_id": 255_999,
+        "pad_token_id": 255_999,
+        "initializer_range": 0.02,
+    },
     # the 1B's vocabulary and special tokens on a toy body: CPU smoke runs of the scripts
     "tiny": {
         **COMMON,
@@ -85,12 +110,13 @@ BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
 N_WORDS = 128_000  # ids 0..127999 are the words w0..w127999
 
 
-def build_tokenizer(vocab_size: int = 128_256):
-    """Word-level fast tokenizer: `w<i>` is id i, Llama 3's special tokens at 128000+."""
+def build_tokenizer(vocab_size: int = 128_256, n_words: int = N_WORDS):
+    """Word-level fast tokenizer: `w<i>` is id i, Llama 3's special tokens at 128000+ (with n_words=vocab_size-2,
+    BOS and EOS are the last two ids and there are no reserved ones)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    n_words = min(N_WORDS, vocab_size - 2)
+    n_words = min(n_words, vocab_size - 2)
     vocab = {f"w{i}": i for i in range(n_words)}
     vocab[BOS], vocab[EOS] = n_words, n_words + 1
     reserved = [f"<|reserved_special_token_{i}|>" for i in range(vocab_size - n_words - 2)]
@@ -111,9 +137,12 @@ def build_tokenizer(vocab_size: int = 128_256):
 
 
 def llama_config(shape: str):
-    from transformers import LlamaConfig
+    """The shape's transformers config (a Llama's, or the model type it names)."""
+    from transformers import Gemma2Config, LlamaConfig
 
-    return LlamaConfig(**SHAPES[shape])
+    fields = dict(SHAPES[shape])
+    kind = {"gemma2": Gemma2Config}.get(fields.pop("model_type", "llama"), LlamaConfig)
+    return kind(**fields)
 
 
 def build_llama(shape: str, out: Path, device: str | None = None, seed: int = 0) -> dict:
@@ -134,7 +163,8 @@ def build_llama(shape: str, out: Path, device: str | None = None, seed: int = 0)
     out.mkdir(parents=True, exist_ok=True)
     model.generation_config.pad_token_id = SHAPES[shape]["eos_token_id"]
     model.save_pretrained(out)  # safetensors, sharded above the default size
-    build_tokenizer(config.vocab_size).save_pretrained(out)
+    words = config.vocab_size - 2 if config.eos_token_id == config.vocab_size - 1 else N_WORDS
+    build_tokenizer(config.vocab_size, words).save_pretrained(out)
     info = {
         "shape": shape,
         "dir": str(out),
@@ -180,7 +210,7 @@ def build_minilm(src: Path, out: Path, device: str | None = None, seed: int = 0)
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", choices=sorted(SHAPES), help="Llama shape to build")
+    ap.add_argument("--shape", choices=sorted(SHAPES), help="model shape to build (Llama, or gemma2-2b)")
     ap.add_argument("--minilm", type=Path, help="build a random MiniLM encoder from this config/tokenizer folder")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--device", default=None, help="default: cuda when there is one")

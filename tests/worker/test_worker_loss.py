@@ -62,3 +62,42 @@ def test_a_micro_batch_without_labels_gives_zero_with_a_graph(tok, examples):
     loss = completion_loss(model, collate(unlabelled, tok.pad_token_id, CPU))
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()  # accumulation with other micro-batches must not fail
+
+
+def tiny_gemma2():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        final_logit_softcapping=0.2,  # low for random weights (logits ~0.2), so that the capping changes the loss
+        attn_logit_softcapping=50.0,
+        sliding_window=4096,
+        attn_implementation="eager",
+    )
+    return Gemma2ForCausalLM(config)
+
+
+def test_gemma2_trains_on_the_split_path_with_its_logit_softcapping(tok, examples):
+    from worker.training.loss import logit_softcap, varlen_exact
+
+    model = tiny_gemma2()
+    assert loss_fn_for(model) is completion_loss and logit_softcap(model) == 0.2
+    batch = collate(examples, tok.pad_token_id, CPU)
+    own, own_grads = loss_and_grads(model, model_loss, batch)
+    ours, our_grads = loss_and_grads(model, completion_loss, batch)
+    assert ours == pytest.approx(own, rel=1e-5)
+    for name, g in own_grads.items():
+        assert torch.allclose(our_grads[name], g, rtol=1e-4, atol=1e-6 * g.abs().max().item()), name
+    model.config.final_logit_softcapping = None  # the capping is what made the two agree, not chance
+    uncapped, _ = loss_and_grads(model, completion_loss, batch)
+    assert abs(uncapped - own) > 1e-3
+    # its attention soft-capping keeps packed rows off the plain varlen kernel (the model's own attention instead)
+    assert not varlen_exact(model.config, 512)
+    assert varlen_exact(trained("lora", tok).get_base_model().config, 512)

@@ -12,8 +12,12 @@ patched model forward, which reads lm_head.weight, this reads the head's *effect
 EOS row (peft trainable tokens on a tied head) that is the base matrix with the trained row in place, so the
 row gets its gradient through the fused loss too.
 
-Anything this does not know how to split (a LoRA on the head itself, a head bias, logit soft-capping or
-scaling, prompt tuning's virtual tokens) takes the model's own forward instead: `loss_fn_for` says which.
+Gemma 2's final logit soft-capping (logits = cap * tanh(logits / cap), cap 30) is applied here too, inside the
+fused kernel (Liger's `softcap`) or on the gathered logits: with its 256k vocabulary the model's own forward would
+materialize [tokens, 256k] logits in fp32, the largest buffer of a step.
+
+Anything this does not know how to split (a LoRA on the head itself, a head bias, logit scaling, prompt tuning's
+virtual tokens) takes the model's own forward instead: `loss_fn_for` says which.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from worker.training.kernels.varlen_attention import register as register_varlen
 
 log = logging.getLogger("ftaas.loss")
 
-# Causal LMs whose forward is exactly `lm_head(decoder(...).last_hidden_state)` then the shifted
-# cross-entropy: no logit soft-capping, scaling or bias (those would have to be repeated here).
-PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "olmo2", "granite"})
+# Causal LMs whose forward is exactly `lm_head(decoder(...).last_hidden_state)` then the shifted cross-entropy, with
+# at most a final logit soft-capping (`final_logit_softcapping`, Gemma 2's, repeated here): no scaling or bias.
+PLAIN_HEAD_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo2", "granite"}
+)
 
 LossFn = Callable[[torch.nn.Module, dict], torch.Tensor]
 
@@ -55,12 +61,20 @@ def split_model(model):
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
         return None
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+    if getattr(config, "logit_scale", None):
         return None
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     if decoder is None or head is None or head_weight(head) is None:
         return None
     return decoder, head
+
+
+def logit_softcap(model) -> float | None:
+    """The model's final logit soft-capping (Gemma 2: 30.0), None where it has none."""
+    from worker.training.modeling import is_peft
+
+    base = model.get_base_model() if is_peft(model) else model
+    return getattr(getattr(base, "config", None), "final_logit_softcapping", None) or None
 
 
 def head_weight(head) -> torch.Tensor | None:
@@ -96,13 +110,25 @@ def _fused_ce():
     return liger_fused_linear_cross_entropy
 
 
-def _packed_on_gpu(batch: dict) -> bool:
-    """A packed batch (position ids, no attention mask) on a GPU that has varlen attention, and the setting."""
+def varlen_exact(config, width: int) -> bool:
+    """Whether the plain causal varlen kernel computes this model's attention exactly over rows of `width` tokens:
+    not with attention-logit soft-capping (Gemma 2), nor with a sliding window narrower than a row."""
+    if getattr(config, "attn_logit_softcapping", None):
+        return False
+    window = getattr(config, "sliding_window", None)
+    return not (window and getattr(config, "use_sliding_window", True) is not False and window < width)
+
+
+def _packed_on_gpu(batch: dict, config) -> bool:
+    """A packed batch (position ids, no attention mask) on a GPU that has varlen attention, the setting, and a model
+    whose attention the varlen kernel computes exactly."""
     if "attention_mask" in batch or "position_ids" not in batch:
         return False
     from worker.training.modeling import fused_kernels_enabled
 
     if not (varlen_available(batch["input_ids"].device) and fused_kernels_enabled()):
+        return False
+    if not varlen_exact(config, batch["position_ids"].shape[-1]):
         return False
     register_varlen()
     return True
@@ -113,7 +139,7 @@ def decoder_hidden(decoder, batch: dict) -> torch.Tensor:
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "owner")}
     # Not under gradient checkpointing: its recomputation in backward runs outside this forward's switch of
     # attention implementation, so it would recompute a different graph.
-    if _packed_on_gpu(batch) and not getattr(decoder, "gradient_checkpointing", False):
+    if _packed_on_gpu(batch, decoder.config) and not getattr(decoder, "gradient_checkpointing", False):
         # Packed rows as variable-length sequences: no block-diagonal mask (kernels/varlen_attention.py).
         with attention_implementation(decoder.config, VARLEN):
             return decoder(**inputs, use_cache=False, **boundaries(batch["position_ids"])).last_hidden_state
@@ -131,6 +157,7 @@ def completion_loss(model, batch: dict) -> torch.Tensor:
     if target.numel() == 0:  # nothing to learn in this micro-batch: a zero that still reaches the graph
         return hidden.sum() * 0.0
     weight = head_weight(head)
+    softcap = logit_softcap(model)
     fused = _fused_ce() if h.is_cuda else None
     if fused is not None:
         # The head's gradient (a trained EOS row) accumulates in the weight's dtype (accum_dtype None) over the few
@@ -143,8 +170,11 @@ def completion_loss(model, batch: dict) -> torch.Tensor:
             reduction="mean",
             accum_dtype=None,
             chunk_mem_const=CHUNK_MEM_CONST,
+            softcap=softcap,
         )
     logits = F.linear(h, weight.to(h.dtype))
+    if softcap:  # as Gemma2ForCausalLM.forward does it
+        logits = torch.tanh(logits / softcap) * softcap
     return F.cross_entropy(logits.float(), target)
 
 

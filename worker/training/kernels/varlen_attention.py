@@ -68,6 +68,9 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     dim], None), with the sequence boundaries in kwargs (cu_seq_lens_q, max_length_q)."""
     if dropout:
         raise ValueError("varlen attention is used without attention dropout")
+    if kwargs.get("softcap") or (kwargs.get("sliding_window") or 1 << 62) < int(kwargs["max_length_q"]):
+        # never silently inexact: worker/training/loss.py varlen_exact keeps such models off this kernel
+        raise ValueError("varlen attention has no attention-logit soft-capping or sliding window narrower than a row")
     b, hq, s, d = query.shape
     q = query.transpose(1, 2).reshape(b * s, hq, d)
     k = key.transpose(1, 2).reshape(b * s, key.shape[1], d)
