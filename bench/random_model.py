@@ -67,6 +67,17 @@ SHAPES = {
         "tie_word_embeddings": False,
         "rope_scaling": {**LLAMA3_ROPE, "factor": 8.0},
     },
+    # meta-llama/Llama-3.1-70B's config.json: 141 GB in bf16, over the GPU machine's 64 GB disk, so it is measured
+    # depth-reduced (--layers) and extrapolated per layer (issue 18 item 2)
+    "70b": {
+        **COMMON,
+        "hidden_size": 8192,
+        "intermediate_size": 28_672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "tie_word_embeddings": False,
+        "rope_scaling": {**LLAMA3_ROPE, "factor": 8.0},
+    },
     # google/gemma-2-2b's config.json (final logit soft-capping 30 over a 256k vocabulary: issue 18 item 4);
     # its BOS/EOS are the word-level tokenizer's last two ids here
     "gemma2-2b": {
@@ -136,16 +147,19 @@ def build_tokenizer(vocab_size: int = 128_256, n_words: int = N_WORDS):
     )
 
 
-def llama_config(shape: str):
-    """The shape's transformers config (a Llama's, or the model type it names)."""
+def llama_config(shape: str, layers: int | None = None):
+    """The shape's transformers config (a Llama's, or the model type it names), with `layers` decoder layers
+    instead of its own where given (a depth-reduced model: every layer keeps its real size)."""
     from transformers import Gemma2Config, LlamaConfig
 
     fields = dict(SHAPES[shape])
+    if layers:
+        fields["num_hidden_layers"] = layers
     kind = {"gemma2": Gemma2Config}.get(fields.pop("model_type", "llama"), LlamaConfig)
     return kind(**fields)
 
 
-def build_llama(shape: str, out: Path, device: str | None = None, seed: int = 0) -> dict:
+def build_llama(shape: str, out: Path, device: str | None = None, seed: int = 0, layers: int | None = None) -> dict:
     """Build, save (safetensors) and describe a random Llama of the given shape; returns figures."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -155,7 +169,7 @@ def build_llama(shape: str, out: Path, device: str | None = None, seed: int = 0)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     t0 = time.monotonic()
     torch.manual_seed(seed)
-    config = llama_config(shape)
+    config = llama_config(shape, layers)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     n_params = sum(p.numel() for p in model.parameters())  # tied embeddings once
@@ -167,6 +181,7 @@ def build_llama(shape: str, out: Path, device: str | None = None, seed: int = 0)
     build_tokenizer(config.vocab_size, words).save_pretrained(out)
     info = {
         "shape": shape,
+        "layers": config.num_hidden_layers,
         "dir": str(out),
         "params": n_params,
         "dtype": str(dtype).replace("torch.", ""),
@@ -215,12 +230,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--device", default=None, help="default: cuda when there is one")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layers", type=int, help="decoder layers, fewer than the shape's (a depth-reduced model)")
     args = ap.parse_args()
     if bool(args.shape) == bool(args.minilm):
         ap.error("give exactly one of --shape and --minilm")
     info = build_minilm(args.minilm, args.out, args.device, args.seed) if args.minilm else None
     if args.shape:
-        info = build_llama(args.shape, args.out, args.device, args.seed)
+        info = build_llama(args.shape, args.out, args.device, args.seed, args.layers)
     print(json.dumps(info), flush=True)
     return 0
 

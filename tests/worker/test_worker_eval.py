@@ -321,3 +321,35 @@ def test_qlora_base_evaluates_on_a_cpu_with_any_layer_width(tok):
         logits = model(input_ids=ids).logits
     assert torch.isfinite(logits).all()
     assert all(not getattr(m, "support_avx512bf16_for_cpu", False) for m in model.modules())
+
+
+@pytest.mark.parametrize("kind", ["lora", "qlora"])
+def test_a_trained_adapter_switched_off_evaluates_exactly_as_the_base(kind, tok):
+    """The training child measures a LoRA or QLoRA job's base after training, with the adapter switched off
+    (worker/child/recipe.py): the numbers must be the untouched base model's, generation included."""
+    from tests.helpers.training import trained
+
+    rows = [{"prompt": e["prompt"], "completion": e["completion"]} for e in _sql_rows(6)]
+    fmt = Formatter(tok, 256)
+    es = EvalSet.build(fmt, rows)
+    spec = {"metrics": ["rouge", "perplexity", "token_accuracy"], "batch_size": 3, "max_new_tokens": 8}
+
+    def measured(model):
+        res = evaluate(model.eval(), tok, loss_examples=es.loss_examples, gen_rows=es.gen_rows, spec=spec, device=CPU)
+        return res.metrics, es.outputs(res)
+
+    base = measured(wrap_for_training(load_base_model(SRC, adapter(kind), CPU), adapter(kind), SRC, False))
+    model = trained(kind, tok)  # every trained weight moved, the EOS row included
+    tuned = measured(model)
+    with model.disable_adapter():
+        switched_off = measured(model)
+    assert tuned != base  # the adapter changes what the model says
+    assert switched_off[1] == base[1]
+    for name, value in base[0].items():
+        assert switched_off[0][name] == pytest.approx(value, rel=1e-5), name
+
+
+def _sql_rows(n: int) -> list[dict]:
+    from app.datasets import iter_records
+
+    return list(iter_records(DATASETS / "wikisql" / "train.jsonl", "jsonl", completion_separator="\nA: "))[:n]

@@ -13,7 +13,7 @@ import logging
 import shutil
 import signal
 import traceback
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 
 from sqlalchemy import select
 
@@ -60,9 +60,16 @@ class TrainingRecipe:
         torch.manual_seed(self.job.seed)
         self.load_data()
         self.load_model()
-        self.evaluate_base()
+        # An adapter can be switched off: its base is measured after training, so that the first step comes as soon
+        # as the model is loaded (a small job's base evaluation took as long as its training). A full fine-tune's
+        # base weights are gone once it has stepped: measured first.
+        base_later = self.spec.adapter.type in ("lora", "qlora")
+        if not base_later:
+            self.evaluate_base()
         self.prepare_training()
         summary = self.train()
+        if base_later:
+            self.evaluate_base(adapter_off=True)
         tuned = self.evaluate_tuned(summary)
         self.package(summary, tuned)
 
@@ -193,11 +200,14 @@ class TrainingRecipe:
             name, layers = resolve_bertscore_model(self.settings.bertscore_model, self.settings.bertscore_num_layers)
             self.bertscorer = get_bertscorer(name, layers, str(self.device))
 
-    def evaluate_base(self) -> None:
+    def evaluate_base(self, adapter_off: bool = False) -> None:
+        """The base model on the evaluation rows: before training, or after it with the adapter switched off (peft's
+        disable_adapter; the fused LoRA layers honour it), which computes exactly the base."""
         if self.has_base_eval:  # a resumed attempt keeps the base measurement it already made
             return
         self.ctx.progress({"phase": "evaluating_base"}, force=True)
-        base = self.evaluate_model(self.spec.evaluation.metrics, is_reference=True)
+        with self.model.disable_adapter() if adapter_off else nullcontext():
+            base = self.evaluate_model(self.spec.evaluation.metrics, is_reference=True)
         store_base_eval(self.ctx, base, self.eval_set)
         self.ctx.event("Base model evaluated", type="metrics", data={"subject": "base", **base.metrics})
 
