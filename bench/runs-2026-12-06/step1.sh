@@ -10,7 +10,7 @@ export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1
 mkdir -p /tmp/models
 python3 bench/random_model.py --shape 1b --out /tmp/models/m1b
 python3 bench/random_model.py --shape gemma2-2b --out /tmp/models/g2
-python3 bench/gpu_checks.py --model /tmp/models/m1b --model /tmp/models/g2 2>&1 | tee $OUT/gpu-checks.txt | grep -v Warning | tail -40
+python3 bench/gpu_checks.py --examples 16 --model /tmp/models/m1b --model /tmp/models/g2 2>&1 | tee $OUT/gpu-checks.txt | grep -v Warning | tail -40
 rm -rf /tmp/triton-kept
 export TRITON_CACHE_DIR=/tmp/triton-kept
 python3 bench/bench_train.py --model /tmp/models/m1b --configs 2,3 --steps 20 --warmup 5 --batch 32 \
