@@ -225,6 +225,7 @@ def delete_file(file: OwnedFile, session: SessionDep) -> FileDeleted:
     file.deleted_at = utcnow()
     session.commit()
     with suppress(StoreError):  # the row is deleted; an object the store kept is never served again
-        get_store().delete([upload_key(file.storage_name)])
         get_store().delete_prefix(tokenized_prefix(file.storage_name))  # its tokens are its data too
+    with suppress(StoreError):
+        get_store().delete([upload_key(file.storage_name)])
     return FileDeleted(id=file.id)

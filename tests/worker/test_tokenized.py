@@ -266,3 +266,32 @@ def test_a_chat_error_fails_the_job_naming_file_line_and_field(stored_file, tmp_
         load_tokens(cache, bad, row, Formatter(family_tokenizer("gemma2"), 512), False, "gemma")
     assert "file file-chat, line 2" in str(info.value) and "System role not supported" in str(info.value)
     assert store.list(tokenized_prefix("file-chat.jsonl")) == []  # nothing half-stored
+
+
+def test_truncation_and_padding_saved_in_the_tokenizer_do_not_cut_or_pad_rows(tok, tmp_path):
+    """A tokenizer.json may carry truncation and padding, which transformers switches on at load: the batched
+    path must switch them off as the tokenizer's own calls do, or rows would be cut and padded (and cached so)."""
+    from tests.helpers.training import SRC
+    from worker.training.modeling import load_tokenizer
+
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    for name in Path(SRC).iterdir():
+        if name.name.startswith("tokenizer"):
+            (folder / name.name).write_bytes(name.read_bytes())
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    spec["truncation"] = {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}
+    spec["padding"] = {
+        "strategy": "BatchLongest",
+        "direction": "Right",
+        "pad_to_multiple_of": None,
+        "pad_id": 0,
+        "pad_type_id": 0,
+        "pad_token": "<unk>",
+    }
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    saved = load_tokenizer(str(folder))
+    rows = [r for _, r in shared_rows("wikisql", completion_separator="\nA:")[:20]]
+    assert [as_lists(e) for e in Formatter(saved, 512).examples(rows)] == [
+        as_lists(Formatter(tok, 512).example(r)) for r in rows
+    ]

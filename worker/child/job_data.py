@@ -123,10 +123,10 @@ def load_tokens(
     except ChatTemplateError as exc:
         raise chat_error(exc, file_row.id, model) from exc
     took = time.monotonic() - t
-    tokens.save(local)
     try:
+        tokens.save(local)
         cache.push(local)
-    except StoreError as exc:
+    except (StoreError, OSError) as exc:  # a full disk or an away store: this attempt trains all the same
         log.warning("tokenized rows not stored for reuse: %s", exc)
     return tokens, (
         f"Tokenized {tokens.num_rows:,} rows ({len(tokens.ids):,} tokens) in {took:.1f}s, "

@@ -105,6 +105,12 @@ class Formatter:
         backend = getattr(self.tok, "backend_tokenizer", None)
         if backend is None:
             return [self.encode(t) for t in texts]
+        # A tokenizer.json may carry truncation or padding, which transformers switches on at load; its own calls
+        # switch them off first (encode() asks for neither), and so does this, or rows would be cut and padded.
+        if backend.truncation is not None:
+            backend.no_truncation()
+        if backend.padding is not None:
+            backend.no_padding()
         return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
 
     def with_bos(self, ids: list[int]) -> list[int]:

@@ -149,7 +149,8 @@ def fingerprint(pairs: list[Pair]) -> str:
     for p in pairs:
         for e in (p.chosen, p.rejected):
             for values in (e.input_ids, e.labels):  # lists or int32 arrays (tokenized.py): the same digest
-                digest.update(np.asarray(values, dtype=np.int64).tobytes())
+                values = np.asarray(values, dtype=np.int64)
+                digest.update(len(values).to_bytes(8, "little") + values.tobytes())
     return digest.hexdigest()
 
 

@@ -48,8 +48,13 @@ class DamagedTokens(ValueError):
 
 def fingerprint(tok, max_seq_length: int, file_sha256: str, file_options: dict, per_row: int) -> str:
     """What decides a file's tokens: the tokenizer (its whole definition and chat template), max_seq_length, the
-    file's bytes and how they are read (format, column mapping, separator), the row kind, and the code's versions."""
+    file's bytes and how they are read (format, column mapping, separator), the row kind, the version of the
+    formatting code (app.datasets.FORMAT_VERSION) and of the libraries that render and tokenize."""
+    import tokenizers
+    import transformers
+
     from app.datasets import FORMAT_VERSION
+    from worker.training.chat_format import FALLBACK_CHAT_TEMPLATE
 
     backend = getattr(tok, "backend_tokenizer", None)
     definition = backend.to_str() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True)
@@ -58,15 +63,17 @@ def fingerprint(tok, max_seq_length: int, file_sha256: str, file_options: dict, 
         definition,
         json.dumps(
             {
-                "chat_template": getattr(tok, "chat_template", None),
+                # a model without a template renders chat with ftaas' plain one, set on the first chat row
+                "chat_template": getattr(tok, "chat_template", None) or FALLBACK_CHAT_TEMPLATE,
                 "bos": tok.bos_token_id,
                 "eos": tok.eos_token_id,
                 "max_seq_length": max_seq_length,
                 "file": file_sha256,
                 "options": file_options,
                 "per_row": per_row,
-                "format_version": FORMAT_VERSION,
+                "format_version": FORMAT_VERSION,  # bumped when data.py or chat_format.py make other tokens
                 "layout": LAYOUT,
+                "libraries": [transformers.__version__, tokenizers.__version__],  # templates, pre-tokenizers
             },
             sort_keys=True,
             default=str,
