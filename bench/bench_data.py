@@ -104,7 +104,7 @@ def run_one(mode: str, path: Path, tokenizer: str, saved: Path) -> dict:
     from transformers import AutoTokenizer
 
     from app.core.tables import File
-    from worker.child.job_data import format_rows, iter_file, records_at
+    from worker.child.job_data import iter_file, records_at
     from worker.training.data import Formatter, split_indices, split_rows
     from worker.training.tokenized import TokenizedRows, TrainingExamples, tokenize_rows
 
@@ -116,7 +116,7 @@ def run_one(mode: str, path: Path, tokenizer: str, saved: Path) -> dict:
     if mode == "per-row":
         rows = list(iter_file(path, file_row))
         train, held = split_rows(rows, SHARE, seed=1)
-        examples, _, _ = format_rows(fmt, train, file_row.id, "bench")
+        examples = [e for e in (fmt.example(record) for _, record in train) if e is not None and e.num_loss_tokens]
         n_rows, n_tokens, n_train = len(rows), sum(len(e.input_ids) for e in examples), len(examples)
     else:
         if mode == "tokenize":

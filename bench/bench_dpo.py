@@ -38,17 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402  (after bench_train, which sets the allocator's environment first)
 
-from bench.bench_train import (  # noqa: E402
-    GIB,
-    StepMeter,
-    free_memory,
-    metered_hooks,
-    sync,
-    synth_pairs,
-    to_example,
-    word_ids,
-    zipf_sampler,
-)
+from bench.bench_train import free_memory, synth_pairs, to_example, word_ids, zipf_sampler  # noqa: E402
+from bench.meter import GIB, StepMeter, metered_hooks, sync  # noqa: E402
 from worker.training.preference import Pair  # noqa: E402
 
 

@@ -63,12 +63,11 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
+from bench.meter import GIB, StepMeter, metered_hooks, sync, train_metered, trainer_args  # noqa: E402
 from bench.peers import PEERS, parse_peer, run_trl, run_unsloth_child  # noqa: E402
 from worker.training.data import IGNORE, Example, GenerationRow  # noqa: E402
 
-GIB = 2**30
 AUTO_MOST = 512  # examples per step to make room for with an `auto` micro-batch (the worker caps it lower)
-LOSS_WINDOW = 5
 # the service's configurations against the peers of the same kind (bench/peers.py), in the table's "vs best peer"
 PEER_KIND = {"3": ("trl", "unsloth"), "2": ("trl-qlora", "unsloth-qlora")}
 DATASHEET_TFLOPS = 989.0  # H100/H200 SXM dense bf16, NVIDIA's datasheet (the MFU column's second figure)
@@ -125,203 +124,6 @@ def to_generation_row(tok, prompt: list[int], completion: list[int]) -> Generati
     return GenerationRow(
         prompt=tok.decode(prompt), prompt_ids=[tok.bos_token_id, *prompt], reference=tok.decode(completion)
     )
-
-
-# ------------------------------------------------------------------------------------------ measuring
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_time_us(evt) -> float:
-    for name in ("self_device_time_total", "self_cuda_time_total"):
-        value = getattr(evt, name, None)
-        if value is not None:
-            return float(value)
-    return 0.0
-
-
-KERNEL_GROUPS = [  # (group, regex over kernel names), first match wins
-    ("4-bit dequant/matmul (bitsandbytes)", r"kDequantize|kgemm_4bit|dequantize|kQuantize|bnb"),
-    ("attention", r"flash|fmha|attention|sdpa|efficient_attention|cutlassF|cutlassB"),
-    ("matmul (cuBLAS/cutlass)", r"gemm|nvjet|cutlass|sm90_xmma|ampere_|cublas|splitK"),
-    ("softmax / cross-entropy", r"softmax|log_softmax|nll_loss|cross_entropy"),
-    ("optimizer (AdamW, clip)", r"multi_tensor|foreach|adam|_amp_foreach|lerp"),
-    ("copies / casts", r"copy|cast|convert|to_copy|CatArrayBatched|index|scatter|gather"),
-    ("elementwise / reductions", r"elementwise|vectorized|reduce|Reduce|unrolled|mul|add|silu|pow|rsqrt|mean"),
-]
-
-
-class StallSampler:
-    """Where the host is during a step slower than `after_s`: faulthandler dumps every thread's Python stack
-    (from a C thread, so even while the main thread holds the GIL; py-spy cannot attach on the GPU machine),
-    again every `after_s` while the step lasts. Counts the main thread's innermost frames over all dumps."""
-
-    def __init__(self, after_s: float) -> None:
-        self.after_s = after_s
-        self._file = tempfile.TemporaryFile(mode="w+")
-
-    def step_begins(self) -> None:
-        import faulthandler
-
-        faulthandler.cancel_dump_traceback_later()
-        faulthandler.dump_traceback_later(self.after_s, repeat=True, file=self._file)
-
-    def stop(self, top: int = 12) -> list[tuple[int, str]]:
-        import collections
-        import faulthandler
-
-        faulthandler.cancel_dump_traceback_later()
-        self._file.seek(0)
-        counts: collections.Counter = collections.Counter()
-        # A dump is "Thread 0x... (most recent call first):" blocks; the main thread's block says so.
-        for block in self._file.read().split("Thread 0x"):
-            lines = [ln.strip() for ln in block.splitlines()[1:] if ln.strip().startswith("File ")]
-            if "(most recent call first)" in block and lines and "threading.py" not in lines[0]:
-                counts[" <- ".join(ln.replace("File ", "").replace('"', "") for ln in lines[:4])] += 1
-        self._file.close()
-        return [(n, where) for where, n in counts.most_common(top)]
-
-
-class StepMeter:
-    """Timestamps each optimizer step (after a device sync), counts useful and processed tokens per step,
-    records losses; takes peak memory at the end of the timed window and profiles the steps after it."""
-
-    def __init__(self, device, warmup: int, steps: int, profile_steps: int = 0, stall_s: float = 0.0) -> None:
-        self.device, self.warmup, self.steps, self.profile_steps = device, warmup, steps, profile_steps
-        self.stalls = StallSampler(stall_s) if stall_s > 0 else None
-        self.t_start = None
-        self.times: list[float] = []
-        self.useful: list[int] = []
-        self.processed: list[int] = []
-        self.losses: list[float] = []
-        self._proc = 0
-        self._mask_tokens = 0
-        self.peak = None
-        self.prof = None
-        self.prof_wall = None
-        self._prof_t0 = None
-        self.table = None
-
-    @property
-    def target(self) -> int:
-        return self.warmup + self.steps + self.profile_steps
-
-    def done(self) -> bool:
-        return len(self.times) >= self.target
-
-    def pre_forward(self, module, args, kwargs):  # forward pre-hook on the decoder (with_kwargs=True)
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is None and kwargs.get("inputs_embeds") is not None:  # prompt tuning: virtual tokens included
-            ids = kwargs["inputs_embeds"][..., 0]
-        if ids is not None:
-            self._proc += ids.numel()
-        mask = kwargs.get("attention_mask")
-        if mask is not None:
-            self._mask_tokens += int(mask.sum())
-        elif ids is not None and kwargs.get("position_ids") is not None:  # padding-free (a peer): no padding at all
-            self._mask_tokens += ids.numel()
-
-    def start(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        sync(self.device)
-        self.t_start = time.perf_counter()
-        if self.stalls:
-            self.stalls.step_begins()
-
-    def step_end(self, useful: int | None = None, loss: float | None = None) -> None:
-        sync(self.device)
-        self.times.append(time.perf_counter())
-        if self.stalls:
-            self.stalls.step_begins()
-        self.useful.append(self._mask_tokens if useful is None else useful)
-        self.processed.append(self._proc)
-        self._proc = self._mask_tokens = 0
-        if loss is not None:
-            self.losses.append(float(loss))
-        n = len(self.times)
-        if n == self.warmup + self.steps:
-            self.peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
-            if self.profile_steps:
-                acts = [torch.profiler.ProfilerActivity.CPU]
-                if self.device.type == "cuda":
-                    acts.append(torch.profiler.ProfilerActivity.CUDA)
-                self.prof = torch.profiler.profile(activities=acts)
-                self.prof.start()
-                self._prof_t0 = time.perf_counter()
-        elif self.prof is not None and n == self.target and self.prof_wall is None:
-            sync(self.device)
-            self.prof.stop()
-            self.prof_wall = time.perf_counter() - self._prof_t0
-
-    def summary(self) -> dict:
-        w, s = self.warmup, min(self.steps, len(self.times) - self.warmup)
-        if s <= 0:
-            return {"timed_steps": 0}
-        t0 = self.times[w - 1] if w >= 1 else self.t_start
-        dt = self.times[w + s - 1] - t0
-        useful = sum(self.useful[w : w + s])
-        processed = sum(self.processed[w : w + s])
-        losses = self.losses[: w + s]
-        step_s = [b - a for a, b in zip([t0, *self.times[w:]], self.times[w : w + s])]
-        return {
-            "timed_steps": s,
-            "seconds": dt,
-            "step_s_median": statistics.median(step_s),
-            "step_s_max": max(step_s),
-            "step_seconds": [round(x, 4) for x in step_s],  # each timed step: outliers show here
-            "warmup_step_seconds": [round(b - a, 4) for a, b in zip([self.t_start, *self.times], self.times[:w])],
-            "step_useful_tokens": self.useful[w : w + s],
-            "useful_tokens": useful,
-            "useful_tokens_per_step": useful / s,
-            "processed_tokens": processed,
-            "row_fill": useful / processed if processed else None,
-            "tokens_per_s": useful / dt,
-            "peak_bytes": self.peak,
-            "loss_first": losses[0] if losses else None,
-            "loss_last": statistics.fmean(losses[-LOSS_WINDOW:]) if losses else None,
-            "loss_step": len(losses),
-        }
-
-    def profile_summary(self, top: int = 18) -> dict | None:
-        if self.prof is None or self.prof_wall is None:
-            return None
-        kernels, groups = [], {}
-        device_total = 0.0
-        events = list(self.prof.key_averages())
-        on_device = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
-        # Kernels are their own entries (device_type CUDA); where a build lists none, take the operators'
-        # self device time instead.
-        for evt in on_device or events:
-            if device_time_us(evt) > 0:
-                us = device_time_us(evt)
-                device_total += us
-                kernels.append((us, evt.count, evt.key))
-                group = next((g for g, rx in KERNEL_GROUPS if re.search(rx, evt.key, re.I)), "other")
-                groups[group] = groups.get(group, 0.0) + us
-        kernels.sort(reverse=True)
-        wall_us = self.prof_wall * 1e6
-        try:
-            self.table = self.prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40)
-        except Exception:  # noqa: BLE001 - names of the sort key differ between torch versions
-            self.table = self.prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
-        return {
-            "steps": self.profile_steps,
-            "wall_s": self.prof_wall,
-            "gpu_busy_share": device_total / wall_us if wall_us else None,  # kernel time / wall time
-            "groups": {g: us / device_total for g, us in sorted(groups.items(), key=lambda kv: -kv[1])}
-            if device_total
-            else {},
-            "top_kernels": [
-                {"share": us / device_total, "ms_per_step": us / 1e3 / self.profile_steps, "calls": c, "name": k[:110]}
-                for us, c, k in kernels[:top]
-            ]
-            if device_total
-            else [],
-        }
 
 
 # --------------------------------------------------------------------------------------- configurations
@@ -426,8 +228,7 @@ def free_memory(device) -> None:
 def run_recipe(c: dict, args, tok, examples: list[Example], device, meter: StepMeter) -> dict:
     """Configuration 1: the PEFT QLoRA recipe with plain Hugging Face training."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     from worker.training.modeling import build_quantization_config, count_params, plain_4bit_kernels_on_cpu
 
@@ -461,72 +262,16 @@ def run_recipe(c: dict, args, tok, examples: list[Example], device, meter: StepM
             ids[i, :k], labels[i, :k], mask[i, :k] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
-    class Meter(TrainerCallback):
-        def on_train_begin(self, a, state, control, **kw):
-            meter.start()
-
-        def on_step_end(self, a, state, control, **kw):
-            meter.step_end()
-            if meter.done():
-                control.should_training_stop = True
-
-        def on_log(self, a, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                meter.losses.append(float(logs["loss"]))
-
     with tempfile.TemporaryDirectory() as out:
         targs = TrainingArguments(
-            output_dir=out,
-            per_device_train_batch_size=c["batch"],
-            gradient_accumulation_steps=1,
-            max_steps=meter.target,
-            learning_rate=2e-4,
-            lr_scheduler_type="linear",
-            warmup_steps=0,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            bf16=cuda,
-            use_cpu=not cuda,
+            **trainer_args(meter, c["batch"], args.seed, cuda, out),
             gradient_checkpointing=True,
             remove_unused_columns=False,
-            disable_tqdm=True,
-            seed=args.seed,
-            dataloader_num_workers=0,
         )
         data = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
-        trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=collate, callbacks=[Meter()])
-        trainer.remove_callback(PrinterCallback)  # no log line per step
-        decoder = (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
-        handle = decoder.register_forward_pre_hook(meter.pre_forward, with_kwargs=True)
-        try:
-            trainer.train()
-        finally:
-            handle.remove()
-    del trainer, model
+        train_metered(Trainer(model=model, args=targs, train_dataset=data, data_collator=collate), model, meter)
+    del model
     return {"trainable_params": trainable, "total_params": total, "description": describe(c, None, False)}
-
-
-def metered_hooks(meter: StepMeter):
-    """The training loop's hooks for a timed run: each step's end and its trained tokens to the meter, which stops
-    the loop after its last timed step; no evaluation, no checkpoint records."""
-    from worker.training.loop import Hooks
-
-    last = {"tokens": 0}
-
-    def on_progress(d: dict) -> None:
-        if "train_loss" not in d:  # the loop's first report, before any step
-            return
-        meter.step_end(useful=d["trained_tokens"] - last["tokens"], loss=d["train_loss"])
-        last["tokens"] = d["trained_tokens"]
-
-    return Hooks(
-        on_progress=on_progress,
-        on_log=lambda d: None,
-        on_checkpoint=lambda *a: None,
-        on_evaluate=lambda step, epoch: {},
-        should_stop=meter.done,
-    )
 
 
 def run_service(c: dict, args, tok, examples: list[Example], device, meter: StepMeter) -> dict:

@@ -71,61 +71,24 @@ def dataset_of(examples):
 
 def train_with_sft_trainer(c: dict, args, model, tok, examples, meter, unsloth: bool) -> None:
     import torch
-    from transformers import TrainerCallback
-    from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    class Meter(TrainerCallback):
-        def on_train_begin(self, a, state, control, **kw):
-            meter.start()
-
-        def on_step_end(self, a, state, control, **kw):
-            meter.step_end()
-            if meter.done():
-                control.should_training_stop = True
-
-        def on_log(self, a, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                meter.losses.append(float(logs["loss"]))
+    from bench.meter import train_metered, trainer_args
 
     cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as out:
         config = SFTConfig(
-            output_dir=out,
-            per_device_train_batch_size=c["batch"],
-            gradient_accumulation_steps=1,
-            max_steps=meter.target,
-            learning_rate=2e-4,
-            lr_scheduler_type="linear",
-            warmup_steps=0,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            bf16=cuda,
-            use_cpu=not cuda,  # a CPU smoke run on the tiny model; the figures are the GPU's
+            **trainer_args(meter, c["batch"], args.seed, cuda, out),
             gradient_checkpointing=c["ckpt"] and not unsloth,  # Unsloth's own kind is set on its model
             use_liger_kernel=cuda and not unsloth,
             padding_free=c["padding_free"],
             completion_only_loss=True,
             # the examples are no longer than max_len already; padding-free without packing refuses a max_length
             max_length=None if c["padding_free"] else args.max_len,
-            disable_tqdm=True,
-            seed=args.seed,
-            dataloader_num_workers=0,
             dataset_num_proc=None,
         )
-        trainer = SFTTrainer(
-            model=model, args=config, train_dataset=dataset_of(examples), processing_class=tok, callbacks=[Meter()]
-        )
-        trainer.remove_callback(PrinterCallback)
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        decoder = base.get_decoder()
-        handle = decoder.register_forward_pre_hook(meter.pre_forward, with_kwargs=True)
-        try:
-            trainer.train()
-        finally:
-            handle.remove()
-        del trainer
+        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset_of(examples), processing_class=tok)
+        train_metered(trainer, model, meter)
 
 
 def run_trl(c: dict, args, tok, examples, device, meter) -> dict:
@@ -198,7 +161,8 @@ def child(spec: dict) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import torch
 
-    from bench.bench_train import StepMeter, synth_pairs, to_example
+    from bench.bench_train import synth_pairs, to_example
+    from bench.meter import StepMeter
     from worker.training.modeling import count_params, load_tokenizer
 
     c = spec["config"]

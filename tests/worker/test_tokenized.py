@@ -18,7 +18,7 @@ from app.core.tables import File
 from app.datasets import iter_records
 from tests.helpers.chat_templates import family_tokenizer
 from worker.child.job_context import UserError
-from worker.child.job_data import format_rows, load_tokens, records_at
+from worker.child.job_data import load_tokens, records_at
 from worker.training.data import Formatter, split_indices, split_rows
 from worker.training.tokenized import (
     CUT,
@@ -53,6 +53,24 @@ def shared_rows(name: str, **options) -> list[tuple[int, dict]]:
     return list(iter_records(SHARED / path, fmt, with_lines=True, **options))
 
 
+def one_at_a_time(fmt, rows, preference: bool = False) -> tuple[list, int, int]:
+    """The rows as the worker made them before (one Formatter call a row, lists): (trained items, cut, dropped),
+    the reference the arrays must equal."""
+    from worker.training.preference import Pair
+
+    items, cut, dropped = [], 0, 0
+    for _, record in rows:
+        made = fmt.pair(record) if preference else fmt.example(record)
+        if made is None:
+            dropped += 1
+            continue
+        item = Pair(*made) if preference else made
+        if all(a.num_loss_tokens > 0 for a in ((item.chosen, item.rejected) if preference else (item,))):
+            items.append(item)
+            cut += item.cut
+    return items, cut, dropped
+
+
 def as_lists(e):
     return None if e is None else (list(e.input_ids), list(e.labels), e.cut)
 
@@ -76,7 +94,7 @@ def test_batched_rows_are_the_rows_tokenized_one_at_a_time(tok, rows, max_len):
     tokens = tokenize_rows(fmt, rows)
     every = np.arange(len(rows))
     examples = TrainingExamples(tokens, tokens.trainable(every))
-    expected, cut, dropped = format_rows(fmt, rows, "file-x", "m")
+    expected, cut, dropped = one_at_a_time(fmt, rows)
     assert [as_lists(e) for e in examples] == [as_lists(e) for e in expected]
     assert tokens.counts(every) == (cut, dropped)
     assert tokens.ids.dtype == np.int32 and isinstance(examples[0].input_ids, np.ndarray)
@@ -111,7 +129,7 @@ def test_preference_pairs_are_the_pairs_made_one_at_a_time(tok):
         {"prompt": "Q: 2+2?\nA:", "chosen": " 4", "rejected": " 5"},
         {"prompt": "Q: capital of France?\nA:", "chosen": " Paris", "rejected": " Lyon"},
     ]
-    expected, _, _ = format_rows(fmt, list(enumerate(rows, 1)), "file-x", "m", preference=True)
+    expected, _, _ = one_at_a_time(fmt, list(enumerate(rows, 1)), preference=True)
     tokens = tokenize_rows(fmt, enumerate(rows, 1), preference=True)
     pairs = pairs_of(tokens, tokens.trainable(np.arange(2)))
     assert [(as_lists(p.chosen), as_lists(p.rejected)) for p in pairs] == [

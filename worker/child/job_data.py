@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from pathlib import Path
 
@@ -54,36 +54,20 @@ def records_at(path: Path, file_row: File, wanted: list[int]) -> list[tuple[int,
 
 
 def chat_error(exc, file_id: str, model: str) -> UserError:
-    where = f"line {exc.line}" if getattr(exc, "line", None) is not None else "a row"
+    where = f"line {exc.line}" if exc.line is not None else "a row"
     where += f", field {exc.field}" if exc.field else ""
     return UserError("invalid_training_row", f"file {file_id}, {where}: {exc.message} (model {model})")
 
 
-def format_rows(
-    fmt, rows: list[tuple[int, dict]], file_id: str, model: str, preference: bool = False
-) -> tuple[list, int, int]:
-    """(examples with something to train, rows cut, rows dropped) of a few rows, as objects; with `preference`,
-    pairs (preference.Pair) of which both answers have something to train. A row the model's chat template cannot
-    render fails the job with its line and field."""
+def tokenized(fmt, rows: Iterable[tuple[int, dict]], file_row: File, model: str, preference: bool, spill_dir=None):
+    """tokenize_rows, a row the model's chat template cannot render failing the job with its file, line and field."""
     from worker.training.data import ChatTemplateError
-    from worker.training.preference import Pair
+    from worker.training.tokenized import tokenize_rows
 
-    examples, cut, dropped = [], 0, 0
-    for line, record in rows:
-        try:
-            made = fmt.pair(record) if preference else fmt.example(record)
-        except ChatTemplateError as exc:
-            exc.line = line
-            raise chat_error(exc, file_id, model) from exc
-        if made is None:
-            dropped += 1
-            continue
-        item = Pair(*made) if preference else made
-        answers = (item.chosen, item.rejected) if preference else (item,)
-        if all(a.num_loss_tokens > 0 for a in answers):
-            examples.append(item)
-            cut += item.cut
-    return examples, cut, dropped
+    try:
+        return tokenize_rows(fmt, rows, preference, spill_dir)
+    except ChatTemplateError as exc:
+        raise chat_error(exc, file_row.id, model) from exc
 
 
 def load_tokens(
@@ -98,8 +82,7 @@ def load_tokens(
     """(TokenizedRows of the whole file, what happened: a sentence for the job's events). Read back from the store
     when any attempt of any job tokenized this file so before; otherwise tokenized here and stored. The store
     being away costs only the reuse: a failed read or write is logged and the rows are tokenized here."""
-    from worker.training.data import ChatTemplateError
-    from worker.training.tokenized import DamagedTokens, TokenizedRows, fingerprint, tokenize_rows
+    from worker.training.tokenized import DamagedTokens, TokenizedRows, fingerprint
 
     options = {
         "format": file_row.format,
@@ -118,10 +101,7 @@ def load_tokens(
             log.warning("tokenized rows %s unusable, tokenizing again: %s", key, exc)
     t, local = time.monotonic(), cache.path(key)
     local.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tokens = tokenize_rows(fmt, _counted(iter_file(path, file_row), on_progress), preference, local.parent)
-    except ChatTemplateError as exc:
-        raise chat_error(exc, file_row.id, model) from exc
+    tokens = tokenized(fmt, _counted(iter_file(path, file_row), on_progress), file_row, model, preference, local.parent)
     took = time.monotonic() - t
     try:
         tokens.save(local)

@@ -102,9 +102,11 @@ class TrainingRecipe:
     def load_data(self) -> None:
         """The training rows as token arrays (tokenized once per file and tokenizer, kept in the store) and the
         evaluation rows as records: the seeded held-out split of the training file, or the validation file."""
+        from itertools import islice
+
         import numpy as np
 
-        from worker.child.job_data import file_copy, format_rows, load_tokens, records_at
+        from worker.child.job_data import file_copy, iter_file, load_tokens, records_at, tokenized
         from worker.evaluation.evaluate import EvalSet
         from worker.training.data import Formatter, split_indices
         from worker.training.modeling import ModelRefused, load_tokenizer, pick_device
@@ -133,8 +135,8 @@ class TrainingRecipe:
         ctx.event(how)
         if val_path is not None:
             train_rows = np.arange(tokens.num_rows)
-            val_rows = records_at(val_path, self.val_file, list(range(ev_spec.max_rows)))
-            format_rows(fmt, val_rows, self.val_file.id, self.job.model, pref)  # names a bad row's line
+            val_rows = list(islice(iter_file(val_path, self.val_file), ev_spec.max_rows))
+            tokenized(fmt, val_rows, self.val_file, self.job.model, pref)  # names a bad row's line
         else:
             train_list, held = split_indices(tokens.num_rows, spec.training.validation_split, self.job.seed)
             train_rows = np.asarray(train_list, dtype=np.int64)

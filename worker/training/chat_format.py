@@ -58,6 +58,7 @@ class ChatTemplateError(ValueError):
         super().__init__(message)
         self.field, self.message = field, message
         self.row: int | None = None  # the position of the row in a batch (Formatter.examples)
+        self.line: int | None = None  # the row's line in its file (tokenized.tokenize_rows)
 
 
 @dataclass

@@ -163,7 +163,7 @@ def tokenize_rows(
         ids_path, trained_path = Path(spill) / "ids", Path(spill) / "trained"
         with open(ids_path, "wb") as ids_out, open(trained_path, "wb") as trained_out:
             for chunk in _chunks(rows, CHUNK_ROWS):
-                lengths, status, kept = _tokenize_chunk(fmt, chunk, preference)
+                lengths, status, kept = _tokenize_chunk(fmt, chunk, per_row)
                 total = int(lengths.sum())
                 np.fromiter(chain.from_iterable(e.input_ids for e in kept), np.int32, total).tofile(ids_out)
                 labels = np.fromiter(chain.from_iterable(e.labels for e in kept), np.int32, total)
@@ -180,12 +180,11 @@ def tokenize_rows(
         )
 
 
-def _tokenize_chunk(fmt: Formatter, chunk: list, preference: bool) -> tuple[np.ndarray, np.ndarray, list[Example]]:
+def _tokenize_chunk(fmt: Formatter, chunk: list, per_row: int) -> tuple[np.ndarray, np.ndarray, list[Example]]:
     """(each sequence's length, 0 where not kept; each row's status; the kept sequences in order)."""
-    per_row = 2 if preference else 1
     lines, records = zip(*chunk)
     try:
-        made = fmt.pairs(list(records)) if preference else [(e,) for e in fmt.examples(list(records))]
+        made = fmt.pairs(list(records)) if per_row == 2 else [(e,) for e in fmt.examples(list(records))]
     except ChatTemplateError as exc:
         exc.line = lines[exc.row] if exc.row is not None else None
         raise
