@@ -120,8 +120,12 @@ def test_both_endpoints_show_the_figures_move_while_a_job_runs(watched):
     assert value(last, "ftaas_worker_tokens_per_second", job_id=job) > 0
     assert not any(name == "ftaas_worker_gpu_memory_bytes" for name, _ in last)  # a CPU: no CUDA figures
     phases = {dict(labels)["phase"] for w, _ in during for name, labels in w if name == "ftaas_worker_job_phase"}
-    # the phases the child went through stay as 0 beside the current one while it lives
-    assert {"loading_data", "loading_model", "evaluating_base", "training"} <= phases, phases
+    # the phases the child went through stay as 0 beside the current one while it lives. A LoRA job evaluates its
+    # base after training (adapter switched off), and that and the tuned evaluation take well under a scrape's
+    # 0.3 s on 8 rows, so only the phases up to training are sure to be seen; every one seen is a known phase.
+    assert {"loading_data", "loading_model", "training"} <= phases, phases
+    known = {"loading_data", "loading_model", "evaluating_base", "reference", "training", "evaluating", "packaging"}
+    assert phases <= known, phases
 
     idle, after = watched["idle"], watched["after"]
     assert not any(name.startswith("ftaas_worker_job_") for name, _ in idle)  # nothing running, nothing shown
