@@ -63,7 +63,7 @@ def create(session: Session, tenant: Tenant, body: ComparisonCreate) -> Comparis
         first = jobs[0]
         rows = session.scalars(
             select(EvaluationRow)
-            .where(EvaluationRow.job_id == first.id, EvaluationRow.reference != "")
+            .where(EvaluationRow.job_id == first.id, EvaluationRow.split == "validation", EvaluationRow.reference != "")
             .order_by(EvaluationRow.row_index)
             .limit(body.held_out_rows)
         ).all()

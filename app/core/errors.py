@@ -27,19 +27,20 @@ def not_found(kind: str, object_id: str, param: str | None = None, code: str | N
 
 
 def loc_to_param(loc: tuple[Any, ...]) -> str:
-    # ("body", "adapter", "r") -> "adapter.r"; ("query", "limit") -> "limit"
-    parts = (
-        [str(p) for p in loc[1:]]
-        if loc and loc[0] in ("body", "query", "path", "header", "form")
-        else list(map(str, loc))
-    )
-    # pydantic puts the union member tried ("int", "literal['auto']") in the path; drop those
-    parts = [
-        p
-        for p in parts
-        if not (p.startswith(("literal[", "function-", "constrained-", "list[")) or p in ("int", "float", "str"))
-    ]
-    return ".".join(parts) or "body"
+    """("body", "adapter", "r") -> "adapter.r"; ("query", "limit") -> "limit"; ("body", "evaluation", "graders", 1,
+    "regex", "pattern") -> "evaluation.graders.1.pattern"."""
+    from app.core.graders import GRADER_NAMES
+
+    parts = list(loc[1:]) if loc and loc[0] in ("body", "query", "path", "header", "form") else list(loc)
+    out: list[str] = []
+    for i, p in enumerate(map(str, parts)):
+        # pydantic puts the union member tried ("int", "literal['auto']") in the path, and after a list index the
+        # tag of a discriminated union's member (a grader's type): drop those
+        tried = p.startswith(("literal[", "function-", "constrained-", "list[")) or p in ("int", "float", "str")
+        tag = i > 0 and isinstance(parts[i - 1], int) and p in GRADER_NAMES
+        if not (tried or tag):
+            out.append(p)
+    return ".".join(out) or "body"
 
 
 def error_body(code: str, message: str, param: str | None = None) -> dict[str, Any]:

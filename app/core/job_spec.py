@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.core.graders import GRADER_NAMES, Grader
 from app.core.metrics import EVALUATION_FAMILIES, EvaluationFamily, SelectionMetric
 
 Auto = Literal["auto"]
@@ -146,6 +147,14 @@ class TrainingSpec(Strict):
     validation_split: float = Field(
         0.1, gt=0, lt=0.5, description="held-out share of the training file when no validation_file is given"
     )
+    test_split: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="share of the training file carved off first, by the job's seed, as test rows when no "
+        "test_file is given: never trained on, never used to pick a checkpoint, stop early or choose a sweep's "
+        "winner, only reported beside the validation numbers. 0: no test rows",
+    )
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
     packing: bool = Field(
         True,
@@ -181,9 +190,31 @@ class EvaluationSpec(Strict):
     selection_metric: SelectionMetric = Field(
         "auto",
         description="picks the checkpoint you download among the evaluated ones (each epoch end by default), "
-        "each evaluated on the held-out rows: "
-        "auto = rougeL when rows have completions, eval_loss for raw text; last = the final weights",
+        "each evaluated on the validation rows: "
+        "auto = rougeL when rows have completions, eval_loss for raw text; last = the final weights; a grader's "
+        "name (exact_match, sql_execution, ...) when it is among `graders`",
     )
+    graders: list[Grader] = Field(
+        default_factory=list,
+        max_length=len(GRADER_NAMES),
+        description="task graders scoring each generated output 1 or 0, stored per row and bootstrapped like the "
+        "other metrics: exact_match (normalized: whitespace, case, trailing punctuation), json_valid, json_schema "
+        "(with `json_schema`), regex (with an RE2 `pattern`), sql_valid and sql_execution (text-to-SQL: the "
+        "output run in a read-only, time-limited SQLite database built from the CREATE TABLE and INSERT "
+        "statements of the row's prompt or `schema` column). Each at most once; its metric is its type",
+    )
+
+    @field_validator("graders")
+    @classmethod
+    def _once_each(cls, graders: list) -> list:
+        types = [g.type for g in graders]
+        twice = sorted({t for t in types if types.count(t) > 1})
+        if twice:
+            raise ValueError(f"each grader may appear once; {', '.join(twice)} appears more than once")
+        return graders
+
+    def grader_names(self) -> list[str]:
+        return [g.type for g in self.graders]
 
 
 # OpenAI's limits on metadata: 16 pairs, keys of up to 64 characters, values of up to 512. Without them, 16
@@ -215,6 +246,12 @@ class JobCreate(Strict):
     model: str = Field(..., min_length=1, max_length=300)
     training_file: str = Field(..., min_length=1, max_length=64)
     validation_file: str | None = Field(None, max_length=64)
+    test_file: str | None = Field(
+        None,
+        max_length=64,
+        description="ftaas: rows only ever reported (never trained on or used for any decision), scored for the "
+        "base and the shipped model beside the validation rows; or training.test_split",
+    )
     suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     metadata: Metadata | None = Field(None, max_length=16, description="up to 16 pairs: keys 64, values 512 characters")

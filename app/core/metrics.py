@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from typing import Literal, get_args
 
+from app.core.graders import GRADER_NAMES
+
 ROUGE_NAMES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 BERTSCORE_NAMES = ("bertscore_precision", "bertscore_recall", "bertscore_f1")
 # Measured by teacher forcing on the reference tokens: no generation needed, so raw text has them too.
@@ -14,8 +16,10 @@ TOKEN_WEIGHTED = frozenset({"eval_loss", "perplexity", "token_accuracy"})
 # Preference tuning (DPO) jobs, on their held-out pairs, always: the share of pairs whose chosen answer the model
 # gives the higher log-probability, and the mean implicit reward margin against the frozen base (0 for the base).
 PREFERENCE_NAMES = ("preference_accuracy", "reward_margin")
-# Display order of every stored metric.
-METRIC_NAMES = PREFERENCE_NAMES + ROUGE_NAMES + BERTSCORE_NAMES + ("perplexity", "token_accuracy", "eval_loss")
+# Display order of every stored metric; the task graders' (app/core/graders.py) first: they say "is it right".
+METRIC_NAMES = (
+    GRADER_NAMES + PREFERENCE_NAMES + ROUGE_NAMES + BERTSCORE_NAMES + ("perplexity", "token_accuracy", "eval_loss")
+)
 LOWER_IS_BETTER = frozenset({"eval_loss", "perplexity"})
 
 # What a job's evaluation.metrics may ask for: each family produces the names above.
@@ -25,6 +29,12 @@ EVALUATION_FAMILIES: tuple[str, ...] = get_args(EvaluationFamily)
 # What a leaderboard or a sweep ranks by, and what picks a job's shipped checkpoint ("last": the final weights).
 RankMetric = Literal[
     "auto",
+    "exact_match",
+    "json_valid",
+    "json_schema",
+    "regex",
+    "sql_valid",
+    "sql_execution",
     "preference_accuracy",
     "reward_margin",
     "rougeL",
@@ -41,6 +51,12 @@ RankMetric = Literal[
 SelectionMetric = Literal[
     "auto",
     "last",
+    "exact_match",
+    "json_valid",
+    "json_schema",
+    "regex",
+    "sql_valid",
+    "sql_execution",
     "preference_accuracy",
     "reward_margin",
     "rougeL",
@@ -101,8 +117,8 @@ def family_of(metric: str) -> str:
 
 
 def metrics_for_selection(selection: tuple[str, bool] | None) -> set[str]:
-    """The evaluation.metrics entries that produce the selection metric (eval_loss, and a preference job's
-    preference metrics, are always measured)."""
-    if selection is None or selection[0] == "eval_loss" or selection[0] in PREFERENCE_NAMES:
+    """The evaluation.metrics entries that produce the selection metric (eval_loss, a preference job's preference
+    metrics and the requested graders are always measured)."""
+    if selection is None or selection[0] in ("eval_loss", *PREFERENCE_NAMES, *GRADER_NAMES):
         return set()
     return {family_of(selection[0])}

@@ -117,6 +117,10 @@ class File(Base):
     token_estimate: Mapped[int] = mapped_column(BigInteger)
     column_mapping: Mapped[dict | None] = mapped_column(JSONType)
     completion_separator: Mapped[str | None] = mapped_column(Text)
+    # Rows carrying CREATE TABLE statements (prompt or `schema` column), for the SQL graders; None: not known
+    # (uploaded before it was counted)
+    sql_schema_rows: Mapped[int | None] = mapped_column(Integer)
+    first_line_without_sql_schema: Mapped[int | None] = mapped_column(Integer)
     storage_name: Mapped[str] = mapped_column(String(64))  # server-made; its object is files/<storage_name>
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(TZDateTime)
@@ -130,6 +134,7 @@ class Job(Base):
     model_source: Mapped[str] = mapped_column(Text)  # hub id or absolute directory for from_pretrained
     training_file_id: Mapped[str] = mapped_column(ForeignKey("files.id"), index=True)
     validation_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
+    test_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))  # rows only ever reported
     suffix: Mapped[str | None] = mapped_column(String(64))
     seed: Mapped[int] = mapped_column(Integer)
     metadata_: Mapped[dict | None] = mapped_column("metadata", JSONType)
@@ -239,6 +244,7 @@ class Sweep(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     training_file_id: Mapped[str] = mapped_column(ForeignKey("files.id"), index=True)
     validation_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
+    test_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"))
     selection_metric: Mapped[str] = mapped_column(String(32))
     seed: Mapped[int] = mapped_column(Integer)
     spec: Mapped[dict] = mapped_column(JSONType)  # the request as resolved (candidates expanded)
@@ -294,10 +300,12 @@ class Evaluation(Base):
     """Aggregate metrics of one model (the base, or the tuned adapter) on a job's evaluation set."""
 
     __tablename__ = "evaluations"
-    __table_args__ = (UniqueConstraint("job_id", "subject"),)
+    __table_args__ = (UniqueConstraint("job_id", "subject", "split"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     subject: Mapped[str] = mapped_column(String(10))  # base | tuned
+    # validation: the rows that pick checkpoints, stop early and choose a sweep's winner; test: only reported
+    split: Mapped[str] = mapped_column(String(10), default="validation", server_default="validation")
     metrics: Mapped[dict] = mapped_column(JSONType)
     num_rows: Mapped[int] = mapped_column(Integer)
     details: Mapped[dict | None] = mapped_column(JSONType)  # skipped metrics with reasons, timings
@@ -308,10 +316,11 @@ class EvaluationRow(Base):
     """One evaluated example: prompt, reference, both generations and their per-row scores."""
 
     __tablename__ = "evaluation_rows"
-    __table_args__ = (UniqueConstraint("job_id", "row_index"),)
+    __table_args__ = (UniqueConstraint("job_id", "split", "row_index"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    row_index: Mapped[int] = mapped_column(Integer)
+    split: Mapped[str] = mapped_column(String(10), default="validation", server_default="validation")
+    row_index: Mapped[int] = mapped_column(Integer)  # the row's position within its split
     prompt: Mapped[str] = mapped_column(Text)
     reference: Mapped[str] = mapped_column(Text)
     base_output: Mapped[str | None] = mapped_column(Text)

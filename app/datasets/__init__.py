@@ -31,6 +31,7 @@ from app.datasets.records import (
     check_column_mapping,
     format_instruction,
 )
+from app.datasets.sql_rows import record_sql_schema
 
 __all__ = [
     "FORMATS",
@@ -62,6 +63,8 @@ class DatasetSummary:
     num_rows: int
     token_estimate: int
     columns: list[str]  # source column names seen in the first row
+    sql_schema_rows: int = 0  # rows carrying CREATE TABLE statements (app/datasets/sql_rows.py)
+    first_line_without_sql_schema: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -92,6 +95,7 @@ def validate_file(
     errors: list[RowError] = []
     total_errors = num_rows = tokens = 0
     columns: list[str] | None = None
+    schema_rows, no_schema_line = 0, None
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
     for item in _read_rows(path, fmt, _csv_delimiter(filename, head), max_line_bytes, bounds):
         if num_rows + total_errors >= bounds.max_rows:
@@ -112,11 +116,15 @@ def validate_file(
             continue
         num_rows += 1
         tokens += _token_estimate(item)
+        if record_sql_schema(item) is not None:
+            schema_rows += 1
+        elif no_schema_line is None:
+            no_schema_line = line
     if total_errors:
         raise DatasetValidationError(errors, total_errors)
     if num_rows == 0:
         raise DatasetValidationError([RowError(None, None, "no records")])
-    return DatasetSummary(fmt, normalizer.summary_shape, num_rows, tokens, columns or [])
+    return DatasetSummary(fmt, normalizer.summary_shape, num_rows, tokens, columns or [], schema_rows, no_schema_line)
 
 
 def iter_records(

@@ -22,6 +22,7 @@ MAPPING_TARGETS = (
     "rejected",
     "preferred_output",
     "non_preferred_output",
+    "schema",
 )
 # Keys whose presence marks a row as a given shape; checked in SHAPES order (the priority on overlap).
 _SHAPE_KEYS = {
@@ -193,6 +194,8 @@ class _Normalizer:
         record = _VALIDATORS[shape](row)
         if self.separator is not None:
             record = _split_text(record["text"], self.separator)
+        if row.get("schema") is not None:  # text-to-SQL rows: the database the SQL graders run the output on
+            record["schema"] = _string(row, "schema")
         if self.shape is None:
             self.shape, self.shape_line = shape, line
         return record

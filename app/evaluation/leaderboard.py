@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from app.core.metrics import LOWER_IS_BETTER, METRIC_NAMES
 from app.core.tables import Evaluation, EvaluationRow, Job
 from app.evaluation import stats
-from app.evaluation.schemas import Cost, Interval, Leaderboard, LeaderboardRow, VersusLeader
+from app.evaluation.schemas import Cost, Interval, Leaderboard, LeaderboardRow, ReportedRows, VersusLeader
+from app.evaluation.splits import TEST, VALIDATION, test_independence
 
 
 @dataclass
@@ -22,6 +23,23 @@ class _Entry:
     scores: list[dict | None] = field(default_factory=list)  # per evaluation row, in row_index order
     signature: str | None = None  # which rows these are: only rows with equal signatures are paired
     created_at: object = None
+    test_scores: list[dict | None] = field(default_factory=list)  # per test row: reported, never ranked on
+    test_stored: dict = field(default_factory=dict)
+
+
+def add_test_figures(e: _Entry, metric: str, samples: int) -> None:
+    """The entry's test-row figures beside its validation ones: the value with its interval, every metric, and the
+    drop from validation to test (the optimism of having chosen on the validation rows)."""
+    if not e.test_scores:
+        return
+    e.row.test_metrics = _metrics_from_rows(e.test_scores, e.test_stored)
+    e.row.test_num_rows = len(e.test_scores)
+    e.row.test_value = e.row.test_metrics.get(metric)
+    ci = stats.interval(metric, stats.columns(metric, e.test_scores), samples=samples)
+    if ci is not None:
+        e.row.test_value_ci = Interval(low=ci[0], high=ci[1])
+    if e.row.value is not None and e.row.test_value is not None:
+        e.row.validation_to_test = e.row.test_value - e.row.value
 
 
 def resolve_metric(metric: str, evaluations: list[Evaluation]) -> str:
@@ -108,15 +126,19 @@ def build_leaderboard(
     samples: int = stats.BOOTSTRAP_SAMPLES,
 ) -> Leaderboard:
     ids = [j.id for j in jobs]
-    evals = {(e.job_id, e.subject): e for e in session.scalars(select(Evaluation).where(Evaluation.job_id.in_(ids)))}
+    # Ranked on the validation rows, which make every decision; the test rows' figures are shown beside them.
+    all_evals = list(session.scalars(select(Evaluation).where(Evaluation.job_id.in_(ids))))
+    evals = {(e.job_id, e.subject): e for e in all_evals if e.split == VALIDATION}
+    test_evals = {(e.job_id, e.subject): e for e in all_evals if e.split == TEST}
     metric = resolve_metric(metric, list(evals.values()))
     rows_by_job: dict[str, list[EvaluationRow]] = {}
+    test_rows_by_job: dict[str, list[EvaluationRow]] = {}
     for r in session.scalars(
         select(EvaluationRow)
         .where(EvaluationRow.job_id.in_(ids))
-        .order_by(EvaluationRow.job_id, EvaluationRow.row_index)
+        .order_by(EvaluationRow.job_id, EvaluationRow.split, EvaluationRow.row_index)
     ):
-        rows_by_job.setdefault(r.job_id, []).append(r)
+        (rows_by_job if r.split == VALIDATION else test_rows_by_job).setdefault(r.job_id, []).append(r)
 
     entries: list[_Entry] = []
     skipped: dict[str, str] = {}
@@ -130,6 +152,7 @@ def build_leaderboard(
                 skipped.update(e.details.get("skipped") or {})
         tuned_scores = [r.tuned_scores for r in ev_rows] if tuned is not None else []
         metrics = _metrics_from_rows(tuned_scores, tuned.metrics) if tuned is not None else {}
+        test_rows, test_tuned = test_rows_by_job.get(job.id, []), test_evals.get((job.id, "tuned"))
         entries.append(
             _Entry(
                 row=LeaderboardRow(
@@ -151,6 +174,8 @@ def build_leaderboard(
                 scores=tuned_scores,
                 signature=sig,
                 created_at=job.created_at,
+                test_scores=[r.tuned_scores for r in test_rows] if test_tuned is not None else [],
+                test_stored=test_tuned.metrics if test_tuned is not None else {},
             )
         )
         # One base row per base model and set of rows: the first job's measurement stands for the rest.
@@ -178,6 +203,8 @@ def build_leaderboard(
                     ),
                     scores=base_scores,
                     signature=sig,
+                    test_scores=[r.base_scores for r in test_rows] if (job.id, "base") in test_evals else [],
+                    test_stored=test_evals[(job.id, "base")].metrics if (job.id, "base") in test_evals else {},
                 )
             )
 
@@ -203,6 +230,9 @@ def build_leaderboard(
         d = stats.paired_difference(metric, cols, leader_cols, samples=samples)
         if d is not None:
             e.row.vs_leader = VersusLeader(diff=d.diff, low=d.low, high=d.high, tied=d.tied)
+
+    for e in entries:
+        add_test_figures(e, metric, samples)
 
     winner = None
     if leader is not None:
@@ -231,5 +261,19 @@ def build_leaderboard(
         winner_job_id=winner.row.job_id if winner else None,
         selected_job_id=selected_job_id,
         skipped=skipped or None,
+        test=_test_note(jobs, entries),
         data=[e.row for e in entries],
+    )
+
+
+def _test_note(jobs: list[Job], entries: list[_Entry]) -> ReportedRows | None:
+    """Whether the board has test rows, and whether they are independent of the choice it makes."""
+    if not any(e.test_scores for e in entries):
+        return None
+    reasons = {test_independence(j.training_file_id, j.validation_file_id, j.test_file_id) for j in jobs}
+    reasons.discard(None)
+    return ReportedRows(
+        independent=not reasons,
+        not_independent_because="; ".join(sorted(reasons)) or None,
+        decided="the ranking, leader and winner come from the validation rows; the test rows decided nothing",
     )

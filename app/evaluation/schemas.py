@@ -18,21 +18,47 @@ class EvaluationSample(BaseModel):
     tuned_scores: dict[str, float] | None
 
 
+class Interval(BaseModel):
+    low: float
+    high: float
+
+
+class SplitResult(BaseModel):
+    split: Literal["validation", "test"]
+    num_rows: int | None
+    decided: str = Field(
+        description="what these rows decided: the shipped checkpoint, early stopping, a sweep's "
+        "winner (validation), or nothing (test)"
+    )
+    independent: bool = Field(
+        description="test rows that no decision saw: an unbiased estimate of the shipped model. False for "
+        "validation rows, and for test rows that are the validation (or training) file's"
+    )
+    not_independent_because: str | None = None
+    base: dict[str, float] | None
+    tuned: dict[str, float] | None
+    delta: dict[str, float] | None
+    base_ci: dict[str, Interval] | None = Field(None, description="bootstrap interval of each base metric")
+    tuned_ci: dict[str, Interval] | None = Field(None, description="bootstrap interval of each tuned metric")
+    delta_ci: dict[str, Interval] | None = Field(
+        None, description="paired bootstrap interval of tuned minus base, on the same rows"
+    )
+
+
 class EvaluationPublic(BaseModel):
     object: Literal["fine_tuning.job.evaluation"] = "fine_tuning.job.evaluation"
     job_id: str
     status: Literal["pending", "partial", "complete"]
-    num_rows: int | None
+    num_rows: int | None = Field(description="validation rows (the top-level figures are the validation rows')")
     base: dict[str, float] | None
     tuned: dict[str, float] | None
     delta: dict[str, float] | None
     skipped: dict[str, str] | None = Field(None, description="metrics not computed, with the reason")
+    validation: SplitResult | None = Field(None, description="the rows that made the job's decisions, with intervals")
+    test: SplitResult | None = Field(
+        None, description="the rows only reported (test_file or training.test_split), with intervals; null: none"
+    )
     samples: list[EvaluationSample]
-
-
-class Interval(BaseModel):
-    low: float
-    high: float
 
 
 class VersusLeader(BaseModel):
@@ -68,6 +94,19 @@ class LeaderboardRow(BaseModel):
     num_rows: int | None
     metrics: dict[str, float]
     cost: Cost | None
+    test_value: float | None = Field(None, description="the metric on the test rows, which decided nothing")
+    test_value_ci: Interval | None = Field(None, description="bootstrap interval of test_value")
+    test_num_rows: int | None = None
+    test_metrics: dict[str, float] | None = None
+    validation_to_test: float | None = Field(
+        None, description="test_value minus value: how much of the validation figure the choice made up"
+    )
+
+
+class ReportedRows(BaseModel):
+    independent: bool = Field(description="no decision saw the test rows")
+    not_independent_because: str | None = None
+    decided: str
 
 
 class Leaderboard(BaseModel):
@@ -86,4 +125,5 @@ class Leaderboard(BaseModel):
     )
     selected_job_id: str | None
     skipped: dict[str, str] | None = Field(None, description="metrics not measured for these jobs, with the reason")
+    test: ReportedRows | None = Field(None, description="present when the jobs have test rows")
     data: list[LeaderboardRow]

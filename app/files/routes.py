@@ -137,6 +137,8 @@ def upload_file(
             shape=summary.shape,
             num_rows=summary.num_rows,
             token_estimate=summary.token_estimate,
+            sql_schema_rows=summary.sql_schema_rows,
+            first_line_without_sql_schema=summary.first_line_without_sql_schema,
             column_mapping=mapping,
             completion_separator=separator,
             storage_name=file_id,
@@ -212,7 +214,7 @@ def delete_file(file: OwnedFile, session: SessionDep) -> FileDeleted:
     busy = (
         session.query(Job.id)
         .filter(
-            (Job.training_file_id == file.id) | (Job.validation_file_id == file.id),
+            (Job.training_file_id == file.id) | (Job.validation_file_id == file.id) | (Job.test_file_id == file.id),
             Job.status.notin_(TERMINAL_STATUSES),  # a paused job still needs it to resume
         )
         .first()

@@ -37,6 +37,7 @@ def job_public(job: Job) -> JobPublic:
         hyperparameters=hyperparameters_public(spec),
         training_file=job.training_file_id,
         validation_file=job.validation_file_id,
+        test_file=job.test_file_id,
         trained_tokens=job.trained_tokens,
         error=JobError(**job.error) if job.error else None,
         seed=job.seed,

@@ -19,6 +19,7 @@ from app.core.settings import Settings
 from app.core.storage import JobFiles
 from app.core.tables import Checkpoint, Evaluation, EvaluationRow, Job, JobStatus, MergeStatus
 from app.evaluation.schemas import EvaluationPublic, EvaluationSample
+from app.evaluation.splits import TEST, VALIDATION, split_result
 from app.jobs.merging import ASK_AGAIN_S, check_mergeable, pending_message, request_merged
 from app.jobs.schemas import MergedModelPending, SelectionPublic
 from app.sweeps.service import select_job as select_job_for_file
@@ -44,18 +45,17 @@ def get_evaluation(
         ),
     ] = None,
 ) -> EvaluationPublic:
-    evals = {e.subject: e for e in session.scalars(select(Evaluation).where(Evaluation.job_id == job.id))}
-    base, tuned = evals.get("base"), evals.get("tuned")
+    evals = {(e.subject, e.split): e for e in session.scalars(select(Evaluation).where(Evaluation.job_id == job.id))}
+    base, tuned = evals.get(("base", VALIDATION)), evals.get(("tuned", VALIDATION))
     n = job.spec["evaluation"]["num_samples"] if limit is None else limit
     rows = session.scalars(
-        select(EvaluationRow).where(EvaluationRow.job_id == job.id).order_by(EvaluationRow.row_index).limit(n)
+        select(EvaluationRow).where(EvaluationRow.job_id == job.id).order_by(EvaluationRow.row_index)
     ).all()
-    delta = None
-    if base and tuned:
-        delta = {k: tuned.metrics[k] - base.metrics[k] for k in tuned.metrics if k in base.metrics}
+    by_split = {VALIDATION: [r for r in rows if r.split == VALIDATION], TEST: [r for r in rows if r.split == TEST]}
+    validation = split_result(job, VALIDATION, evals, by_split[VALIDATION])
     skipped = {}
-    for e in (base, tuned):
-        if e and e.details:
+    for e in evals.values():
+        if e.details:
             skipped.update(e.details.get("skipped", {}))
     status = "complete" if base and tuned else ("partial" if base or tuned else "pending")
     return EvaluationPublic(
@@ -64,8 +64,10 @@ def get_evaluation(
         num_rows=(tuned or base).num_rows if (tuned or base) else None,
         base=base.metrics if base else None,
         tuned=tuned.metrics if tuned else None,
-        delta=delta,
+        delta=validation.delta if validation else None,
         skipped=skipped or None,
+        validation=validation,
+        test=split_result(job, TEST, evals, by_split[TEST]),
         samples=[
             EvaluationSample(
                 index=r.row_index,
@@ -76,7 +78,7 @@ def get_evaluation(
                 base_scores=r.base_scores,
                 tuned_scores=r.tuned_scores,
             )
-            for r in rows
+            for r in by_split[VALIDATION][:n]
         ],
     )
 

@@ -94,7 +94,8 @@ JOB_EXAMPLE = {
 
 class JobData(BaseModel):
     training_rows: int = Field(description="rows trained on (after the held-out split)")
-    validation_rows: int = Field(description="held-out rows evaluated on")
+    validation_rows: int = Field(description="held-out rows evaluated on, which pick the shipped checkpoint")
+    test_rows: int = Field(0, description="rows only reported (test_file or training.test_split)")
     rows_cut: int = Field(description="rows longer than max_seq_length that lost the beginning of their prompt")
     rows_dropped: int = Field(description="rows whose answer alone is longer than max_seq_length: not trained on")
 
@@ -125,6 +126,7 @@ class JobPublic(BaseModel):
     integrations: list[Any] = []
     method: dict[str, Any]
     # ftaas extensions
+    test_file: str | None = Field(None, description="rows only ever reported, never used for a decision")
     adapter: dict[str, Any]
     training: dict[str, Any]
     evaluation: dict[str, Any]

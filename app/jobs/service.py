@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from typing import NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -13,10 +14,11 @@ from sqlalchemy.orm import Session
 from app.api.deps import owned_file
 from app.core import job_state
 from app.core.errors import ApiError
-from app.core.job_spec import JobCreate, resolve_spec
+from app.core.graders import SQL_GRADERS
+from app.core.job_spec import EvaluationSpec, JobCreate, resolve_spec
 from app.core.job_state import add_event
 from app.core.logs import REQUEST_ID
-from app.core.metrics import PREFERENCE_NAMES
+from app.core.metrics import GRADER_NAMES, PREFERENCE_NAMES
 from app.core.queue import enqueue_job
 from app.core.settings import Settings
 from app.core.tables import TERMINAL_STATUSES, File, Job, JobStatus, Tenant
@@ -39,10 +41,19 @@ def check_model(settings: Settings, model: str, param: str = "model") -> str:
     return source
 
 
-def check_pairing(training: File, validation: File | None, method: str = "supervised") -> None:
-    """The files suit the method: purpose fine-tune, preference rows for dpo and only for it, a validation file of
-    the training file's kind."""
-    for param, file in (("training_file", training), ("validation_file", validation)):
+class DataFiles(NamedTuple):
+    """A job's files: the rows it trains on, those that make its decisions, and those only reported."""
+
+    training: File
+    validation: File | None = None
+    test: File | None = None
+
+
+def check_pairing(files: DataFiles, method: str = "supervised") -> None:
+    """The files suit the method: purpose fine-tune, preference rows for dpo and only for it, validation and test
+    files of the training file's kind."""
+    training = files.training
+    for param, file in zip(("training_file", "validation_file", "test_file"), files):
         if file is not None and file.purpose != "fine-tune":
             raise ApiError(
                 400,
@@ -67,14 +78,52 @@ def check_pairing(training: File, validation: File | None, method: str = "superv
             param="training_file",
             code="invalid_training_file",
         )
-    # Raw text trains on every token, preference rows on pairs, the other shapes on completions: a validation
-    # file must be of the same kind.
-    if validation is not None and _kind(validation.shape) != _kind(training.shape):
+    # Raw text trains on every token, preference rows on pairs, the other shapes on completions: validation and
+    # test files must be of the same kind.
+    for param, file in (("validation_file", files.validation), ("test_file", files.test)):
+        if file is not None and _kind(file.shape) != _kind(training.shape):
+            raise ApiError(
+                400,
+                f"{param} has shape '{file.shape}' but training_file has shape '{training.shape}'",
+                param=param,
+            )
+
+
+def check_graders(evaluation: EvaluationSpec, files: DataFiles, test_split: float, param_prefix: str = "") -> None:
+    """What the grader schema cannot check alone: a grader selected must be requested, graders need completions to
+    generate, and the SQL graders need a database on every evaluated row (counted at upload)."""
+    names = evaluation.grader_names()
+    selected = evaluation.selection_metric
+    if selected in GRADER_NAMES and selected not in names:
         raise ApiError(
             400,
-            f"validation_file has shape '{validation.shape}' but training_file has shape '{training.shape}'",
-            param="validation_file",
+            f'selection_metric \'{selected}\' is a grader: add {{"type": "{selected}"}} to evaluation.graders',
+            param=f"{param_prefix}evaluation.selection_metric",
         )
+    if names and files.training.shape == "text":
+        raise ApiError(
+            400,
+            "graders score generated answers, and raw-text rows have no completion to generate",
+            param=f"{param_prefix}evaluation.graders",
+        )
+    # The rows evaluated come from the validation and test files, or from the training file where either is split
+    # off it.
+    evaluated = [f for f in (files.validation, files.test) if f is not None]
+    if files.validation is None or (files.test is None and test_split > 0):
+        evaluated.append(files.training)
+    for i, name in enumerate(names):
+        if name not in SQL_GRADERS:
+            continue
+        for file in evaluated:
+            known, missing = file.sql_schema_rows, file.num_rows - (file.sql_schema_rows or 0)
+            if known is not None and missing:
+                raise ApiError(
+                    400,
+                    f"{name} runs each output on the row's database, and {missing} of the {file.num_rows} rows of "
+                    f"{file.id} have none (first at line {file.first_line_without_sql_schema}): give each row its "
+                    "CREATE TABLE statements in the prompt or in a `schema` column",
+                    param=f"{param_prefix}evaluation.graders.{i}",
+                )
 
 
 def _kind(shape: str) -> str:
@@ -109,6 +158,12 @@ def validate_job(settings: Settings, body: JobCreate, param_prefix: str = "") ->
             "only preference tuning (method dpo) jobs have it",
             param=f"{param_prefix}evaluation.selection_metric",
         )
+    if body.test_file is not None and body.training.test_split > 0:
+        raise ApiError(
+            400,
+            "give test rows either as test_file or as training.test_split, not both",
+            param=f"{param_prefix}training.test_split",
+        )
     if body.adapter.type == "prompt_tuning" and body.adapter.num_virtual_tokens >= body.training.max_seq_length:
         raise ApiError(
             400,
@@ -119,13 +174,22 @@ def validate_job(settings: Settings, body: JobCreate, param_prefix: str = "") ->
 
 
 def training_files(
-    session: Session, tenant: Tenant, training_id: str, validation_id: str | None, method: str = "supervised"
-) -> tuple[File, File | None]:
-    """The tenant's training file and optional validation file, checked to suit the method and each other."""
-    training = owned_file(session, tenant, training_id, param="training_file")
-    validation = owned_file(session, tenant, validation_id, param="validation_file") if validation_id else None
-    check_pairing(training, validation, method)
-    return training, validation
+    session: Session,
+    tenant: Tenant,
+    training_id: str,
+    validation_id: str | None,
+    method: str = "supervised",
+    test_id: str | None = None,
+) -> DataFiles:
+    """The tenant's training file and optional validation and test files, checked to suit the method and each
+    other."""
+    files = DataFiles(
+        owned_file(session, tenant, training_id, param="training_file"),
+        owned_file(session, tenant, validation_id, param="validation_file") if validation_id else None,
+        owned_file(session, tenant, test_id, param="test_file") if test_id else None,
+    )
+    check_pairing(files, method)
+    return files
 
 
 def build_job(
@@ -133,20 +197,21 @@ def build_job(
     settings: Settings,
     tenant: Tenant,
     body: JobCreate,
-    training: File,
-    validation: File | None,
+    files: DataFiles,
     *,
     sweep_id: str | None = None,
     param_prefix: str = "",
 ) -> Job:
     """Validate what the schema cannot, add the job and its first event to the session (not committed)."""
     source = validate_job(settings, body, param_prefix)
+    check_graders(body.evaluation, files, body.training.test_split, param_prefix)
     job = Job(
         tenant_id=tenant.id,
         model=body.model,
         model_source=source,
-        training_file_id=training.id,
-        validation_file_id=validation.id if validation else None,
+        training_file_id=files.training.id,
+        validation_file_id=files.validation.id if files.validation else None,
+        test_file_id=files.test.id if files.test else None,
         suffix=body.suffix,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31 - 1),
         metadata_=body.metadata,
@@ -194,9 +259,9 @@ def check_active_job_room(session: Session, settings: Settings, tenant: Tenant, 
 
 
 def create(session: Session, settings: Settings, tenant: Tenant, body: JobCreate) -> Job:
-    training, validation = training_files(session, tenant, body.training_file, body.validation_file, body.method.type)
+    files = training_files(session, tenant, body.training_file, body.validation_file, body.method.type, body.test_file)
     check_active_job_room(session, settings, tenant, 1)
-    job = build_job(session, settings, tenant, body, training, validation)
+    job = build_job(session, settings, tenant, body, files)
     session.commit()  # commit, then enqueue: the worker must find the row
     log.info("created job %s", job.id, extra={"job_id": job.id})
     enqueue_job(job.id)

@@ -27,6 +27,7 @@ def sweep_public(sweep: Sweep, jobs: list[Job]) -> SweepPublic:
         status=sweep.status,
         training_file=sweep.training_file_id,
         validation_file=sweep.validation_file_id,
+        test_file=sweep.test_file_id,
         selection_metric=sweep.selection_metric,
         seed=sweep.seed,
         metadata=sweep.metadata_,

@@ -12,7 +12,7 @@ from app.api.openapi import error_responses
 from app.api.pagination import after_query, limit_query, list_page, page_of
 from app.core.errors import ApiError
 from app.core.job_state import cancel_open_jobs
-from app.core.metrics import RankMetric
+from app.core.metrics import GRADER_NAMES, RankMetric
 from app.core.queue import enqueue_job
 from app.core.tables import TERMINAL_STATUSES, Sweep, SweepStatus
 from app.evaluation.schemas import Leaderboard
@@ -31,7 +31,8 @@ router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
     summary="Train several candidates on one file (models x adapter types x hyperparameters) and pick the best",
 )
 def create_sweep(body: SweepCreate, session: SessionDep, tenant: CurrentTenant, settings: SettingsDep) -> SweepPublic:
-    training, validation = training_files(session, tenant, body.training_file, body.validation_file, body.method)
+    files = training_files(session, tenant, body.training_file, body.validation_file, body.method, body.test_file)
+    training = files.training
     candidates = expand_candidates(body)
     metric = body.selection_metric
     if metric == "auto":
@@ -47,6 +48,12 @@ def create_sweep(body: SweepCreate, session: SessionDep, tenant: CurrentTenant, 
         raise ApiError(
             400, f"selection_metric {metric} needs 'bertscore' in evaluation.metrics", param="selection_metric"
         )
+    if metric in GRADER_NAMES and metric not in body.evaluation.grader_names():
+        raise ApiError(
+            400,
+            f'selection_metric \'{metric}\' is a grader: add {{"type": "{metric}"}} to evaluation.graders',
+            param="selection_metric",
+        )
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 1)
     requests = [job_request(body, i, name, cand, metric, seed) for i, (name, cand) in enumerate(candidates)]
     for i, req in enumerate(requests):  # every check before the first row is added: nothing half-stored
@@ -55,12 +62,14 @@ def create_sweep(body: SweepCreate, session: SessionDep, tenant: CurrentTenant, 
     sweep = Sweep(
         tenant_id=tenant.id,
         training_file_id=training.id,
-        validation_file_id=validation.id if validation else None,
+        validation_file_id=files.validation.id if files.validation else None,
+        test_file_id=files.test.id if files.test else None,
         selection_metric=metric,
         seed=seed,
         metadata_=body.metadata,
         spec={
             "evaluation": body.evaluation.model_dump(),
+            "test_split": body.test_split,
             "candidates": [{"name": name, **cand} for name, cand in candidates],
         },
         status=SweepStatus.running,
@@ -69,9 +78,7 @@ def create_sweep(body: SweepCreate, session: SessionDep, tenant: CurrentTenant, 
     session.flush()
     # All candidates in one transaction: a bad candidate leaves no sweep and no job behind.
     jobs = [
-        build_job(
-            session, settings, tenant, req, training, validation, sweep_id=sweep.id, param_prefix=f"candidates[{i}]."
-        )
+        build_job(session, settings, tenant, req, files, sweep_id=sweep.id, param_prefix=f"candidates[{i}].")
         for i, req in enumerate(requests)
     ]
     for job in jobs:

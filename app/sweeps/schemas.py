@@ -52,6 +52,19 @@ class SweepCreate(Strict):
         description="held-out rows for every candidate; default: the same seeded split of the "
         "training file for all candidates",
     )
+    test_file: str | None = Field(
+        None,
+        max_length=64,
+        description="ftaas: rows no decision sees, only reported: the winner is chosen on the validation rows, "
+        "and its test result, with its interval, shows what the choice is worth",
+    )
+    test_split: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="share of the training file carved off first as test rows when no test_file is given, the "
+        "same rows for every candidate (the sweep's seed); 0: none",
+    )
     method: MethodType = Field(
         "supervised", description="every candidate's method: supervised, or dpo on a file of preference rows"
     )
@@ -113,6 +126,7 @@ SWEEP_EXAMPLE = {
     "status": "running",
     "training_file": "file-abc123",
     "validation_file": None,
+    "test_file": None,
     "selection_metric": "eval_loss",
     "seed": 1218599201,
     "metadata": None,
@@ -140,6 +154,7 @@ class SweepPublic(BaseModel):
     status: str
     training_file: str
     validation_file: str | None
+    test_file: str | None = None
     selection_metric: str
     seed: int
     metadata: dict[str, str] | None

@@ -96,15 +96,23 @@ def job_request(body: SweepCreate, index: int, name: str, candidate: dict, metri
         "model": candidate.get("model"),
         "training_file": body.training_file,
         "validation_file": body.validation_file,
+        "test_file": body.test_file,
         "suffix": body.suffix,
         "seed": seed,
         "metadata": {"sweep_candidate": name[:512]},
         "adapter": candidate.get("adapter", {}),
-        "training": candidate.get("training", {}),
+        "training": {**candidate.get("training", {}), "test_split": body.test_split},
         "method": {"type": body.method, body.method: {"hyperparameters": candidate.get("hyperparameters", {})}},
         # One evaluation for all: the same rows, and each job ships its best checkpoint by the sweep's metric.
         "evaluation": {**body.evaluation.model_dump(), "selection_metric": metric},
     }
+    if "test_split" in candidate.get("training", {}):
+        raise ApiError(
+            400,
+            f"Candidate {index} ('{name}') sets training.test_split: the test rows are the sweep's, the same for "
+            "every candidate; set the sweep's test_split",
+            param=f"candidates[{index}].training.test_split",
+        )
     if payload["model"] is None:
         raise ApiError(
             400,
@@ -207,7 +215,7 @@ def _result(board, winner: Job | None, jobs: list[Job]) -> dict:
         )
     if tied and winner.id == board.leader_job_id:
         reason += f"; tied with {len(tied)} other candidate(s), and the cheapest of them"
-    return {
+    result = {
         "metric": board.metric,
         "winner_job_id": winner.id,
         "winner_name": row.name,
@@ -215,6 +223,38 @@ def _result(board, winner: Job | None, jobs: list[Job]) -> dict:
         "leader_job_id": board.leader_job_id,
         "tied_job_ids": tied,
         "reason": reason,
+        "decided_on": "validation",
+    }
+    if board.test is not None:
+        result["test"] = _test_report(board, row)
+    return result
+
+
+def _test_report(board, winner_row) -> dict:
+    """The winner's result on the rows no decision saw, with its interval, and every candidate's drop from its
+    validation figure to its test figure: the winner's drop is the price of having chosen it on those rows."""
+    ci = winner_row.test_value_ci
+    return {
+        "independent": board.test.independent,
+        "not_independent_because": board.test.not_independent_because,
+        "winner": {
+            "value": winner_row.test_value,
+            "interval": [ci.low, ci.high] if ci else None,
+            "confidence": board.confidence,
+            "num_rows": winner_row.test_num_rows,
+            "validation_to_test": winner_row.validation_to_test,
+        },
+        "candidates": [
+            {
+                "name": r.name,
+                "job_id": r.job_id,
+                "validation": r.value,
+                "test": r.test_value,
+                "validation_to_test": r.validation_to_test,
+            }
+            for r in board.data
+            if r.kind == "fine-tuned"
+        ],
     }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 import time
 
@@ -15,6 +16,7 @@ import pytest
 from app.core.metrics import METRIC_NAMES, PREFERENCE_NAMES
 from tests.conftest import DATASETS, MODEL_DIR, REPORT
 from tests.helpers.e2e_service import client_for, running_service, upload, wait_for_jobs
+from tests.helpers.sql_rows import text_to_sql_rows
 
 ALL_METRICS = set(METRIC_NAMES) - set(PREFERENCE_NAMES)  # preference tuning's: tests/e2e/test_e2e_dpo.py
 
@@ -153,3 +155,63 @@ def test_upload_train_evaluate_download(service, tmp_path):
     assert board["selected_job_id"] == lora_id
     models = {m["id"] for m in c.get("/v1/models").json()["data"]}
     assert {"stories260k", results[lora_id][0]["fine_tuned_model"]} <= models
+
+
+def test_a_text_to_sql_job_is_graded_by_running_its_sql(service, tmp_path):
+    """Prompts that carry their CREATE TABLE statement (and for half the rows their INSERTs), graded by running the
+    generated SQL: base vs tuned on the validation rows that chose the checkpoint and on the test rows that did not."""
+    c = client_for(service)
+    ids = {}
+    for name, rows in (
+        ("train", text_to_sql_rows(36)),
+        ("valid", text_to_sql_rows(12, start=1)),
+        ("test", text_to_sql_rows(12, start=3)),
+    ):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        ids[name] = upload(c, path)["id"]
+    body = {
+        "model": "stories260k",
+        "training_file": ids["train"],
+        "validation_file": ids["valid"],
+        "test_file": ids["test"],
+        "seed": 7,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 6}}},
+        "adapter": {"type": "lora", "r": 8, "target_modules": "all-linear"},
+        "training": {"learning_rate": 1e-2},
+        "evaluation": {
+            "metrics": ["rouge"],
+            "max_rows": 12,
+            "max_new_tokens": 48,
+            "graders": [{"type": "sql_valid"}, {"type": "sql_execution"}, {"type": "exact_match"}],
+            "selection_metric": "sql_execution",
+        },
+    }
+    r = c.post("/v1/fine_tuning/jobs", json=body)
+    assert r.status_code == 200, r.text
+    job_id = r.json()["id"]
+    job, _ = wait_for_jobs(c, [job_id], service["logs"])[job_id]
+    assert job["status"] == "succeeded", job["error"]
+    ev = c.get(f"/v1/fine_tuning/jobs/{job_id}/evaluation", params={"limit": 12}).json()
+    for split in ("validation", "test"):
+        result = ev[split]
+        assert result["num_rows"] == 12
+        for grader in ("sql_valid", "sql_execution", "exact_match"):
+            assert 0.0 <= result["base"][grader] <= 1.0 and 0.0 <= result["tuned"][grader] <= 1.0
+            ci = result["tuned_ci"][grader]
+            assert ci["low"] <= result["tuned"][grader] <= ci["high"]
+    assert ev["test"]["independent"] is True and ev["test"]["decided"].startswith("nothing")
+    # the base model writes no SQL; the tuned one does, and some of it returns the reference's result
+    assert ev["test"]["base"]["sql_valid"] == 0.0
+    assert ev["test"]["tuned"]["sql_valid"] > 0.0 and ev["test"]["tuned"]["sql_execution"] > 0.0
+    # sql_execution scores the rows with data only; sql_valid every row
+    for sample in ev["samples"]:
+        assert "sql_valid" in sample["tuned_scores"]
+        assert ("sql_execution" in sample["tuned_scores"]) == ("INSERT INTO" in sample["prompt"])
+    figures = " | ".join(
+        f"{split} {g}: base {ev[split]['base'][g]:.2f} -> tuned {ev[split]['tuned'][g]:.2f} "
+        f"[{ev[split]['tuned_ci'][g]['low']:.2f}, {ev[split]['tuned_ci'][g]['high']:.2f}]"
+        for split in ("validation", "test")
+        for g in ("sql_valid", "sql_execution", "exact_match")
+    )
+    REPORT.append(f"[e2e text-to-SQL] 36 rows x 4 epochs, 12 validation and 12 test rows: {figures}")

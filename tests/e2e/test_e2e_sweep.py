@@ -1,7 +1,8 @@
 """End to end: a sweep of five candidates on WikiSQL with the tiny Llama — LoRA r=4 and r=16, QLoRA,
 prompt tuning, and full fine-tuning as the reference — through HTTP, a real API process and real Celery
 workers. Every leaderboard number is recomputed here, independently, from the stored per-row outputs, and
-the selected job must be the best by the sweep's metric or tied with it.
+the selected job must be the best by the sweep's metric or tied with it. The winner is chosen on WikiSQL's
+validation rows and reported on its test rows, which no decision saw, with intervals (exact_match and ROUGE-L).
 
 FTAAS_E2E_SWEEP_WORKERS (default 1) sets how many workers run the candidates at once."""
 
@@ -73,6 +74,11 @@ def test_sweep_of_five_candidates_picks_a_winner_the_rows_support(service, tmp_p
     )
     held = upload(
         c,
+        _subset(DATASETS / "wikisql" / "valid.jsonl", tmp_path / "valid.jsonl", EVAL_ROWS),
+        completion_separator="\nA: ",
+    )
+    test = upload(
+        c,
         _subset(DATASETS / "wikisql" / "test.jsonl", tmp_path / "test.jsonl", EVAL_ROWS),
         completion_separator="\nA: ",
     )
@@ -80,6 +86,7 @@ def test_sweep_of_five_candidates_picks_a_winner_the_rows_support(service, tmp_p
     body = {
         "training_file": train["id"],
         "validation_file": held["id"],
+        "test_file": test["id"],
         "seed": 7,
         "selection_metric": "rougeL",
         "base": {
@@ -101,7 +108,12 @@ def test_sweep_of_five_candidates_picks_a_winner_the_rows_support(service, tmp_p
             },
             {"name": "full", "adapter": {"type": "full"}, "training": {"learning_rate": 2e-3}},
         ],
-        "evaluation": {"max_rows": EVAL_ROWS, "max_new_tokens": 64, "batch_size": 30},
+        "evaluation": {
+            "max_rows": EVAL_ROWS,
+            "max_new_tokens": 64,
+            "batch_size": 30,
+            "graders": [{"type": "exact_match"}],
+        },
     }
     t0 = time.time()
     r = c.post("/v1/sweeps", json=body)
@@ -148,6 +160,23 @@ def test_sweep_of_five_candidates_picks_a_winner_the_rows_support(service, tmp_p
         assert len(evaluated) >= 2, (row["name"], ckpts)
         part = c.get(f"/v1/fine_tuning/jobs/{job_id}/adapter", params={"step": evaluated[0]})
         assert part.status_code == 200 and hashlib.sha256(part.content).hexdigest() == part.headers["x-checksum-sha256"]
+
+    # Chosen on the validation rows, reported on the test rows: the winner's test figure with its interval, every
+    # candidate's drop, and the test figures the same stored rows give.
+    report = sweep["result"]["test"]
+    assert sweep["result"]["decided_on"] == "validation" and report["independent"] is True
+    assert report["winner"]["value"] == rows[sweep["winner_job_id"]]["test_value"]
+    low, high = report["winner"]["interval"]
+    assert low <= report["winner"]["value"] <= high and report["winner"]["num_rows"] == EVAL_ROWS
+    assert {c_["job_id"] for c_ in report["candidates"]} == set(rows)
+    exact = c.get(f"/v1/sweeps/{sweep['id']}/leaderboard", params={"metric": "exact_match"}).json()
+    exact_rows = {r["job_id"]: r for r in exact["data"] if r["job_id"]}
+    for job_id, row in rows.items():
+        ev = c.get(f"/v1/fine_tuning/jobs/{job_id}/evaluation").json()
+        assert ev["test"]["independent"] is True and ev["test"]["num_rows"] == EVAL_ROWS
+        assert ev["test"]["tuned"]["rougeL"] == pytest.approx(row["test_value"], abs=1e-9)
+        assert row["validation_to_test"] == pytest.approx(row["test_value"] - row["value"], abs=1e-9)
+        assert exact_rows[job_id]["test_value"] == pytest.approx(ev["test"]["tuned"]["exact_match"], abs=1e-9)
 
     # The winner is the leader or tied with it, and it is the file's selection.
     winner = rows[sweep["winner_job_id"]]
@@ -202,4 +231,23 @@ def test_sweep_of_five_candidates_picks_a_winner_the_rows_support(service, tmp_p
             f"{vs_s} | {r['metrics'].get('bertscore_f1', float('nan')):.3f} | {r['metrics']['perplexity']:.2f} | "
             f"{cost.get('trainable_params') or '-'} | {cost.get('train_seconds') or 0:.1f} | "
             f"{cost.get('tokens_per_second') or 0:.0f} |"
+        )
+    REPORT.append(
+        "[e2e sweep] validation (chose) vs test (only reported): | candidate | rougeL val | rougeL test [95% CI] "
+        "| drop | exact_match val | exact_match test [95% CI] |"
+    )
+
+    def _fig(r, key):
+        ci = r[f"{key}_ci"] if key == "test_value" else r["value_ci"]
+        value = r[key]
+        return f"{value:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]" if ci else f"{value:.3f}"
+
+    for r in board["data"]:
+        e = exact_rows.get(r["job_id"]) or next(x for x in exact["data"] if x["kind"] == "base")
+        REPORT.append(
+            f"[e2e sweep] | {r['name']}{' (winner)' if r['winner'] else ''} | {_fig(r, 'value')} | "
+            f"{_fig(r, 'test_value')} | {r['validation_to_test']:+.3f} | {_fig(e, 'value')} | "
+            f"{_fig(e, 'test_value')} |"
+            if r["validation_to_test"] is not None
+            else f"[e2e sweep] | {r['name']} | {r['value']} | {r['test_value']} | - | - | - |"
         )

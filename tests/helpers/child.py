@@ -37,6 +37,8 @@ def _file(s, settings, tenant, rows: list[dict], separator: str | None):
         shape=summary.shape,
         num_rows=summary.num_rows,
         token_estimate=summary.token_estimate,
+        sql_schema_rows=summary.sql_schema_rows,
+        first_line_without_sql_schema=summary.first_line_without_sql_schema,
         completion_separator=separator,
     )
 
@@ -47,6 +49,7 @@ def running_job_row(
     val_rows: list[dict] | None,
     separator: str | None,
     model_source: Path = MODEL_DIR,
+    test_rows: list[dict] | None = None,
 ) -> str:
     """A job row claimed by attempt 1 (status running) on fresh files; returns its id."""
     from app.core.db import get_sessionmaker
@@ -61,6 +64,7 @@ def running_job_row(
         s.flush()
         train = _file(s, settings, tenant, train_rows, separator)
         val = _file(s, settings, tenant, val_rows, separator) if val_rows else None
+        test = _file(s, settings, tenant, test_rows, separator) if test_rows else None
         job = make_job(
             s,
             tenant,
@@ -68,6 +72,7 @@ def running_job_row(
             spec=resolve_spec(JobCreate(model="stories260k", training_file=train.id, **body)),
             model_source=str(model_source),
             validation_file_id=val.id if val else None,
+            test_file_id=test.id if test else None,
             seed=7,
             status=JobStatus.running,
             attempt=1,
@@ -82,13 +87,14 @@ def run_job(
     separator: str | None,
     model_source: Path = MODEL_DIR,
     via_main: bool = False,
+    test_rows: list[dict] | None = None,
 ) -> str:
     """A running job (attempt 1) on fresh files, run by the child's run() in this process (or by its main(),
     which also ends the job as the child process would)."""
     from worker.child.job_context import JobContext
     from worker.child.recipe import main, run
 
-    job_id = running_job_row(body, train_rows, val_rows, separator, model_source)
+    job_id = running_job_row(body, train_rows, val_rows, separator, model_source, test_rows)
     if via_main:
         main([job_id, "1"])
     else:
@@ -101,15 +107,23 @@ def sql_rows(name: str, n: int) -> list[dict]:
         return [json.loads(line) for line in itertools.islice(fh, n)]
 
 
-def stored(job_id: str):
+def stored(job_id: str, split: str = "validation"):
+    """The job's row, its evaluations and evaluation rows of `split`, its checkpoints and event messages."""
     from app.core.db import get_sessionmaker
     from app.core.tables import Checkpoint, Evaluation, EvaluationRow, Job, JobEvent
 
     with get_sessionmaker()() as s:
         job = s.get(Job, job_id)
-        evals = {e.subject: e for e in s.scalars(select(Evaluation).where(Evaluation.job_id == job_id))}
+        evals = {
+            e.subject: e
+            for e in s.scalars(select(Evaluation).where(Evaluation.job_id == job_id, Evaluation.split == split))
+        }
         rows = list(
-            s.scalars(select(EvaluationRow).where(EvaluationRow.job_id == job_id).order_by(EvaluationRow.row_index))
+            s.scalars(
+                select(EvaluationRow)
+                .where(EvaluationRow.job_id == job_id, EvaluationRow.split == split)
+                .order_by(EvaluationRow.row_index)
+            )
         )
         ckpts = list(s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)))
         events = list(s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)))

@@ -166,9 +166,11 @@ def scored_job(
     seconds: float = 10.0,
     sweep_id: str | None = None,
     status: JobStatus = JobStatus.succeeded,
+    test_rouge: list[float] | None = None,
+    **over,
 ) -> Job:
     """A finished job whose evaluation rows hold per-row ROUGE-L and teacher-forced sums; aggregates are
-    written from the same rows, as the worker does."""
+    written from the same rows, as the worker does. test_rouge: the same on test rows too."""
     job = make_job(
         db_session,
         tenant,
@@ -183,11 +185,20 @@ def scored_job(
         peak_memory_bytes=123 << 20,
         sweep_id=sweep_id,
         commit=False,
+        **over,
     )
     job.fine_tuned_model = f"ft:stories260k:{tenant.id}::{job.id}"
     if status != JobStatus.succeeded:
         db_session.commit()
         return job
+    _store_split(db_session, job, "validation", tuned_rouge)
+    if test_rouge is not None:
+        _store_split(db_session, job, "test", test_rouge)
+    db_session.commit()
+    return job
+
+
+def _store_split(db_session, job: Job, split: str, tuned_rouge: list[float]) -> None:
     base_rows, tuned_rows = [], []
     for i, r in enumerate(tuned_rouge):
         base_scores = {"rougeL": 0.05, "nll": 40.0, "loss_tokens": 10, "correct_tokens": 1}
@@ -197,6 +208,7 @@ def scored_job(
         db_session.add(
             EvaluationRow(
                 job_id=job.id,
+                split=split,
                 row_index=i,
                 prompt=f"Q{i}",
                 reference=f"SELECT {i}",
@@ -210,9 +222,7 @@ def scored_job(
         metrics = {
             m: stats.value(m, stats.columns(m, rows)) for m in ("rougeL", "eval_loss", "perplexity", "token_accuracy")
         }
-        db_session.add(Evaluation(job_id=job.id, subject=subject, metrics=metrics, num_rows=len(rows)))
-    db_session.commit()
-    return job
+        db_session.add(Evaluation(job_id=job.id, subject=subject, split=split, metrics=metrics, num_rows=len(rows)))
 
 
 def make_endpoint(session, tenant, *, url: str = "http://127.0.0.1:9/hook", event_types=EVENT_TYPES, **over):

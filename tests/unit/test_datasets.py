@@ -124,8 +124,9 @@ def test_jsonl_prompt_completion(tmp_path):
         ],
     )
     summary = validate_file(path, "d.jsonl")
+    # no row carries a CREATE TABLE: none would do for the SQL graders, the first at line 1
     assert summary == DatasetSummary(
-        "jsonl", "prompt_completion", 2, summary.token_estimate, ["prompt", "completion", "id"]
+        "jsonl", "prompt_completion", 2, summary.token_estimate, ["prompt", "completion", "id"], 0, 1
     )
     assert summary.token_estimate > 0
     assert list(iter_records(path, "jsonl")) == [
@@ -381,3 +382,23 @@ def test_alpaca_demo():
     }
     with_input = next(i for i, r in enumerate(raw) if r["input"])
     assert "### Input:\n" + raw[with_input]["input"] in records[with_input]["prompt"]
+
+
+def test_rows_with_a_sql_schema_are_counted_and_keep_their_schema_column(tmp_path):
+    schema = "CREATE TABLE t (a INTEGER); INSERT INTO t VALUES (1);"
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"prompt": f"{schema}\nQ: a?\nSQL: ", "completion": "SELECT a FROM t"},
+            {"prompt": "Q: how many?\nSQL: ", "completion": "SELECT count(*) FROM t", "schema": schema},
+            {"prompt": "Q: no database here\nSQL: ", "completion": "SELECT 1"},
+        ],
+    )
+    summary = validate_file(path, "d.jsonl")
+    assert (summary.sql_schema_rows, summary.first_line_without_sql_schema) == (2, 3)
+    records = list(iter_records(path, "jsonl"))
+    assert records[1]["schema"] == schema and "schema" not in records[0]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "completion": "c", "schema": ["CREATE TABLE t (a)"]}])
+    with pytest.raises(DatasetValidationError) as info:
+        validate_file(bad, "bad.jsonl")
+    assert info.value.errors[0].field == "schema" and "must be a string" in info.value.errors[0].message

@@ -46,7 +46,12 @@ def read_plan(session, row: MergedModel) -> MergePlan:
 
     job = session.get(Job, row.job_id)
     files = JobFiles(job.id)
-    metrics = {e.subject: e.metrics for e in session.scalars(select(Evaluation).where(Evaluation.job_id == job.id))}
+    metrics = {
+        e.subject: e.metrics
+        for e in session.scalars(
+            select(Evaluation).where(Evaluation.job_id == job.id, Evaluation.split == "validation")
+        )
+    }
     step = None if row.source == "adapter" else int(row.source.removeprefix("step-"))
     if step is None:
         adapter_name, tuned = job.adapter_name, metrics.get("tuned")

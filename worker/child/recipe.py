@@ -80,6 +80,7 @@ class TrainingRecipe:
             self.job = s.get(Job, self.ctx.job_id)
             self.train_file = s.get(File, self.job.training_file_id)
             self.val_file = s.get(File, self.job.validation_file_id) if self.job.validation_file_id else None
+            self.test_file = s.get(File, self.job.test_file_id) if self.job.test_file_id else None
             self.has_base_eval = s.scalar(
                 select(Evaluation.id).where(Evaluation.job_id == self.job.id, Evaluation.subject == "base")
             )
@@ -91,7 +92,7 @@ class TrainingRecipe:
         first, sparing this job and its files."""
         ctx = self.ctx
         keep = [ctx.cache.key_of(ctx.files.root)]
-        keep += [upload_key(f.storage_name) for f in (self.train_file, self.val_file) if f]
+        keep += [upload_key(f.storage_name) for f in (self.train_file, self.val_file, self.test_file) if f]
         keep.append(tokenized_prefix(self.train_file.storage_name))
         ctx.cache.trim(keep)
         # Fetched again rather than compared by size: a file left here by an attempt whose push never finished
@@ -101,21 +102,17 @@ class TrainingRecipe:
 
     def load_data(self) -> None:
         """The training rows as token arrays (tokenized once per file and tokenizer, kept in the store) and the
-        evaluation rows as records: the seeded held-out split of the training file, or the validation file."""
-        from itertools import islice
-
-        import numpy as np
-
-        from worker.child.job_data import file_copy, iter_file, load_tokens, records_at, tokenized
+        evaluation rows as records: the validation rows (the validation file, or a seeded split of the training
+        file) and the test rows (the test file, or a seeded split carved off the training file first)."""
+        from worker.child.job_data import file_copy, load_tokens
         from worker.evaluation.evaluate import EvalSet
-        from worker.training.data import Formatter, split_indices
+        from worker.training.data import Formatter
         from worker.training.modeling import ModelRefused, load_tokenizer, pick_device
         from worker.training.tokenized import TrainingExamples, pairs_of
 
         ctx, spec, ev_spec = self.ctx, self.spec, self.spec.evaluation
         ctx.progress({"phase": "loading_data"}, force=True)
         train_path = file_copy(ctx.cache, self.train_file)
-        val_path = file_copy(ctx.cache, self.val_file) if self.val_file is not None else None
         self.device = pick_device()
         try:
             self.tokenizer = load_tokenizer(self.job.model_source)  # checks the model directory before reading
@@ -133,17 +130,11 @@ class TrainingRecipe:
             on_progress=lambda rows: ctx.progress({"phase": "loading_data"}),  # a cancel is seen meanwhile
         )
         ctx.event(how)
-        if val_path is not None:
-            train_rows = np.arange(tokens.num_rows)
-            val_rows = list(islice(iter_file(val_path, self.val_file), ev_spec.max_rows))
-            tokenized(fmt, val_rows, self.val_file, self.job.model, pref)  # names a bad row's line
-        else:
-            train_list, held = split_indices(tokens.num_rows, spec.training.validation_split, self.job.seed)
-            train_rows = np.asarray(train_list, dtype=np.int64)
-            val_rows = records_at(train_path, self.train_file, held[: ev_spec.max_rows])
+        train_rows, val_rows, test_rows = self.split_rows(fmt, train_path, tokens.num_rows)
         if not len(train_rows) or not val_rows:
+            held = "validation and test rows are" if test_rows else "one is"
             raise UserError(
-                "too_few_rows", f"training file {self.train_file.id} needs at least 2 rows (one is held out)"
+                "too_few_rows", f"training file {self.train_file.id} needs at least 2 rows ({held} held out)"
             )
         cut, dropped = tokens.counts(train_rows)
         trainable = tokens.trainable(train_rows)
@@ -155,9 +146,11 @@ class TrainingRecipe:
                 f"{dropped} of {len(train_rows)} rows dropped",
             )
         self.eval_set = EvalSet.build(fmt, [record for _, record in val_rows], pref)
+        self.test_set = EvalSet.build(fmt, [record for _, record in test_rows], pref) if test_rows else None
         summary = {
             "training_rows": len(train_rows),
             "validation_rows": len(self.eval_set.rows),
+            "test_rows": len(test_rows),
             "rows_cut": cut,
             "rows_dropped": dropped,
         }
@@ -173,10 +166,44 @@ class TrainingRecipe:
         # requested metric and whatever the selection metric needs.
         self.selection = selection_for(ev_spec.model_dump(), bool(self.eval_set.gen_rows), pref)
         self.ckpt_metrics = sorted(set(ev_spec.metrics) | metrics_for_selection(self.selection))
+        tested = f", {len(test_rows)} test rows" if test_rows else ""
         ctx.event(
             f"Data: {len(self.train_examples)} training {'pairs' if pref else 'rows'}, {len(self.eval_set.rows)} "
-            f"evaluation rows ({self.train_file.shape}); device {self.device}"
+            f"validation rows{tested} ({self.train_file.shape}); device {self.device}"
         )
+
+    def split_rows(self, fmt, train_path, num_rows: int):
+        """(training row numbers, validation (line, record)s, test (line, record)s). Test rows are carved off the
+        training file first (their own seed), so that no later choice, the validation split included, can see
+        them; the validation split is then the one it always was when there are no test rows."""
+        from itertools import islice
+
+        import numpy as np
+
+        from worker.child.job_data import file_copy, iter_file, records_at, tokenized
+        from worker.training.data import split_indices
+
+        spec, max_rows, pref, model = self.spec, self.spec.evaluation.max_rows, self.spec.preference, self.job.model
+
+        def file_rows(file_row):
+            rows = list(islice(iter_file(file_copy(self.ctx.cache, file_row), file_row), max_rows))
+            tokenized(fmt, rows, file_row, model, pref)  # names a bad row's line
+            return rows
+
+        pool = np.arange(num_rows)
+        test_rows: list = []
+        if self.test_file is not None:
+            test_rows = file_rows(self.test_file)
+        elif spec.training.test_split > 0:
+            rest, carved = split_indices(num_rows, spec.training.test_split, test_seed(self.job.seed))
+            pool = np.asarray(rest, dtype=np.int64)
+            test_rows = records_at(train_path, self.train_file, carved[:max_rows])
+        if self.val_file is not None:
+            return pool, file_rows(self.val_file), test_rows
+        kept, held = split_indices(len(pool), spec.training.validation_split, self.job.seed)
+        wanted = [int(pool[i]) for i in held[:max_rows]]
+        val_rows = records_at(train_path, self.train_file, wanted) if len(pool) > 1 else []
+        return pool[np.asarray(kept, dtype=np.int64)], val_rows, test_rows
 
     def load_model(self) -> None:
         from worker.evaluation.metrics import get_bertscorer, resolve_bertscore_model
@@ -203,15 +230,16 @@ class TrainingRecipe:
             self.bertscorer = get_bertscorer(name, layers, str(self.device))
 
     def evaluate_base(self, adapter_off: bool = False) -> None:
-        """The base model on the evaluation rows: before training, or after it with the adapter switched off (peft's
-        disable_adapter; the fused LoRA layers honour it), which computes exactly the base."""
+        """The base model on the validation and test rows: before training, or after it with the adapter switched
+        off (peft's disable_adapter; the fused LoRA layers honour it), which computes exactly the base."""
         if self.has_base_eval:  # a resumed attempt keeps the base measurement it already made
             return
         self.ctx.progress({"phase": "evaluating_base"}, force=True)
+        metrics = self.spec.evaluation.metrics
         with self.model.disable_adapter() if adapter_off else nullcontext():
-            base = self.evaluate_model(self.spec.evaluation.metrics, is_reference=True)
-        store_base_eval(self.ctx, base, self.eval_set)
-        self.ctx.event("Base model evaluated", type="metrics", data={"subject": "base", **base.metrics})
+            results = {split: self.evaluate_model(metrics, True, rows) for split, rows in self.splits()}
+        store_base_eval(self.ctx, results, dict(self.splits()))
+        self.ctx.event("Base model evaluated", type="metrics", data=event_data("base", results))
 
     def prepare_training(self) -> None:
         """The adapter (or the full model) made trainable, and the micro-batch sized when it is `auto`."""
@@ -262,7 +290,7 @@ class TrainingRecipe:
 
         ctx = self.ctx
         ctx.progress({"phase": "reference"}, force=True)
-        pairs = self.train_examples + self.eval_set.pairs
+        pairs = self.train_examples + [p for _, rows in self.splits() for p in rows.pairs]
         t = time.monotonic()
         micro = self.spec.training.micro_batch_size
         measured = attach_reference(
@@ -360,6 +388,7 @@ class TrainingRecipe:
         return summary
 
     def evaluate_tuned(self, summary):
+        """The shipped weights on the validation rows and, for the first time in the job, on the test rows."""
         self.ctx.progress({"phase": "evaluating"}, force=True)
         wanted = self.spec.evaluation.metrics
         # The shipped checkpoint was evaluated during training on the same rows with the same weights: reuse
@@ -367,9 +396,16 @@ class TrainingRecipe:
         tuned = self.evaluations.get(self.ship_step) if set(self.ckpt_metrics) == set(wanted) else None
         if tuned is None:
             tuned = self.evaluate_model(wanted)
-        store_tuned_eval(self.ctx, tuned, self.eval_set)
-        self.ctx.event("Fine-tuned model evaluated", type="metrics", data={"subject": "tuned", **tuned.metrics})
+        results = {"validation": tuned}
+        if self.test_set is not None:
+            results["test"] = self.evaluate_model(wanted, eval_set=self.test_set)
+        store_tuned_eval(self.ctx, results, dict(self.splits()))
+        self.ctx.event("Fine-tuned model evaluated", type="metrics", data=event_data("tuned", results))
         return tuned
+
+    def splits(self) -> list[tuple[str, object]]:
+        """(split, EvalSet) of the rows evaluated: validation, and test where the job has test rows."""
+        return [("validation", self.eval_set)] + ([("test", self.test_set)] if self.test_set is not None else [])
 
     def package(self, summary, tuned) -> None:
         """The shipped adapter's folder and archive, an archive per evaluated checkpoint, and the job's end."""
@@ -380,7 +416,9 @@ class TrainingRecipe:
         ctx.progress({"phase": "packaging"}, force=True)
         with ctx.Session() as s:
             self.base_metrics = s.scalar(
-                select(Evaluation.metrics).where(Evaluation.job_id == self.job.id, Evaluation.subject == "base")
+                select(Evaluation.metrics).where(
+                    Evaluation.job_id == self.job.id, Evaluation.subject == "base", Evaluation.split == "validation"
+                )
             )
         name = fine_tuned_name(self.job)
         archive, digest, size = package_adapter(
@@ -413,22 +451,24 @@ class TrainingRecipe:
 
     # ------------------------------------------------------------------------------------------- helpers
 
-    def evaluate_model(self, metrics: list[str], is_reference: bool = False):
-        """The model as it is now (base, checkpoint, tuned) on the evaluation rows; is_reference: the base, which is
-        preference tuning's reference."""
+    def evaluate_model(self, metrics: list[str], is_reference: bool = False, eval_set=None):
+        """The model as it is now (base, checkpoint, tuned) on the validation rows, or on `eval_set`; is_reference:
+        the base, which is preference tuning's reference."""
         from worker.evaluation.evaluate import evaluate
 
+        rows = eval_set if eval_set is not None else self.eval_set
         return evaluate(
             self.model,
             self.tokenizer,
-            loss_examples=self.eval_set.loss_examples,
-            gen_rows=self.eval_set.gen_rows,
+            loss_examples=rows.loss_examples,
+            gen_rows=rows.gen_rows,
             spec=self.spec.evaluation.model_copy(update={"metrics": metrics}),
             device=self.device,
             bertscorer=self.bertscorer,
-            pairs=self.eval_set.pairs,
+            pairs=rows.pairs,
             beta=self.spec.hyperparameters.beta,
             reference_is_model=is_reference,
+            gen_records=rows.gen_records(),
         )
 
     def evaluate_checkpoint(self, step: int, epoch: float) -> dict:
@@ -487,6 +527,19 @@ class TrainingRecipe:
             ctx.cache.push(archive)
             archive.unlink()  # nothing on this host reads it again; downloads come from the store
             record_checkpoint_archive(ctx, step, archive, digest, size)
+
+
+def event_data(subject: str, results: dict) -> dict:
+    """A metrics event's data: the validation metrics as they always were, and the test metrics under "test"."""
+    data = {"subject": subject, **results["validation"].metrics}
+    if "test" in results:
+        data["test"] = results["test"].metrics
+    return data
+
+
+def test_seed(seed: int) -> int:
+    """The seed of the test split: not the job's own, so that the test rows are not the validation split's."""
+    return (seed * 1_000_003 + 7) % 2**31
 
 
 def run(ctx: JobContext) -> None:

@@ -13,52 +13,61 @@ from worker.child.job_context import JobContext
 from worker.evaluation.evaluate import EvalResult, EvalSet
 
 
-def _evaluation(ctx: JobContext, subject: str, result: EvalResult, eval_set: EvalSet) -> Evaluation:
+def _evaluation(ctx: JobContext, subject: str, split: str, result: EvalResult, eval_set: EvalSet) -> Evaluation:
     return Evaluation(
         job_id=ctx.job_id,
         subject=subject,
+        split=split,
         metrics=result.metrics,
         num_rows=len(eval_set.rows),
         details={"skipped": result.skipped, "timings": result.timings},
     )
 
 
-def store_base_eval(ctx: JobContext, result: EvalResult, eval_set: EvalSet) -> None:
-    """One EvaluationRow per evaluation row (row_index = its position), with the base model's output and scores."""
-    outputs, scores = eval_set.outputs(result), eval_set.scores(result)
+def store_base_eval(ctx: JobContext, results: dict[str, EvalResult], eval_sets: dict[str, EvalSet]) -> None:
+    """Per split (validation, test), one EvaluationRow per row (row_index = its position in the split) with the base
+    model's output and scores. Every split in one transaction: a resumed attempt finds all of them or none."""
 
     def store(s: Session) -> None:
         s.execute(delete(EvaluationRow).where(EvaluationRow.job_id == ctx.job_id))
         s.execute(delete(Evaluation).where(Evaluation.job_id == ctx.job_id))
-        s.add(_evaluation(ctx, "base", result, eval_set))
-        for i, (prompt, reference) in enumerate(eval_set.shown()):
-            s.add(
-                EvaluationRow(
-                    job_id=ctx.job_id,
-                    row_index=i,
-                    prompt=prompt,
-                    reference=reference,
-                    base_output=outputs[i],
-                    base_scores=scores[i],
+        for split, result in results.items():
+            eval_set = eval_sets[split]
+            outputs, scores = eval_set.outputs(result), eval_set.scores(result)
+            s.add(_evaluation(ctx, "base", split, result, eval_set))
+            for i, (prompt, reference) in enumerate(eval_set.shown()):
+                s.add(
+                    EvaluationRow(
+                        job_id=ctx.job_id,
+                        split=split,
+                        row_index=i,
+                        prompt=prompt,
+                        reference=reference,
+                        base_output=outputs[i],
+                        base_scores=scores[i],
+                    )
                 )
-            )
 
     ctx.write(store)
 
 
-def store_tuned_eval(ctx: JobContext, result: EvalResult, eval_set: EvalSet) -> None:
-    """The fine-tuned model's evaluation, its outputs and scores beside the base model's on each row."""
-    outputs, scores = eval_set.outputs(result), eval_set.scores(result)
+def store_tuned_eval(ctx: JobContext, results: dict[str, EvalResult], eval_sets: dict[str, EvalSet]) -> None:
+    """The fine-tuned model's evaluation per split, its outputs and scores beside the base model's on each row."""
 
     def store(s: Session) -> None:
         s.execute(delete(Evaluation).where(Evaluation.job_id == ctx.job_id, Evaluation.subject == "tuned"))
-        s.add(_evaluation(ctx, "tuned", result, eval_set))
-        for i in range(len(eval_set.rows)):
-            s.execute(
-                update(EvaluationRow)
-                .where(EvaluationRow.job_id == ctx.job_id, EvaluationRow.row_index == i)
-                .values(tuned_output=outputs[i], tuned_scores=scores[i])
-            )
+        for split, result in results.items():
+            eval_set = eval_sets[split]
+            outputs, scores = eval_set.outputs(result), eval_set.scores(result)
+            s.add(_evaluation(ctx, "tuned", split, result, eval_set))
+            for i in range(len(eval_set.rows)):
+                s.execute(
+                    update(EvaluationRow)
+                    .where(
+                        EvaluationRow.job_id == ctx.job_id, EvaluationRow.split == split, EvaluationRow.row_index == i
+                    )
+                    .values(tuned_output=outputs[i], tuned_scores=scores[i])
+                )
 
     ctx.write(store)
 

@@ -76,6 +76,10 @@ class EvalSet:
             pair_index,
         )
 
+    def gen_records(self) -> list[dict]:
+        """The records of gen_rows, in their order."""
+        return [self.rows[i] for i in self.gen_index]
+
     def shown(self) -> list[tuple[str, str]]:
         """What each row shows: its prompt and reference, or for raw text the text itself and no reference."""
         out = [(r.get("text", "")[:PROMPT_CHARS], "") for r in self.rows]
@@ -154,11 +158,14 @@ def evaluate(
     pairs: list[Pair] | None = None,
     beta: float | None = None,
     reference_is_model: bool = False,
+    gen_records: list[dict] | None = None,
 ) -> EvalResult:
-    """Every requested metric for one model; metrics that do not apply are skipped with a reason.
+    """Every requested metric and grader for one model; metrics that do not apply are skipped with a reason.
 
     With preference `pairs` (a DPO job), always their preference accuracy and reward margin against each pair's
-    reference log-probabilities, with `beta`; reference_is_model: this model is the reference (the base)."""
+    reference log-probabilities, with `beta`; reference_is_model: this model is the reference (the base).
+    gen_records: the rows of gen_rows as records, where the SQL graders find each row's database."""
+    from worker.evaluation.graders import grade
     from worker.evaluation.metrics import rouge_per_row
 
     spec = spec if isinstance(spec, EvaluationSpec) else EvaluationSpec.model_validate(spec)
@@ -182,10 +189,11 @@ def evaluate(
                 res.metrics[key] = sum(r[key] for r in res.pair_rows) / len(res.pair_rows)
             res.timings["preference_s"] = time.monotonic() - t
         gen_metrics = wanted & {"rouge", "bertscore"}
-        if gen_metrics and not gen_rows:
-            for m in sorted(gen_metrics):
+        graders = spec.graders
+        if (gen_metrics or graders) and not gen_rows:
+            for m in sorted(gen_metrics) + [g.type for g in graders]:
                 res.skipped[m] = "raw-text dataset: there is no reference completion to generate against"
-        elif gen_metrics:
+        elif gen_metrics or graders:
             t = time.monotonic()
             gen_batch = generation_batch_size(spec.batch_size, device)
             res.outputs = generate(model, tokenizer, gen_rows, spec.max_new_tokens, gen_batch, device)
@@ -201,9 +209,17 @@ def evaluate(
                 for row, scores in zip(res.row_scores, bertscorer.per_row(res.outputs, refs)):
                     row.update(scores)
                 res.timings["bertscore_s"] = time.monotonic() - t
-            keys = res.row_scores[0].keys() if res.row_scores else []
-            for key in keys:
-                res.metrics[key] = sum(r[key] for r in res.row_scores) / len(res.row_scores)
+            if graders:
+                t = time.monotonic()
+                grading = grade(graders, res.outputs, refs, gen_records or [{} for _ in gen_rows])
+                for row, scores in zip(res.row_scores, grading.rows):
+                    row.update(scores)
+                res.skipped.update(grading.skipped)
+                res.timings["graders_s"] = time.monotonic() - t
+            # each score's mean over the rows that have it (a grader may leave a row unscored)
+            for key in dict.fromkeys(k for r in res.row_scores for k in r):
+                scored = [r[key] for r in res.row_scores if key in r]
+                res.metrics[key] = sum(scored) / len(scored)
     finally:
         if use_cache is not None:
             model.config.use_cache = use_cache
