@@ -49,6 +49,7 @@ JOB_EXAMPLE = {
     "suffix": "sql",
     "integrations": [],
     "method": {"type": "supervised", "supervised": {"hyperparameters": _HYPERPARAMETERS}},
+    "test_file": None,
     "adapter": {
         "type": "lora",
         "r": 8,
@@ -71,6 +72,7 @@ JOB_EXAMPLE = {
         "max_grad_norm": 1.0,
         "logging_steps": 10,
         "validation_split": 0.1,
+        "test_split": 0.1,
         "gradient_checkpointing": False,
         "packing": True,
     },
@@ -82,12 +84,13 @@ JOB_EXAMPLE = {
         "num_samples": 10,
         "eval_every_steps": None,
         "early_stopping_patience": None,
-        "selection_metric": "auto",
+        "selection_metric": "exact_match",
+        "graders": [{"type": "exact_match"}],
     },
     "progress": {"phase": "done", "step": 2, "total_steps": 2, "epoch": 2.0, "train_loss": 5.58, "eta_seconds": 0.0},
     "trainable_params": 46240,
     "total_params": 306272,
-    "data": {"training_rows": 36, "validation_rows": 4, "rows_cut": 0, "rows_dropped": 0},
+    "data": {"training_rows": 32, "validation_rows": 4, "test_rows": 4, "rows_cut": 0, "rows_dropped": 0},
     "attempt": 1,
 }
 

@@ -240,3 +240,7 @@ def test_a_finished_sweep_reports_the_winners_test_result(client, auth, db_sessi
     drops = {c["job_id"]: c["validation_to_test"] for c in test["candidates"]}
     assert set(drops) == {a.id, b.id}
     assert drops[a.id] == pytest.approx(test["winner"]["value"] - result["value"])
+    # the sweep's page shows the test columns beside the validation ones
+    page = client.get(f"{SWEEPS}/{sweep.id}/page", headers=auth)
+    assert page.status_code == 200 and "validation→test" in page.text and "no decision saw" in page.text
+    assert f"{drops[a.id]:+.4f}" in page.text

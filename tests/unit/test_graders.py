@@ -167,3 +167,20 @@ def test_rows_a_grader_cannot_score_are_left_out_and_said_why():
     grading = grade([spec], ["SELECT 1", "SELECT a FROM t"], ["", ""], [{"prompt": "no schema"}, {"prompt": "x"}])
     assert grading.rows == [{}, {}]
     assert "2 of 2 rows not scored" in grading.skipped["sql_valid"]
+
+
+def test_the_model_card_reports_graders_and_test_rows_beside_the_validation_rows():
+    from huggingface_hub import ModelCard
+
+    from tests.helpers.factories import job_spec
+    from worker.evaluation.model_card import model_card
+
+    spec = job_spec(evaluation={"metrics": ["rouge"], "graders": [{"type": "exact_match"}]})
+    job = {"id": "ftjob-x", "model": "stories260k", "fine_tuned_model": "ft:x", "seed": 1, "test_file": "file-t"}
+    val, test = {"rougeL": 0.5, "exact_match": 0.25}, {"rougeL": 0.4, "exact_match": 0.125}
+    text = model_card(job, spec, {"rougeL": 0.1}, val, (10, 100), test=({"exact_match": 0.0}, test))
+    card = ModelCard(text)
+    assert "exact_match" in card.data.metrics
+    splits = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert splits[("test", "exact_match")] == 0.125 and splits[("held-out", "exact_match")] == 0.25
+    assert "## Test rows (no decision saw them" in text and "| exact_match | 0.0000 | 0.1250 |" in text

@@ -4,6 +4,9 @@ the validation rows; a text-to-SQL set of this test's own making is graded by sq
 
 from __future__ import annotations
 
+import tarfile
+
+from app.core.settings import get_settings
 from app.core.tables import JobEvent
 from tests.helpers.child import run_job, sql_rows, stored
 from tests.helpers.sql_rows import text_to_sql_rows
@@ -46,6 +49,10 @@ def test_test_rows_are_carved_first_and_only_reported(database):
     tuned_event = next(e for e in _events(job_id) if e.message == "Fine-tuned model evaluated")
     assert tuned_event.data["test"]["exact_match"] == test_evals["tuned"].metrics["exact_match"]
     assert any("8 test rows" in m for m in events)
+    # the shipped adapter's card reports the test rows in a section of their own
+    with tarfile.open(get_settings().artifacts_dir / "jobs" / job.adapter_name) as tar:
+        card = tar.extractfile("adapter/README.md").read().decode()
+    assert "## Test rows (no decision saw them" in card and "split: test" in card
 
 
 def _events(job_id: str) -> list[JobEvent]:

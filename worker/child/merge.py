@@ -46,12 +46,11 @@ def read_plan(session, row: MergedModel) -> MergePlan:
 
     job = session.get(Job, row.job_id)
     files = JobFiles(job.id)
-    metrics = {
-        e.subject: e.metrics
-        for e in session.scalars(
-            select(Evaluation).where(Evaluation.job_id == job.id, Evaluation.split == "validation")
-        )
+    evals = {
+        (e.subject, e.split): e.metrics for e in session.scalars(select(Evaluation).where(Evaluation.job_id == job.id))
     }
+    metrics = {subject: m for (subject, split), m in evals.items() if split == "validation"}
+    test = (evals.get(("base", "test")), evals.get(("tuned", "test")))
     step = None if row.source == "adapter" else int(row.source.removeprefix("step-"))
     if step is None:
         adapter_name, tuned = job.adapter_name, metrics.get("tuned")
@@ -60,7 +59,14 @@ def read_plan(session, row: MergedModel) -> MergePlan:
         adapter_name, tuned = ckpt.adapter_name, ckpt.metrics
     params = (job.trainable_params or 0, job.total_params or 0)
     card = model_card(
-        card_facts(job, job.fine_tuned_model), job.spec, metrics.get("base"), tuned, params, step=step, merged=True
+        card_facts(job, job.fine_tuned_model),
+        job.spec,
+        metrics.get("base"),
+        tuned,
+        params,
+        step=step,
+        merged=True,
+        test=test if step is None else None,
     )
     return MergePlan(
         adapter_archive=files.resolve(adapter_name),

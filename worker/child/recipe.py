@@ -50,6 +50,7 @@ class TrainingRecipe:
     def __init__(self, ctx: JobContext) -> None:
         self.ctx, self.settings = ctx, ctx.settings
         self.evaluations: dict = {}  # this attempt's checkpoint evaluations (EvalResult), by step
+        self.tuned_test = None  # the shipped model on the test rows (EvalResult), where the job has them
 
     def run(self) -> None:
         import torch
@@ -398,7 +399,7 @@ class TrainingRecipe:
             tuned = self.evaluate_model(wanted)
         results = {"validation": tuned}
         if self.test_set is not None:
-            results["test"] = self.evaluate_model(wanted, eval_set=self.test_set)
+            results["test"] = self.tuned_test = self.evaluate_model(wanted, eval_set=self.test_set)
         store_tuned_eval(self.ctx, results, dict(self.splits()))
         self.ctx.event("Fine-tuned model evaluated", type="metrics", data=event_data("tuned", results))
         return tuned
@@ -415,11 +416,15 @@ class TrainingRecipe:
         ctx, files = self.ctx, self.ctx.files
         ctx.progress({"phase": "packaging"}, force=True)
         with ctx.Session() as s:
-            self.base_metrics = s.scalar(
-                select(Evaluation.metrics).where(
-                    Evaluation.job_id == self.job.id, Evaluation.subject == "base", Evaluation.split == "validation"
+            base = {
+                e.split: e.metrics
+                for e in s.scalars(
+                    select(Evaluation).where(Evaluation.job_id == self.job.id, Evaluation.subject == "base")
                 )
-            )
+            }
+        self.base_metrics = base.get("validation")
+        tuned_test = self.tuned_test
+        self.test_metrics = (base.get("test"), tuned_test.metrics) if tuned_test is not None else None
         name = fine_tuned_name(self.job)
         archive, digest, size = package_adapter(
             self.model,
@@ -492,7 +497,10 @@ class TrainingRecipe:
     def card(self, name: str, metrics: dict, step: int | None = None) -> str:
         from worker.evaluation.model_card import card_facts, model_card
 
-        return model_card(card_facts(self.job, name), self.spec, self.base_metrics, metrics, self.params, step=step)
+        test = self.test_metrics if step is None else None  # only the shipped model is measured on the test rows
+        return model_card(
+            card_facts(self.job, name), self.spec, self.base_metrics, metrics, self.params, step=step, test=test
+        )
 
     def package_checkpoints(self, name: str) -> None:
         """An archive for every evaluated checkpoint whose weights are on disk, for GET .../adapter?step=N.

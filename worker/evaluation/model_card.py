@@ -31,6 +31,7 @@ def card_facts(job, fine_tuned_model: str) -> dict:
         "seed": job.seed,
         "training_file": job.training_file_id,
         "validation_file": job.validation_file_id,
+        "test_file": job.test_file_id,
     }
 
 
@@ -42,12 +43,14 @@ def model_card(
     params: tuple[int, int],
     step: int | None = None,
     merged: bool = False,
+    test: tuple[dict | None, dict | None] | None = None,
 ) -> str:
     """The archive's README.md.
 
-    job: `id`, `model` (the base's public name), `fine_tuned_model`, `seed`, and optionally `training_file` and
-    `validation_file` (ids); see card_facts. `step`: the card of one evaluated checkpoint, `tuned` being its
-    metrics. `merged`: the card of the base with the adapter merged in (GET .../adapter?format=merged).
+    job: `id`, `model` (the base's public name), `fine_tuned_model`, `seed`, and optionally `training_file`,
+    `validation_file` and `test_file` (ids); see card_facts. `step`: the card of one evaluated checkpoint, `tuned`
+    being its metrics. `merged`: the card of the base with the adapter merged in (GET .../adapter?format=merged).
+    `test`: (base, tuned) metrics on the test rows, which no decision saw (the shipped model only).
     """
     spec = JobSpec.of(spec)
     kind = spec.adapter.type
@@ -61,18 +64,36 @@ def model_card(
         tags=["ftaas", kind] + (["dpo"] if spec.preference else []) + (["merged"] if merged else []),
         metrics=_families_measured(spec, tuned),
         model_name=job["fine_tuned_model"],
-        eval_results=_eval_results(job, tuned) or None,
+        eval_results=(_eval_results(job, tuned) + _eval_results(job, (test or (None, None))[1], test=True)) or None,
     )
+    body = _body(job, spec, base, tuned, params, step, merged) + _test_section(test)
     # Parsed back before it is written: a card that ModelCard cannot load never reaches an archive.
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n{_body(job, spec, base, tuned, params, step, merged)}").content
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").content
+
+
+def _test_section(test: tuple[dict | None, dict | None] | None) -> str:
+    if not test or not any(test):
+        return ""
+    base, tuned = test
+    lines = [
+        "## Test rows (no decision saw them: the shipped checkpoint was chosen on the rows above)",
+        "| metric | base | tuned |",
+        "| --- | --- | --- |",
+    ]
+    for key in METRIC_NAMES:
+        b, t = (base or {}).get(key), (tuned or {}).get(key)
+        if b is not None or t is not None:
+            lines.append(f"| {key} | {_fmt(b)} | {_fmt(t)} |")
+    return "\n".join(lines) + "\n"
 
 
 def _families_measured(spec: JobSpec, tuned: dict | None) -> list[str]:
     """The job's metric families that gave a value (raw text has no ROUGE). Each stored metric is named after
     its family (rouge1, bertscore_f1, perplexity, token_accuracy: app/core/metrics.py)."""
     if not tuned:
-        return list(spec.evaluation.metrics)
-    return [f for f in spec.evaluation.metrics if any(name.startswith(f) for name in tuned)]
+        return list(spec.evaluation.metrics) + spec.evaluation.grader_names()
+    families = [f for f in spec.evaluation.metrics if any(name.startswith(f) for name in tuned)]
+    return families + [g for g in spec.evaluation.grader_names() if g in tuned]
 
 
 def _evaluated_on(job: dict) -> tuple[str, str, str]:
@@ -84,8 +105,14 @@ def _evaluated_on(job: dict) -> tuple[str, str, str]:
     return "held-out", "held-out rows", "held-out"
 
 
-def _eval_results(job: dict, tuned: dict | None) -> list[EvalResult]:
-    dataset, name, split = _evaluated_on(job)
+def _tested_on(job: dict) -> tuple[str, str, str]:
+    if job.get("test_file"):
+        return job["test_file"], f"ftaas file {job['test_file']}", "test"
+    return job.get("training_file") or "test", f"test rows of ftaas file {job.get('training_file')}", "test"
+
+
+def _eval_results(job: dict, tuned: dict | None, test: bool = False) -> list[EvalResult]:
+    dataset, name, split = _tested_on(job) if test else _evaluated_on(job)
     return [
         EvalResult(
             task_type=TASK,
