@@ -186,7 +186,9 @@ def db_eval_timings(db: Path, job_id: str) -> dict:
     """Evaluation timings the child stores with each evaluation (the API does not show them)."""
     try:
         with sqlite3.connect(db) as con:
-            rows = con.execute("SELECT subject, details FROM evaluations WHERE job_id = ?", (job_id,)).fetchall()
+            rows = con.execute(
+                "SELECT subject, details FROM evaluations WHERE job_id = ? AND split = 'validation'", (job_id,)
+            ).fetchall()
     except sqlite3.Error as exc:
         return {"error": str(exc)}
     return {subject: (json.loads(details) or {}).get("timings") for subject, details in rows if details}

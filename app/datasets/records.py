@@ -194,8 +194,10 @@ class _Normalizer:
         record = _VALIDATORS[shape](row)
         if self.separator is not None:
             record = _split_text(record["text"], self.separator)
-        if row.get("schema") is not None:  # text-to-SQL rows: the database the SQL graders run the output on
-            record["schema"] = _string(row, "schema")
+        # Text-to-SQL rows: the database the SQL graders run the output on. Kept only as text: a `schema` of
+        # another kind (a JSON Schema object in a structured-output set) is some other column, ignored as before.
+        if isinstance(row.get("schema"), str):
+            record["schema"] = row["schema"]
         if self.shape is None:
             self.shape, self.shape_line = shape, line
         return record

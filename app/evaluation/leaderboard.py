@@ -142,7 +142,7 @@ def build_leaderboard(
 
     entries: list[_Entry] = []
     skipped: dict[str, str] = {}
-    base_seen: set[tuple[str, str | None]] = set()
+    base_seen: set[tuple[str, str | None, str | None]] = set()
     for job in jobs:
         ev_rows = rows_by_job.get(job.id, [])
         sig = _signature(ev_rows) if ev_rows else None
@@ -179,8 +179,10 @@ def build_leaderboard(
             )
         )
         # One base row per base model and set of rows: the first job's measurement stands for the rest.
-        if base is not None and (job.model, sig) not in base_seen:
-            base_seen.add((job.model, sig))
+        # (the test rows too: jobs on the same validation rows may have been tested on different rows)
+        base_key = (job.model, sig, _signature(test_rows) if test_rows else None)
+        if base is not None and base_key not in base_seen:
+            base_seen.add(base_key)
             base_scores = [r.base_scores for r in ev_rows]
             base_metrics = _metrics_from_rows(base_scores, base.metrics)
             entries.append(

@@ -43,6 +43,7 @@ class SplitResult(BaseModel):
     delta_ci: dict[str, Interval] | None = Field(
         None, description="paired bootstrap interval of tuned minus base, on the same rows"
     )
+    skipped: dict[str, str] | None = Field(None, description="metrics not computed on these rows, with the reason")
 
 
 class EvaluationPublic(BaseModel):
@@ -53,7 +54,7 @@ class EvaluationPublic(BaseModel):
     base: dict[str, float] | None
     tuned: dict[str, float] | None
     delta: dict[str, float] | None
-    skipped: dict[str, str] | None = Field(None, description="metrics not computed, with the reason")
+    skipped: dict[str, str] | None = Field(None, description="metrics not computed on the validation rows, and why")
     validation: SplitResult | None = Field(None, description="the rows that made the job's decisions, with intervals")
     test: SplitResult | None = Field(
         None, description="the rows only reported (test_file or training.test_split), with intervals; null: none"

@@ -73,6 +73,10 @@ def split_result(
     if base and tuned:
         delta = {k: tuned.metrics[k] - base.metrics[k] for k in tuned.metrics if k in base.metrics}
     why_not = test_independence(job.training_file_id, job.validation_file_id, job.test_file_id)
+    skipped = {}
+    for e in (base, tuned):
+        if e is not None and e.details:
+            skipped.update(e.details.get("skipped") or {})
     return SplitResult(
         split=split,
         num_rows=(tuned or base).num_rows,
@@ -85,4 +89,5 @@ def split_result(
         base_ci=intervals(base_scores) or None,
         tuned_ci=intervals(tuned_scores) or None,
         delta_ci=paired_intervals(tuned_scores, base_scores) if base and tuned else None,
+        skipped=skipped or None,
     )

@@ -53,10 +53,6 @@ def get_evaluation(
     ).all()
     by_split = {VALIDATION: [r for r in rows if r.split == VALIDATION], TEST: [r for r in rows if r.split == TEST]}
     validation = split_result(job, VALIDATION, evals, by_split[VALIDATION])
-    skipped = {}
-    for e in evals.values():
-        if e.details:
-            skipped.update(e.details.get("skipped", {}))
     status = "complete" if base and tuned else ("partial" if base or tuned else "pending")
     return EvaluationPublic(
         job_id=job.id,
@@ -65,7 +61,7 @@ def get_evaluation(
         base=base.metrics if base else None,
         tuned=tuned.metrics if tuned else None,
         delta=validation.delta if validation else None,
-        skipped=skipped or None,
+        skipped=validation.skipped if validation else None,
         validation=validation,
         test=split_result(job, TEST, evals, by_split[TEST]),
         samples=[

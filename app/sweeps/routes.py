@@ -16,7 +16,7 @@ from app.core.metrics import GRADER_NAMES, RankMetric
 from app.core.queue import enqueue_job
 from app.core.tables import TERMINAL_STATUSES, Sweep, SweepStatus
 from app.evaluation.schemas import Leaderboard
-from app.jobs.service import build_job, check_active_job_room, training_files, validate_job
+from app.jobs.service import build_job, check_active_job_room, check_graders, training_files, validate_job
 from app.sweeps.presenters import sweep_public
 from app.sweeps.schemas import SweepCreate, SweepList, SweepPublic
 from app.sweeps.service import expand_candidates, finalize_if_done, job_request, sweep_board, sweep_jobs
@@ -54,6 +54,9 @@ def create_sweep(body: SweepCreate, session: SessionDep, tenant: CurrentTenant, 
             f'selection_metric \'{metric}\' is a grader: add {{"type": "{metric}"}} to evaluation.graders',
             param="selection_metric",
         )
+    if body.test_file is not None and body.test_split > 0:
+        raise ApiError(400, "give test rows either as test_file or as test_split, not both", param="test_split")
+    check_graders(body.evaluation, files, body.test_split)  # the sweep's own fields named, not a candidate's
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 1)
     requests = [job_request(body, i, name, cand, metric, seed) for i, (name, cand) in enumerate(candidates)]
     for i, req in enumerate(requests):  # every check before the first row is added: nothing half-stored

@@ -24,29 +24,40 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column("jobs", sa.Column("test_file_id", sa.String(length=40), sa.ForeignKey("files.id"), nullable=True))
-    op.add_column("sweeps", sa.Column("test_file_id", sa.String(length=40), sa.ForeignKey("files.id"), nullable=True))
-    for table in ("evaluations", "evaluation_rows"):
-        op.add_column(table, sa.Column("split", sa.String(length=10), nullable=False, server_default="validation"))
+    # batch mode: SQLite (the embedded default) cannot ALTER constraints in place, so alembic copies the table
+    for table in ("jobs", "sweeps"):
+        with op.batch_alter_table(table) as batch_op:
+            batch_op.add_column(sa.Column("test_file_id", sa.String(length=40), nullable=True))
+            batch_op.create_foreign_key(batch_op.f(f"fk_{table}_test_file_id_files"), "files", ["test_file_id"], ["id"])
     # one base and one tuned evaluation per split; row positions count within a split
-    op.drop_constraint("uq_evaluations_job_id", "evaluations", type_="unique")
-    op.create_unique_constraint("uq_evaluations_job_id", "evaluations", ["job_id", "subject", "split"])
-    op.drop_constraint("uq_evaluation_rows_job_id", "evaluation_rows", type_="unique")
-    op.create_unique_constraint("uq_evaluation_rows_job_id", "evaluation_rows", ["job_id", "split", "row_index"])
-    op.add_column("files", sa.Column("sql_schema_rows", sa.Integer(), nullable=True))
-    op.add_column("files", sa.Column("first_line_without_sql_schema", sa.Integer(), nullable=True))
+    with op.batch_alter_table("evaluations") as batch_op:
+        batch_op.add_column(sa.Column("split", sa.String(length=10), nullable=False, server_default="validation"))
+        batch_op.drop_constraint("uq_evaluations_job_id", type_="unique")
+        batch_op.create_unique_constraint("uq_evaluations_job_id", ["job_id", "subject", "split"])
+    with op.batch_alter_table("evaluation_rows") as batch_op:
+        batch_op.add_column(sa.Column("split", sa.String(length=10), nullable=False, server_default="validation"))
+        batch_op.drop_constraint("uq_evaluation_rows_job_id", type_="unique")
+        batch_op.create_unique_constraint("uq_evaluation_rows_job_id", ["job_id", "split", "row_index"])
+    with op.batch_alter_table("files") as batch_op:
+        batch_op.add_column(sa.Column("sql_schema_rows", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("first_line_without_sql_schema", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
-    op.drop_column("files", "first_line_without_sql_schema")
-    op.drop_column("files", "sql_schema_rows")
+    with op.batch_alter_table("files") as batch_op:
+        batch_op.drop_column("first_line_without_sql_schema")
+        batch_op.drop_column("sql_schema_rows")
     op.execute("DELETE FROM evaluation_rows WHERE split = 'test'")
     op.execute("DELETE FROM evaluations WHERE split = 'test'")
-    op.drop_constraint("uq_evaluation_rows_job_id", "evaluation_rows", type_="unique")
-    op.create_unique_constraint("uq_evaluation_rows_job_id", "evaluation_rows", ["job_id", "row_index"])
-    op.drop_constraint("uq_evaluations_job_id", "evaluations", type_="unique")
-    op.create_unique_constraint("uq_evaluations_job_id", "evaluations", ["job_id", "subject"])
-    for table in ("evaluation_rows", "evaluations"):
-        op.drop_column(table, "split")
-    op.drop_column("sweeps", "test_file_id")
-    op.drop_column("jobs", "test_file_id")
+    with op.batch_alter_table("evaluation_rows") as batch_op:
+        batch_op.drop_constraint("uq_evaluation_rows_job_id", type_="unique")
+        batch_op.create_unique_constraint("uq_evaluation_rows_job_id", ["job_id", "row_index"])
+        batch_op.drop_column("split")
+    with op.batch_alter_table("evaluations") as batch_op:
+        batch_op.drop_constraint("uq_evaluations_job_id", type_="unique")
+        batch_op.create_unique_constraint("uq_evaluations_job_id", ["job_id", "subject"])
+        batch_op.drop_column("split")
+    for table in ("sweeps", "jobs"):
+        with op.batch_alter_table(table) as batch_op:
+            batch_op.drop_constraint(batch_op.f(f"fk_{table}_test_file_id_files"), type_="foreignkey")
+            batch_op.drop_column("test_file_id")

@@ -144,6 +144,10 @@ def test_a_sweep_refuses_a_grader_it_does_not_ask_for_and_a_candidate_test_split
     refused(r, "selection_metric", "json_valid")
     r = client.post(SWEEPS, headers=auth, json={**base, "grid": {"training.test_split": [0.1, 0.2]}})
     refused(r, "candidates[0].training.test_split", "sweep's test_split")
+    other = upload(client, auth, [{"prompt": "9+9=", "completion": "18"}], name="test.jsonl")
+    refused(client.post(SWEEPS, headers=auth, json={**base, "test_file": other, "test_split": 0.1}), "test_split")
+    r = client.post(SWEEPS, headers=auth, json={**base, "evaluation": {"graders": [{"type": "sql_valid"}]}})
+    refused(r, "evaluation.graders.0", "CREATE TABLE")
     assert count(db_session, Sweep) == sweeps
     r = client.post(
         SWEEPS,
@@ -167,6 +171,15 @@ def test_a_sweep_refuses_a_grader_it_does_not_ask_for_and_a_candidate_test_split
 def _scores(seed: int, shift: float = 0.0) -> list[float]:
     rng = random.Random(seed)
     return [min(1.0, max(0.0, rng.random() * 0.6 + 0.2 + shift)) for _ in range(N_ROWS)]
+
+
+def test_a_base_row_per_set_of_test_rows_too(client, auth, db_session, acme, train_file):
+    # two jobs on the same validation rows, tested on different rows: each has its own base row and test figure
+    scored_job(db_session, acme, train_file, _scores(10), test_rouge=_scores(11))
+    scored_job(db_session, acme, train_file, _scores(10), test_rouge=_scores(12)[:30])
+    board = client.get(f"/v1/files/{train_file.id}/leaderboard", headers=auth).json()
+    bases = [r for r in board["data"] if r["kind"] == "base"]
+    assert sorted(r["test_num_rows"] for r in bases) == [30, N_ROWS]
 
 
 def test_the_evaluation_shows_test_figures_with_intervals(client, auth, db_session, acme, train_file):

@@ -82,8 +82,11 @@ class TrainingRecipe:
             self.train_file = s.get(File, self.job.training_file_id)
             self.val_file = s.get(File, self.job.validation_file_id) if self.job.validation_file_id else None
             self.test_file = s.get(File, self.job.test_file_id) if self.job.test_file_id else None
-            self.has_base_eval = s.scalar(
-                select(Evaluation.id).where(Evaluation.job_id == self.job.id, Evaluation.subject == "base")
+            # the splits an earlier attempt measured the base on (all of them, or none: one transaction)
+            self.base_splits = set(
+                s.scalars(
+                    select(Evaluation.split).where(Evaluation.job_id == self.job.id, Evaluation.subject == "base")
+                )
             )
         self.spec = JobSpec.of(self.job.spec)
 
@@ -233,7 +236,7 @@ class TrainingRecipe:
     def evaluate_base(self, adapter_off: bool = False) -> None:
         """The base model on the validation and test rows: before training, or after it with the adapter switched
         off (peft's disable_adapter; the fused LoRA layers honour it), which computes exactly the base."""
-        if self.has_base_eval:  # a resumed attempt keeps the base measurement it already made
+        if {split for split, _ in self.splits()} <= self.base_splits:  # a resumed attempt keeps what it measured
             return
         self.ctx.progress({"phase": "evaluating_base"}, force=True)
         metrics = self.spec.evaluation.metrics
