@@ -19,6 +19,7 @@ import torch
 from app.core.job_spec import JobSpec
 from worker.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from worker.training.data import Example
+from worker.training.distributed import Ranks
 from worker.training.loss import loss_fn_for
 from worker.training.modeling import mixed_precision, peak_memory_bytes
 from worker.training.packing import collate, collate_packed
@@ -170,6 +171,7 @@ def train(
     hooks: Hooks,
     selection: tuple[str, bool] | None = None,
     objective=None,
+    ranks: Ranks | None = None,
 ) -> TrainSummary:
     """Train, resuming from the last complete checkpoint under ckpt_root.
 
@@ -181,9 +183,14 @@ def train(
 
     `examples` are what `objective` trains on: Examples for the default SupervisedObjective, preference pairs
     for preference tuning's.
+
+    `ranks`: one of several processes training the job together (worker/training/distributed.py): each takes its
+    share of every step's micro-batches and the gradients are summed over them; only the main rank calls the
+    hooks, evaluates and saves checkpoints, and its decisions are every rank's.
     """
     from transformers import get_scheduler
 
+    ranks = ranks or Ranks()
     torch.manual_seed(cfg.seed)
     micro_per_epoch = math.ceil(len(examples) / cfg.micro_batch_size)
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
@@ -218,7 +225,10 @@ def train(
     last_ckpt_t = time.monotonic()
     window_loss, window_n = 0.0, 0
     model.train()
-    hooks.on_progress({"step": step, "total_steps": total_steps, "epoch": step / steps_per_epoch, "phase": "training"})
+    if ranks.main:
+        hooks.on_progress(
+            {"step": step, "total_steps": total_steps, "epoch": step / steps_per_epoch, "phase": "training"}
+        )
 
     batches, batches_epoch = [], None
     last_step = step if state["stopped_early"] is not None else total_steps
@@ -230,17 +240,23 @@ def train(
         ]
         step_weight = sum(objective.weight(e) for mb in group for e in mb)
         step_loss, step_tokens, step_t0 = 0.0, 0, time.monotonic()
-        for mb in group:
-            if hooks.should_stop():
+        for mb in ranks.share(group):
+            if not ranks.parallel and hooks.should_stop():
                 raise StopTraining
             with mixed_precision(device):
                 mb_loss, real_tokens = objective.loss(model, mb)
-            # Weighted by the objective's units (loss tokens, pairs) across the accumulated micro-batches, so
-            # accumulation equals a big batch.
+            # Weighted by the objective's units (loss tokens, pairs) across the accumulated micro-batches (every
+            # rank's), so accumulation, and the sum over ranks, equal one big batch.
             loss = mb_loss * (sum(objective.weight(e) for e in mb) / max(1, step_weight))
             loss.backward()
             step_loss += loss.item()
             step_tokens += real_tokens
+        if ranks.parallel:
+            ranks.sum_gradients(params)
+            step_loss, summed_tokens = ranks.sum(step_loss, step_tokens)
+            step_tokens = int(summed_tokens)
+            if ranks.decide(hooks.should_stop() if ranks.main else None):
+                raise StopTraining
         trained_tokens += step_tokens
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))  # before clipping
         optimizer.step()
@@ -251,20 +267,21 @@ def train(
         window_n += 1
         done_steps = step - start_step
         eta = (time.monotonic() - t0) / done_steps * (total_steps - step)
-        hooks.on_progress(
-            {
-                "step": step,
-                "total_steps": total_steps,
-                "epoch": step / steps_per_epoch,
-                "train_loss": step_loss,
-                "eta_s": eta,
-                "trained_tokens": trained_tokens,
-                # this step alone, for the worker's /metrics (worker/telemetry.py): loss.item() waited for the GPU
-                "step_seconds": time.monotonic() - step_t0,
-                "step_tokens": step_tokens,
-            }
-        )
-        if step % cfg.logging_steps == 0 or step == total_steps:
+        if ranks.main:
+            hooks.on_progress(
+                {
+                    "step": step,
+                    "total_steps": total_steps,
+                    "epoch": step / steps_per_epoch,
+                    "train_loss": step_loss,
+                    "eta_s": eta,
+                    "trained_tokens": trained_tokens,
+                    # this step alone, for the worker's /metrics (worker/telemetry.py): loss.item() waited for the GPU
+                    "step_seconds": time.monotonic() - step_t0,
+                    "step_tokens": step_tokens,
+                }
+            )
+        if (step % cfg.logging_steps == 0 or step == total_steps) and ranks.main:
             hooks.on_log(
                 {
                     "step": step,
@@ -279,24 +296,30 @@ def train(
         epoch_end = step % steps_per_epoch == 0
         evaluate = step == total_steps or (step % cfg.eval_every_steps == 0 if cfg.eval_every_steps else epoch_end)
         interrupted = hooks.interrupt_requested() and step < last_step
-        if not (evaluate or epoch_end or interrupted or time.monotonic() - last_ckpt_t >= cfg.checkpoint_every_s):
+        due = time.monotonic() - last_ckpt_t >= cfg.checkpoint_every_s
+        if ranks.parallel:  # the main rank's clock and signals decide for all
+            interrupted, due = ranks.decide((interrupted, due) if ranks.main else None)
+        if not (evaluate or epoch_end or interrupted or due):
             continue
-        metrics = {"train_loss": step_loss}
-        if evaluate:
-            t = time.monotonic()
-            model.eval()
-            metrics.update(hooks.on_evaluate(step, step / steps_per_epoch))
-            model.train()
-            eval_seconds += time.monotonic() - t
-            _track_best(state, metrics, step, selection, cfg.early_stopping_patience, total_steps)
-        state.update(
-            step=step,
-            trained_tokens=trained_tokens,
-            train_seconds=prior_seconds + time.monotonic() - t0 - eval_seconds,
-            peak_memory_bytes=max(state["peak_memory_bytes"], peak_memory_bytes(device)),
-        )
-        path = save_checkpoint(ckpt_root, model, optimizer, scheduler, state, evaluated=evaluate)
-        hooks.on_checkpoint(step, step / steps_per_epoch, path, metrics, evaluate)
+        if ranks.main:  # evaluated once and saved once; the other ranks wait for the decisions that follow
+            metrics = {"train_loss": step_loss}
+            if evaluate:
+                t = time.monotonic()
+                model.eval()
+                metrics.update(hooks.on_evaluate(step, step / steps_per_epoch))
+                model.train()
+                eval_seconds += time.monotonic() - t
+                _track_best(state, metrics, step, selection, cfg.early_stopping_patience, total_steps)
+            state.update(
+                step=step,
+                trained_tokens=trained_tokens,
+                train_seconds=prior_seconds + time.monotonic() - t0 - eval_seconds,
+                peak_memory_bytes=max(state["peak_memory_bytes"], peak_memory_bytes(device)),
+            )
+            path = save_checkpoint(ckpt_root, model, optimizer, scheduler, state, evaluated=evaluate)
+            hooks.on_checkpoint(step, step / steps_per_epoch, path, metrics, evaluate)
+        if ranks.parallel:
+            state = ranks.decide(state if ranks.main else None)  # best so far, early stopping: the same everywhere
         last_ckpt_t = time.monotonic()
         if state["stopped_early"] is not None:
             break

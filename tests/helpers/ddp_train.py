@@ -1,0 +1,87 @@
+"""One short LoRA run on the tiny real Llama as one rank of a job, for tests/worker/test_distributed.py:
+`python -m torch.distributed.run --nproc_per_node N tests/helpers/ddp_train.py OUT_DIR [ACCUM]`. Each rank joins the
+process group torchrun describes (gloo on a CPU), trains through the service's own loop, and writes what it saw:
+the main rank its logged steps, every rank a digest of its trained weights (the replicas must stay equal)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from app.datasets import iter_records  # noqa: E402
+from worker.training.data import Formatter  # noqa: E402
+from worker.training.distributed import join_from_environment, leave  # noqa: E402
+from worker.training.loop import Hooks, TrainConfig, train  # noqa: E402
+from worker.training.modeling import load_base_model, load_tokenizer, wrap_for_training  # noqa: E402
+
+MODEL = ROOT.parent / "shared" / "models" / "stories260k"
+DATA = ROOT.parent / "shared" / "datasets" / "wikisql" / "train.jsonl"
+ADAPTER = {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
+ADAPTER |= {"train_eos_token": True, "num_virtual_tokens": 8, "prompt_tuning_init_text": None}
+ADAPTER |= {"compute_dtype": "bfloat16"}
+
+
+def main(out: Path, accum: int, model_dir: Path, data: Path) -> None:
+    torch.set_num_threads(1)
+    ranks = join_from_environment()
+    tok = load_tokenizer(str(model_dir))
+    rows = list(iter_records(data, "jsonl", completion_separator="\nA: "))[:24]
+    fmt = Formatter(tok, 512)
+    examples = [fmt.example(r) for r in rows]
+    device = torch.device("cpu")
+    model = load_base_model(str(model_dir), ADAPTER, device)
+    torch.manual_seed(0)  # the same adapter initialisation on every rank
+    model = wrap_for_training(model, ADAPTER, str(model_dir), False, tok.eos_token_id)
+    log: list[dict] = []
+    hooks = Hooks(
+        on_progress=lambda d: None,
+        on_log=log.append,
+        on_checkpoint=lambda *a: None,
+        on_evaluate=lambda step, epoch: {"eval_loss": 1.0 / step},  # every epoch end, on the main rank only
+        should_stop=lambda: False,
+    )
+    cfg = TrainConfig(
+        n_epochs=2,
+        micro_batch_size=2,
+        grad_accum=accum,
+        learning_rate=5e-3,
+        lr_scheduler="linear",
+        warmup_ratio=0.0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        seed=3,
+        checkpoint_every_s=3600,
+        pack_length=512,
+    )
+    summary = train(
+        model, examples, cfg, tok.pad_token_id, device, out / "ckpt", hooks, ("eval_loss", False), None, ranks
+    )
+    digest = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if p.requires_grad:
+            digest.update(name.encode() + p.detach().float().numpy().tobytes())
+    (out / f"rank-{ranks.rank}.json").write_text(
+        json.dumps(
+            {
+                "world": ranks.world,
+                "weights": digest.hexdigest(),
+                "steps": log,
+                "summary": {"steps": summary.steps, "best_step": summary.best_step, "tokens": summary.trained_tokens},
+            }
+        )
+    )
+    leave()
+
+
+if __name__ == "__main__":
+    out_dir = Path(sys.argv[1])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    main(out_dir, int(sys.argv[2]) if len(sys.argv) > 2 else 3, MODEL, DATA)

@@ -1,0 +1,41 @@
+"""One job's training over two processes, launched by PyTorch's own torchrun with the gloo backend on the CPU: the
+same loss trajectory as one process with the same global batch, replicas that stay equal, and the main rank's
+decisions (the best checkpoint) taken once for all (worker/training/distributed.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "tests" / "helpers" / "ddp_train.py"
+
+
+def torchrun(out: Path, nproc: int, accum: int) -> list[dict]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+    cmd += ["--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:0"] if nproc > 1 else []
+    run = subprocess.run([*cmd, str(SCRIPT), str(out), str(accum)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    return [json.loads((out / f"rank-{r}.json").read_text()) for r in range(nproc)]
+
+
+@pytest.mark.parametrize("accum", [4, 3])  # 3: a step's micro-batches do not divide evenly between the ranks
+def test_two_ranks_train_as_one_process_with_the_same_global_batch(tmp_path, accum):
+    (one,) = torchrun(tmp_path / "one", 1, accum)
+    ranks = torchrun(tmp_path / "two", 2, accum)
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # every rank stepped the same summed gradients
+    assert ranks[1]["steps"] == []  # only the main rank reports
+    steps, ref = ranks[0]["steps"], one["steps"]
+    assert [s["step"] for s in steps] == [s["step"] for s in ref] and len(ref) == 12 // accum * 2
+    for s, r in zip(steps, ref):
+        assert s["trained_tokens"] == r["trained_tokens"]  # each rank's tokens summed, exactly
+        assert s["train_loss"] == pytest.approx(r["train_loss"], rel=1e-4, abs=1e-6)
+        assert s["grad_norm"] == pytest.approx(r["grad_norm"], rel=1e-3, abs=1e-6)
+        assert s["learning_rate"] == pytest.approx(r["learning_rate"], rel=1e-9)
+    # evaluated once per epoch end by the main rank; its choice of the best is every rank's
+    assert ranks[0]["summary"] == ranks[1]["summary"] == one["summary"]
