@@ -1,7 +1,9 @@
 """One short LoRA run on the tiny real Llama as one rank of a job, for tests/worker/test_distributed.py:
-`python -m torch.distributed.run --nproc_per_node N tests/helpers/ddp_train.py OUT_DIR [ACCUM]`. Each rank joins the
-process group torchrun describes (gloo on a CPU), trains through the service's own loop, and writes what it saw:
-the main rank its logged steps, every rank a digest of its trained weights (the replicas must stay equal)."""
+`python -m torch.distributed.run --nproc_per_node N tests/helpers/ddp_train.py OUT_DIR [ACCUM [STOP_AT]]`. Each rank
+joins the process group torchrun describes (gloo on a CPU), trains through the service's own loop (resuming from
+OUT_DIR/ckpt's last checkpoint, as an attempt does), and writes what it saw: the main rank its logged steps, every
+rank a digest of its trained weights (the replicas must stay equal). STOP_AT: the main rank asks for an interrupt
+at that step (a worker's shutdown): every rank stops after its checkpoint, and the run exits 3."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 from app.datasets import iter_records  # noqa: E402
 from worker.training.data import Formatter  # noqa: E402
 from worker.training.distributed import join_from_environment, leave  # noqa: E402
-from worker.training.loop import Hooks, TrainConfig, train  # noqa: E402
+from worker.training.loop import Hooks, TrainConfig, TrainingInterrupted, train  # noqa: E402
 from worker.training.modeling import load_base_model, load_tokenizer, wrap_for_training  # noqa: E402
 
 MODEL = ROOT.parent / "shared" / "models" / "stories260k"
@@ -28,7 +30,7 @@ ADAPTER |= {"train_eos_token": True, "num_virtual_tokens": 8, "prompt_tuning_ini
 ADAPTER |= {"compute_dtype": "bfloat16"}
 
 
-def main(out: Path, accum: int, model_dir: Path, data: Path) -> None:
+def main(out: Path, accum: int, stop_at: int | None, model_dir: Path, data: Path) -> int:
     torch.set_num_threads(1)
     ranks = join_from_environment()
     tok = load_tokenizer(str(model_dir))
@@ -46,6 +48,7 @@ def main(out: Path, accum: int, model_dir: Path, data: Path) -> None:
         on_checkpoint=lambda *a: None,
         on_evaluate=lambda step, epoch: {"eval_loss": 1.0 / step},  # every epoch end, on the main rank only
         should_stop=lambda: False,
+        interrupt_requested=lambda: stop_at is not None and ranks.main and len(log) >= stop_at,
     )
     cfg = TrainConfig(
         n_epochs=2,
@@ -61,9 +64,13 @@ def main(out: Path, accum: int, model_dir: Path, data: Path) -> None:
         checkpoint_every_s=3600,
         pack_length=512,
     )
-    summary = train(
-        model, examples, cfg, tok.pad_token_id, device, out / "ckpt", hooks, ("eval_loss", False), None, ranks
-    )
+    try:
+        summary = train(
+            model, examples, cfg, tok.pad_token_id, device, out / "ckpt", hooks, ("eval_loss", False), None, ranks
+        )
+    except TrainingInterrupted:  # every rank stops after the main rank's checkpoint, as a worker's shutdown asks
+        leave()
+        return 3
     digest = hashlib.sha256()
     for name, p in sorted(model.named_parameters()):
         if p.requires_grad:
@@ -79,9 +86,12 @@ def main(out: Path, accum: int, model_dir: Path, data: Path) -> None:
         )
     )
     leave()
+    return 0
 
 
 if __name__ == "__main__":
     out_dir = Path(sys.argv[1])
     out_dir.mkdir(parents=True, exist_ok=True)
-    main(out_dir, int(sys.argv[2]) if len(sys.argv) > 2 else 3, MODEL, DATA)
+    accum = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    stop = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    sys.exit(main(out_dir, accum, stop, MODEL, DATA))
