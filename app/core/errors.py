@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.core.graders import GRADER_NAMES
+
 
 class ApiError(Exception):
     def __init__(
@@ -29,8 +31,6 @@ def not_found(kind: str, object_id: str, param: str | None = None, code: str | N
 def loc_to_param(loc: tuple[Any, ...]) -> str:
     """("body", "adapter", "r") -> "adapter.r"; ("query", "limit") -> "limit"; ("body", "evaluation", "graders", 1,
     "regex", "pattern") -> "evaluation.graders.1.pattern"."""
-    from app.core.graders import GRADER_NAMES
-
     parts = list(loc[1:]) if loc and loc[0] in ("body", "query", "path", "header", "form") else list(loc)
     out: list[str] = []
     for i, p in enumerate(map(str, parts)):

@@ -15,11 +15,12 @@ the same compilers the worker scores with (worker/evaluation/graders.py):
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-GRADER_NAMES = ("exact_match", "json_valid", "json_schema", "regex", "sql_valid", "sql_execution")
+GraderName = Literal["exact_match", "json_valid", "json_schema", "regex", "sql_valid", "sql_execution"]
+GRADER_NAMES: tuple[str, ...] = get_args(GraderName)
 SQL_GRADERS = frozenset({"sql_valid", "sql_execution"})
 MAX_PATTERN_CHARS = 1000
 RE2_MAX_MEM = 8 << 20  # bytes for one compiled pattern: RE2 refuses a pattern whose program needs more

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Literal, get_args
 
-from app.core.graders import GRADER_NAMES
+from app.core.graders import GRADER_NAMES, GraderName
 
 ROUGE_NAMES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 BERTSCORE_NAMES = ("bertscore_precision", "bertscore_recall", "bertscore_f1")
@@ -29,12 +29,7 @@ EVALUATION_FAMILIES: tuple[str, ...] = get_args(EvaluationFamily)
 # What a leaderboard or a sweep ranks by, and what picks a job's shipped checkpoint ("last": the final weights).
 RankMetric = Literal[
     "auto",
-    "exact_match",
-    "json_valid",
-    "json_schema",
-    "regex",
-    "sql_valid",
-    "sql_execution",
+    GraderName,  # a nested Literal: its names, in one place (app/core/graders.py)
     "preference_accuracy",
     "reward_margin",
     "rougeL",
@@ -51,12 +46,7 @@ RankMetric = Literal[
 SelectionMetric = Literal[
     "auto",
     "last",
-    "exact_match",
-    "json_valid",
-    "json_schema",
-    "regex",
-    "sql_valid",
-    "sql_execution",
+    GraderName,  # a nested Literal: its names, in one place (app/core/graders.py)
     "preference_accuracy",
     "reward_margin",
     "rougeL",

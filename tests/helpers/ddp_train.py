@@ -18,16 +18,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from app.datasets import iter_records  # noqa: E402
+from tests.conftest import DATASETS, MODEL_DIR  # noqa: E402
+from tests.helpers.training import adapter, config  # noqa: E402
 from worker.training.data import Formatter  # noqa: E402
 from worker.training.distributed import join_from_environment, leave  # noqa: E402
-from worker.training.loop import Hooks, TrainConfig, TrainingInterrupted, train  # noqa: E402
+from worker.training.loop import Hooks, TrainingInterrupted, train  # noqa: E402
 from worker.training.modeling import load_base_model, load_tokenizer, wrap_for_training  # noqa: E402
 
-MODEL = ROOT.parent / "shared" / "models" / "stories260k"
-DATA = ROOT.parent / "shared" / "datasets" / "wikisql" / "train.jsonl"
-ADAPTER = {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
-ADAPTER |= {"train_eos_token": True, "num_virtual_tokens": 8, "prompt_tuning_init_text": None}
-ADAPTER |= {"compute_dtype": "bfloat16"}
+ADAPTER = adapter("lora", train_eos_token=True)
 
 
 def main(out: Path, accum: int, stop_at: int | None, model_dir: Path, data: Path) -> int:
@@ -50,20 +48,7 @@ def main(out: Path, accum: int, stop_at: int | None, model_dir: Path, data: Path
         should_stop=lambda: False,
         interrupt_requested=lambda: stop_at is not None and ranks.main and len(log) >= stop_at,
     )
-    cfg = TrainConfig(
-        n_epochs=2,
-        micro_batch_size=2,
-        grad_accum=accum,
-        learning_rate=5e-3,
-        lr_scheduler="linear",
-        warmup_ratio=0.0,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        logging_steps=1,
-        seed=3,
-        checkpoint_every_s=3600,
-        pack_length=512,
-    )
+    cfg = config(n_epochs=2, micro_batch_size=2, grad_accum=accum, pack_length=512)
     try:
         summary = train(
             model, examples, cfg, tok.pad_token_id, device, out / "ckpt", hooks, ("eval_loss", False), None, ranks
@@ -94,4 +79,4 @@ if __name__ == "__main__":
     out_dir.mkdir(parents=True, exist_ok=True)
     accum = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     stop = int(sys.argv[3]) if len(sys.argv) > 3 else None
-    sys.exit(main(out_dir, accum, stop, MODEL, DATA))
+    sys.exit(main(out_dir, accum, stop, MODEL_DIR, DATASETS / "wikisql" / "train.jsonl"))

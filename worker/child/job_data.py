@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
+from itertools import islice
 from pathlib import Path
 
 from app.core.local_cache import LocalCache
@@ -51,6 +52,39 @@ def records_at(path: Path, file_row: File, wanted: list[int]) -> list[tuple[int,
             out.append(item)
             nxt = next(want, None)
     return out
+
+
+def split_rows(cache: LocalCache, fmt, spec, job, files: tuple, train_path: Path, num_rows: int):
+    """(training row numbers, validation (line, record)s, test (line, record)s) of a job whose `files` are (training,
+    validation or None, test or None). Test rows are carved off the training file first (their own seed), so that no
+    later choice, the validation split included, can see them; the validation split is then the one it always was
+    when there are no test rows. Evaluation rows are read up to evaluation.max_rows."""
+    import numpy as np
+
+    from worker.training.data import seed_of_test_rows, split_indices
+
+    train_file, val_file, test_file = files
+    max_rows, pref = spec.evaluation.max_rows, spec.preference
+
+    def file_rows(file_row):
+        rows = list(islice(iter_file(file_copy(cache, file_row), file_row), max_rows))
+        tokenized(fmt, rows, file_row, job.model, pref)  # names a bad row's line
+        return rows
+
+    pool = np.arange(num_rows)
+    test_rows: list = []
+    if test_file is not None:
+        test_rows = file_rows(test_file)
+    elif spec.training.test_split > 0:
+        rest, carved = split_indices(num_rows, spec.training.test_split, seed_of_test_rows(job.seed))
+        pool = np.asarray(rest, dtype=np.int64)
+        test_rows = records_at(train_path, train_file, carved[:max_rows])
+    if val_file is not None:
+        return pool, file_rows(val_file), test_rows
+    kept, held = split_indices(len(pool), spec.training.validation_split, job.seed)
+    wanted = [int(pool[i]) for i in held[:max_rows]]
+    val_rows = records_at(train_path, train_file, wanted) if len(pool) > 1 else []
+    return pool[np.asarray(kept, dtype=np.int64)], val_rows, test_rows
 
 
 def chat_error(exc, file_id: str, model: str) -> UserError:

@@ -108,7 +108,7 @@ class TrainingRecipe:
         """The training rows as token arrays (tokenized once per file and tokenizer, kept in the store) and the
         evaluation rows as records: the validation rows (the validation file, or a seeded split of the training
         file) and the test rows (the test file, or a seeded split carved off the training file first)."""
-        from worker.child.job_data import file_copy, load_tokens
+        from worker.child.job_data import file_copy, load_tokens, split_rows
         from worker.evaluation.evaluate import EvalSet
         from worker.training.data import Formatter
         from worker.training.modeling import ModelRefused, load_tokenizer, pick_device
@@ -134,7 +134,8 @@ class TrainingRecipe:
             on_progress=lambda rows: ctx.progress({"phase": "loading_data"}),  # a cancel is seen meanwhile
         )
         ctx.event(how)
-        train_rows, val_rows, test_rows = self.split_rows(fmt, train_path, tokens.num_rows)
+        files = (self.train_file, self.val_file, self.test_file)
+        train_rows, val_rows, test_rows = split_rows(ctx.cache, fmt, spec, self.job, files, train_path, tokens.num_rows)
         if not len(train_rows) or not val_rows:
             held = "validation and test rows are" if test_rows else "one is"
             raise UserError(
@@ -175,39 +176,6 @@ class TrainingRecipe:
             f"Data: {len(self.train_examples)} training {'pairs' if pref else 'rows'}, {len(self.eval_set.rows)} "
             f"validation rows{tested} ({self.train_file.shape}); device {self.device}"
         )
-
-    def split_rows(self, fmt, train_path, num_rows: int):
-        """(training row numbers, validation (line, record)s, test (line, record)s). Test rows are carved off the
-        training file first (their own seed), so that no later choice, the validation split included, can see
-        them; the validation split is then the one it always was when there are no test rows."""
-        from itertools import islice
-
-        import numpy as np
-
-        from worker.child.job_data import file_copy, iter_file, records_at, tokenized
-        from worker.training.data import split_indices
-
-        spec, max_rows, pref, model = self.spec, self.spec.evaluation.max_rows, self.spec.preference, self.job.model
-
-        def file_rows(file_row):
-            rows = list(islice(iter_file(file_copy(self.ctx.cache, file_row), file_row), max_rows))
-            tokenized(fmt, rows, file_row, model, pref)  # names a bad row's line
-            return rows
-
-        pool = np.arange(num_rows)
-        test_rows: list = []
-        if self.test_file is not None:
-            test_rows = file_rows(self.test_file)
-        elif spec.training.test_split > 0:
-            rest, carved = split_indices(num_rows, spec.training.test_split, test_seed(self.job.seed))
-            pool = np.asarray(rest, dtype=np.int64)
-            test_rows = records_at(train_path, self.train_file, carved[:max_rows])
-        if self.val_file is not None:
-            return pool, file_rows(self.val_file), test_rows
-        kept, held = split_indices(len(pool), spec.training.validation_split, self.job.seed)
-        wanted = [int(pool[i]) for i in held[:max_rows]]
-        val_rows = records_at(train_path, self.train_file, wanted) if len(pool) > 1 else []
-        return pool[np.asarray(kept, dtype=np.int64)], val_rows, test_rows
 
     def load_model(self) -> None:
         from worker.evaluation.metrics import get_bertscorer, resolve_bertscore_model
@@ -546,11 +514,6 @@ def event_data(subject: str, results: dict) -> dict:
     if "test" in results:
         data["test"] = results["test"].metrics
     return data
-
-
-def test_seed(seed: int) -> int:
-    """The seed of the test split: not the job's own, so that the test rows are not the validation split's."""
-    return (seed * 1_000_003 + 7) % 2**31
 
 
 def run(ctx: JobContext) -> None:

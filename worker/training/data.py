@@ -58,6 +58,11 @@ def split_indices(n: int, share: float, seed: int) -> tuple[list[int], list[int]
     return [i for i in range(n) if i not in taken], held
 
 
+def seed_of_test_rows(seed: int) -> int:
+    """The seed of a job's test split: not the job's own, so that the test rows are not the validation split's."""
+    return (seed * 1_000_003 + 7) % 2**31
+
+
 def answer_records(record: dict) -> tuple[dict, dict]:
     """A preference record (app/datasets/preference.py) as two records of the shapes the Formatter trains: the
     prompt with the chosen answer, and with the rejected one. An assistant turn of the prompt is context."""

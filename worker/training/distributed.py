@@ -24,12 +24,7 @@ import os
 from dataclasses import dataclass
 
 import torch
-
-
-def _dist():
-    import torch.distributed as dist
-
-    return dist
+import torch.distributed as dist
 
 
 @dataclass(frozen=True)
@@ -50,7 +45,6 @@ class Ranks:
     @classmethod
     def current(cls) -> Ranks:
         """The process group this process joined, or a single process."""
-        dist = _dist()
         if dist.is_available() and dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size())
         return cls()
@@ -64,7 +58,7 @@ class Ranks:
         if not self.parallel:
             return list(values)
         t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
-        _dist().all_reduce(t)
+        dist.all_reduce(t)
         return t.tolist()
 
     def decide(self, value):
@@ -72,7 +66,7 @@ class Ranks:
         if not self.parallel:
             return value
         box = [value]
-        _dist().broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0)
         return box[0]
 
     def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
@@ -86,21 +80,16 @@ class Ranks:
         for group in by_dtype.values():
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in group]
             flat = torch.cat([g.reshape(-1) for g in grads])
-            _dist().all_reduce(flat)
+            dist.all_reduce(flat)
             offset = 0
             for p in group:
                 n = p.numel()
                 p.grad = flat[offset : offset + n].view_as(p).clone()
                 offset += n
 
-    def barrier(self) -> None:
-        if self.parallel:
-            _dist().barrier()
-
 
 def _collective_device() -> torch.device:
     """Where the small control tensors live: NCCL reduces CUDA tensors only, gloo CPU ones."""
-    dist = _dist()
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -112,7 +101,6 @@ def join_from_environment(backend: str | None = None) -> Ranks:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Ranks()
-    dist = _dist()
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
@@ -123,6 +111,5 @@ def join_from_environment(backend: str | None = None) -> Ranks:
 
 
 def leave() -> None:
-    dist = _dist()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
