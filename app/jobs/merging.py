@@ -14,7 +14,7 @@ merge, finish) is worker/tasks/merges.py and worker/child/merge.py, through app/
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -26,7 +26,7 @@ from app.core.object_store import get_store
 from app.core.queue import enqueue_merge
 from app.core.settings import Settings
 from app.core.storage import JobFiles
-from app.core.tables import Job, MergedModel, MergeStatus, utcnow
+from app.core.tables import Job, MergedModel, MergeStatus, as_utc, utcnow
 
 MERGEABLE = ("lora", "qlora")
 ASK_AGAIN_S = 10  # the Retry-After of a 202: a small model merges in seconds once a worker is free
@@ -65,7 +65,7 @@ def request_merged(session: Session, settings: Settings, job: Job, source: str) 
             return row
         _ask_again(session, row)  # its archive is gone from storage: build it again
     elif row.status == MergeStatus.failed:
-        wait = FAILED_REPORTED_S - (now - _aware(row.finished_at)).total_seconds()
+        wait = FAILED_REPORTED_S - (now - as_utc(row.finished_at)).total_seconds()
         if wait > 0:
             reason = (row.error or {}).get("message", "unknown")
             raise ApiError(
@@ -76,7 +76,7 @@ def request_merged(session: Session, settings: Settings, job: Job, source: str) 
                 headers={"Retry-After": str(int(wait) + 1)},
             )
         _ask_again(session, row)
-    elif row.status == MergeStatus.building and now - _aware(row.started_at) > timedelta(seconds=BUILD_PRESUMED_DEAD_S):
+    elif row.status == MergeStatus.building and now - as_utc(row.started_at) > timedelta(seconds=BUILD_PRESUMED_DEAD_S):
         _ask_again(session, row)
     if row.status == MergeStatus.queued and _due(row, now, settings):
         # Committed before it is sent: the worker must find the row. A lost message is sent again after
@@ -110,11 +110,7 @@ def _ask_again(session: Session, row: MergedModel) -> None:
 
 
 def _due(row: MergedModel, now: datetime, settings: Settings) -> bool:
-    return row.sent_at is None or now - _aware(row.sent_at) > timedelta(seconds=settings.requeue_queued_after_s)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+    return row.sent_at is None or now - as_utc(row.sent_at) > timedelta(seconds=settings.requeue_queued_after_s)
 
 
 def pending_message(row: MergedModel) -> str:

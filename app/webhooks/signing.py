@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from standardwebhooks import Webhook
 
-from app.core.tables import WebhookEndpoint, utcnow
+from app.core.tables import WebhookEndpoint, as_utc, utcnow
 
 SECRET_PREFIX = "whsec_"
 
@@ -38,9 +38,7 @@ def active_secrets(endpoint: WebhookEndpoint) -> list[str]:
     keys = [endpoint.signing_secret]
     expires = endpoint.previous_secret_expires_at
     if endpoint.previous_signing_secret and expires is not None:
-        if expires.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
-            expires = expires.replace(tzinfo=UTC)
-        if expires > utcnow():
+        if as_utc(expires) > utcnow():
             keys.append(endpoint.previous_signing_secret)
     return keys
 

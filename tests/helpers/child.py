@@ -55,7 +55,7 @@ def running_job_row(
     from app.core.db import get_sessionmaker
     from app.core.job_spec import JobCreate, resolve_spec
     from app.core.settings import get_settings
-    from app.core.tables import JobStatus, Tenant
+    from app.core.tables import JobStatus, Tenant, utcnow
 
     settings = get_settings()
     with get_sessionmaker()() as s:
@@ -76,6 +76,7 @@ def running_job_row(
             seed=7,
             status=JobStatus.running,
             attempt=1,
+            started_at=utcnow(),  # as claim_job writes it
         )
         return job.id
 

@@ -9,6 +9,7 @@ import tarfile
 
 import pytest
 from huggingface_hub import ModelCard
+from sqlalchemy import select
 
 from tests.conftest import MODEL_DIR
 from tests.helpers.child import run_job, sql_rows, stored
@@ -75,6 +76,25 @@ def test_child_lora_job_stores_rows_checkpoints_and_costs(database):
         assert evals[subject].num_rows == 6
         check_recomputable(evals[subject].metrics, [getattr(r, column) for r in rows])
     assert any(m.startswith("Step 4 (epoch 0.80) evaluated: eval_loss") for m in events)
+    check_first_step_event(job_id)
+
+
+def check_first_step_event(job_id: str) -> None:
+    """One first-step event, its parts (process, data, model, ...) adding up to at most the claim-to-step time."""
+    from app.core.db import get_sessionmaker
+    from app.core.tables import JobEvent
+
+    with get_sessionmaker()() as s:
+        found = [
+            e for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id)) if "after the claim" in e.message
+        ]
+    assert len(found) == 1, [e.message for e in found]
+    data = found[0].data
+    parts = {k: v for k, v in data.items() if k != "claimed_to_first_step_s"}
+    assert {"process_s", "imports_s", "tokens_s", "model_s", "adapter_s", "first_step_s"} <= set(parts), data
+    assert all(v >= 0 for v in parts.values()), data
+    assert 0 < sum(parts.values()) <= data["claimed_to_first_step_s"] + 0.01, data
+    assert found[0].message.startswith(f"First step {data['claimed_to_first_step_s']:.1f}s after the claim: process ")
 
 
 def test_child_full_job_on_raw_text(database):
@@ -137,3 +157,29 @@ def test_child_resolves_auto_adapter_and_micro_batch_and_records_why(database):
     assert any(e.startswith("adapter auto: lora (no GPU") for e in events)
     assert any(e.startswith("micro_batch_size auto: no GPU") for e in events)
     assert ckpts[-1].step == 3  # 18 training rows (2 held out) in micro-batches of 8: 3 steps
+
+
+def test_a_new_phase_is_written_at_once_a_repeated_one_is_throttled(database, monkeypatch):
+    """A phase that began within progress_every_s of the last write still shows: training used to show as
+    loading_model throughout when the model loaded fast."""
+    from app.core.db import get_sessionmaker
+    from app.core.settings import get_settings
+    from app.core.tables import Job
+    from tests.helpers.child import running_job_row
+    from worker.child.job_context import JobContext
+
+    monkeypatch.setattr(get_settings(), "progress_every_s", 3600.0)
+    job_id = running_job_row({}, [{"prompt": "a", "completion": "b"}] * 4, None, None)
+    ctx = JobContext(job_id, 1)
+
+    def shown():
+        with get_sessionmaker()() as s:
+            job = s.get(Job, job_id)
+            return job.phase, job.step
+
+    ctx.progress({"phase": "loading_model"}, force=True)
+    ctx.progress({"phase": "training", "step": 0})
+    assert shown() == ("training", 0)
+    ctx.progress({"phase": "training", "step": 1})  # the same phase: throttled
+    ctx.progress({"step": 2})
+    assert shown() == ("training", 0)

@@ -73,6 +73,7 @@ class JobContext:
         self.cache = LocalCache.from_settings(self.settings)  # this host's copies; the store has the job's files
         self._held = self.cache.hold(self.cache.key_of(self.files.root))  # no trim of this host evicts it meanwhile
         self._last_progress = 0.0
+        self._phase: str | None = None  # the phase last written
         self._last_check = 0.0
         self._deferred: list[Callable[[Session], None]] = []  # writes made while the database was away
         self._away_since: float | None = None
@@ -177,7 +178,10 @@ class JobContext:
         write carries newer figures). Every call, throttled or not, updates the worker's /metrics."""
         self.figures.observe(values)
         now = time.monotonic()
-        if force or now - self._last_progress >= self.settings.progress_every_s:
+        # A new phase is always written: a throttled "training" left the API showing "loading_model" for a whole
+        # training that began within progress_every_s of the model's load (later writes carry no phase).
+        new_phase = values.get("phase", self._phase) != self._phase
+        if force or new_phase or now - self._last_progress >= self.settings.progress_every_s:
             self._last_progress = now
             try:
                 with self.Session() as s:
@@ -190,6 +194,7 @@ class JobContext:
             self._back()
             if not ours:
                 raise LostJob
+            self._phase = values.get("phase", self._phase)
             with suppress(*DATABASE_AWAY):
                 self._flush_deferred()
 

@@ -55,12 +55,17 @@ class TrainingRecipe:
     def run(self) -> None:
         import torch
 
+        from worker.child.startup import StartupClock
+
         prepare_torch(self.settings)
         self.read_job()
+        self.clock = StartupClock(self.job.started_at)
         self.restore_checkpoints()
+        self.clock.lap("checkpoints")
         torch.manual_seed(self.job.seed)
         self.load_data()
         self.load_model()
+        self.clock.lap("model")
         # An adapter can be switched off: its base is measured after training, so that the first step comes as soon
         # as the model is loaded (a small job's base evaluation took as long as its training). A full fine-tune's
         # base weights are gone once it has stepped: measured first.
@@ -68,6 +73,7 @@ class TrainingRecipe:
         if not base_later:
             self.evaluate_base()
         self.prepare_training()
+        self.clock.lap("adapter")
         summary = self.train()
         if base_later:
             self.evaluate_base(adapter_off=True)
@@ -114,14 +120,18 @@ class TrainingRecipe:
         from worker.training.modeling import ModelRefused, load_tokenizer, pick_device
         from worker.training.tokenized import TrainingExamples, pairs_of
 
-        ctx, spec, ev_spec = self.ctx, self.spec, self.spec.evaluation
+        ctx, spec, ev_spec, clock = self.ctx, self.spec, self.spec.evaluation, self.clock
+        clock.lap("imports")
         ctx.progress({"phase": "loading_data"}, force=True)
         train_path = file_copy(ctx.cache, self.train_file)
+        clock.lap("file")
         self.device = pick_device()
+        clock.lap("device")
         try:
             self.tokenizer = load_tokenizer(self.job.model_source)  # checks the model directory before reading
         except ModelRefused as exc:
             raise UserError(exc.code, str(exc)) from exc
+        clock.lap("tokenizer")
         fmt = Formatter(self.tokenizer, spec.training.max_seq_length)
         pref = spec.preference
         tokens, how = load_tokens(
@@ -134,6 +144,7 @@ class TrainingRecipe:
             on_progress=lambda rows: ctx.progress({"phase": "loading_data"}),  # a cancel is seen meanwhile
         )
         ctx.event(how)
+        clock.lap("tokens")
         files = (self.train_file, self.val_file, self.test_file)
         train_rows, val_rows, test_rows = split_rows(ctx.cache, fmt, spec, self.job, files, train_path, tokens.num_rows)
         if not len(train_rows) or not val_rows:
@@ -176,6 +187,7 @@ class TrainingRecipe:
             f"Data: {len(self.train_examples)} training {'pairs' if pref else 'rows'}, {len(self.eval_set.rows)} "
             f"validation rows{tested} ({self.train_file.shape}); device {self.device}"
         )
+        clock.lap("rows")
 
     def load_model(self) -> None:
         from worker.evaluation.metrics import get_bertscorer, resolve_bertscore_model
@@ -288,9 +300,15 @@ class TrainingRecipe:
             uploader.submit(path, step, (step, epoch, path, metrics, evaluated))
             record_stored()  # the previous checkpoint's row: submit waited for its push
 
+        first_step = [True]
+
         def on_progress(values: dict, force: bool = False) -> None:
             record_stored()
             ctx.progress(values, force)
+            if first_step[0] and "train_loss" in values:  # this attempt's first optimizer step is done
+                first_step[0] = False
+                message, data = self.clock.first_step()
+                ctx.event(message, data=data)
 
         hooks = Hooks(
             on_progress=on_progress,
