@@ -8,7 +8,8 @@ For LoRA and QLoRA (r=8, all-linear, trained EOS row), on the same seeded exampl
 2. the fused LoRA linear (worker/training/kernels/fast_lora.py) against peft's own forward, on the padded batch;
 3. no example attends to another in a packed row: changing one example leaves the next one's loss as is;
 4. the head and loss on the completion positions only (Liger's fused linear cross-entropy, with the model's final
-   logit soft-capping where it has one: Gemma 2) against the model's own forward and loss, on the padded batch.
+   logit soft-capping where it has one: Gemma 2) against the model's own forward and loss, on the padded batch;
+5. the model's RoPE as training calls it (Liger's, folded into one row) against its formula, for 1, 3 and 7 rows.
 Each check trains through the loss the worker picks for the model (worker.training.loss.loss_fn_for): a model on its
 own forward's loss is checked the same way, less check 4. Packed rows use varlen attention only where it is exact
 (not Gemma 2's soft-capped attention: it takes the model's own, masked, attention).
@@ -65,6 +66,57 @@ def main() -> int:
     return 1 if failures else 0
 
 
+def rope_reference(q, k, cos, sin):
+    """RoPE by its formula, per row (transformers' eager apply_rotary_pos_emb)."""
+
+    def rotate_half(x):
+        return torch.cat((-x[..., x.shape[-1] // 2 :], x[..., : x.shape[-1] // 2]), dim=-1)
+
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def check_rope(model, report) -> None:
+    """5. the model's RoPE as training calls it (Liger's kernel with the batch folded into one row,
+    worker/training/kernels/one_row_rope.py) against the formula, per row, for several numbers of rows."""
+    module = sys.modules[type(model.get_base_model()).__module__]
+    rope = module.apply_rotary_pos_emb
+    folded = getattr(rope, "_ftaas_one_row", False)
+    print(f"rope: {getattr(rope, '__module__', '?')}.{getattr(rope, '__name__', '?')}, folded into one row: {folded}")
+    cfg = model.get_base_model().config
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    hq, hk = cfg.num_attention_heads, cfg.num_key_value_heads
+    dev = next(model.parameters()).device
+    worst_out = worst_grad = 0.0
+    for b in (1, 3, 7):
+        g = torch.Generator(device=dev).manual_seed(b)
+        s = 96
+        pos = torch.stack(
+            [torch.arange(s, device=dev) % (17 + 5 * i) for i in range(b)]
+        )  # packed: positions restart
+        inv = 1.0 / (10000 ** (torch.arange(0, d, 2, device=dev).float() / d))
+        emb = torch.cat([pos[..., None].float() * inv] * 2, dim=-1)
+        cos, sin = emb.cos().bfloat16(), emb.sin().bfloat16()
+        outs = []
+        for fn in (rope, rope_reference):
+            q = torch.randn(b, s, hq, d, device=dev, generator=g, dtype=torch.bfloat16).transpose(1, 2)
+            k = torch.randn(b, s, hk, d, device=dev, generator=g, dtype=torch.bfloat16).transpose(1, 2)
+            g.manual_seed(b)
+            q, k = q.detach().requires_grad_(), k.detach().requires_grad_()
+            qo, ko = fn(q.clone(), k.clone(), cos, sin)  # Liger rotates in place: clones keep the inputs
+            (qo.float().square().sum() + ko.float().sum()).backward()
+            outs.append((qo.float(), ko.float(), q.grad.float(), k.grad.float()))
+        (qa, ka, gqa, gka), (qb, kb, gqb, gkb) = outs
+        worst_out = max(
+            worst_out, *((x - y).abs().max().item() / y.abs().max().item() for x, y in ((qa, qb), (ka, kb)))
+        )
+        worst_grad = max(
+            worst_grad, *((x - y).abs().max().item() / y.abs().max().item() for x, y in ((gqa, gqb), (gka, gkb)))
+        )
+    report("rope as trained (1, 3, 7 rows) vs its formula: outputs", worst_out, 2e-2)
+    report("rope as trained (1, 3, 7 rows) vs its formula: gradients", worst_grad, 2e-2)
+
+
 def check_model(model_dir: str, n_examples: int) -> int:
     """The checks on one model; returns how many failed."""
     device = torch.device("cuda")
@@ -88,6 +140,8 @@ def check_model(model_dir: str, n_examples: int) -> int:
         torch.manual_seed(0)
         model = wrap_for_training(load_base_model(model_dir, ad, device), ad, model_dir, False, tok.eos_token_id)
         split = loss_fn_for(model) is completion_loss
+        if kind == "lora":
+            check_rope(model, report)
         print(f"{kind}: loss {'on the completion positions (split)' if split else 'the model own'}", flush=True)
         with torch.no_grad():
             for p in model.parameters():

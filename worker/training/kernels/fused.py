@@ -35,6 +35,10 @@ def apply_fused_kernels(model, *, fused_cross_entropy: bool) -> str | None:
         from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
     except ImportError:
         return None
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+
+    from worker.training.kernels.one_row_rope import fold_rope_of
+
     _apply_liger_kernel_to_instance(
         model=model,
         rope=True,
@@ -42,6 +46,8 @@ def apply_fused_kernels(model, *, fused_cross_entropy: bool) -> str | None:
         swiglu=True,
         fused_linear_cross_entropy=fused_cross_entropy,
     )
-    applied = "liger: rope, rms_norm, swiglu" + (", fused linear cross-entropy" if fused_cross_entropy else "")
+    # one compile of the RoPE kernel per model, not one per number of packed rows (one_row_rope.py says why)
+    rope = "rope (one row)" if fold_rope_of(model, liger_rotary_pos_emb) else "rope"
+    applied = f"liger: {rope}, rms_norm, swiglu" + (", fused linear cross-entropy" if fused_cross_entropy else "")
     log.info("%s on %s", applied, getattr(model.config, "model_type", "?"))
     return applied
