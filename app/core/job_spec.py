@@ -280,6 +280,16 @@ class ResolvedHyperparameters(Strict):
     beta: float | None = None  # preference tuning (method dpo) only
 
 
+class Resources(Strict):
+    gpus: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="GPUs of one host the job trains on: one process a GPU, started by torchrun, the gradients summed "
+        "over them (worker/training/distributed.py)",
+    )
+
+
 class JobSpec(Strict):
     """The resolved specification: what the API validated, with every `auto` it can decide made concrete.
     Stored on the job row (Job.spec, as JSON) and read back by the worker as this same model, so the API's
@@ -291,6 +301,7 @@ class JobSpec(Strict):
     adapter: AdapterSpec
     training: TrainingSpec
     evaluation: EvaluationSpec
+    resources: Resources = Field(default_factory=Resources)  # rows stored before it: one GPU
 
     @property
     def preference(self) -> bool:

@@ -95,6 +95,11 @@ class Settings(BaseSettings):
         description="how long a training child waits for an unreachable database at a write it cannot put off "
         "(training itself goes on meanwhile); then the attempt ends and a retry resumes from its checkpoint",
     )
+    rank_wait_s: float = Field(
+        7200.0,
+        description="a job on several GPUs: how long a rank waits at a collective for the others (the main rank "
+        "evaluates and saves checkpoints alone meanwhile); past it the attempt fails and a retry resumes",
+    )
     rate_limit_per_minute: int = Field(
         1200, ge=0, description="requests per tenant per minute before 429 with Retry-After (0: no limit)"
     )

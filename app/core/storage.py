@@ -69,6 +69,10 @@ class JobFiles:
     def attempt_log(self, attempt: int) -> Path:
         return self.root / f"attempt-{attempt}.log"
 
+    def rank_exit(self, attempt: int, rank: int) -> Path:
+        """Where each rank of a job on several GPUs leaves its exit code: torchrun's own is 1 for any failure."""
+        return self.root / f"attempt-{attempt}.rank-{rank}.exit"
+
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"

@@ -226,3 +226,27 @@ class JobContext:
             log.info("pause requested: checkpointing at the end of the step")
             self.interrupt_requested = True
         return False
+
+
+class FollowerContext(JobContext):
+    """The context of a rank other than the main one of a job on several GPUs: it reads the job like the main rank,
+    and writes nothing. The main rank alone reports, records and decides (stop, checkpoint, pause); the training
+    loop broadcasts its decisions (worker/training/distributed.py)."""
+
+    def write(self, change: Callable[[Session], None], *, defer: bool = False) -> None:
+        pass
+
+    def update(self, **values) -> None:
+        pass
+
+    def finish(self, status: JobStatus, **values) -> bool:
+        return False
+
+    def event(self, message: str, *, type: str = "message", data: dict | None = None, level: str = "info") -> None:
+        pass
+
+    def progress(self, values: dict, force: bool = False) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False

@@ -27,6 +27,7 @@ from worker.child.job_context import (
     EXIT_CRASH,
     EXIT_DONE,
     EXIT_INTERRUPTED,
+    FollowerContext,
     Interrupted,
     JobContext,
     LostJob,
@@ -47,8 +48,12 @@ class TrainingRecipe:
     """One attempt of one job. `run` calls the phases in order; a resumed attempt goes through the same
     phases (its base evaluation is kept, its training resumes from the last checkpoint)."""
 
-    def __init__(self, ctx: JobContext) -> None:
+    def __init__(self, ctx: JobContext, ranks=None) -> None:
+        from worker.training.distributed import Ranks
+
         self.ctx, self.settings = ctx, ctx.settings
+        self.ranks = ranks or Ranks()  # a job on several GPUs: this process's rank (the main one writes)
+        self.followers_left = not self.ranks.parallel  # the other ranks are done with their collectives
         self.evaluations: dict = {}  # this attempt's checkpoint evaluations (EvalResult), by step
         self.tuned_test = None  # the shipped model on the test rows (EvalResult), where the job has them
 
@@ -57,13 +62,19 @@ class TrainingRecipe:
 
         from worker.child.startup import StartupClock
 
+        ranks = self.ranks
         prepare_torch(self.settings)
         self.read_job()
         self.clock = StartupClock(self.job.started_at)
-        self.restore_checkpoints()
+        if ranks.main:  # the host's files are the main rank's to put in place; the others read them after
+            self.restore_checkpoints()
         self.clock.lap("checkpoints")
         torch.manual_seed(self.job.seed)
-        self.load_data()
+        if ranks.main:
+            self.load_data()  # tokenized and stored once; the other ranks read the tokens back
+        ranks.wait_for_main()
+        if not ranks.main:
+            self.load_data()
         self.load_model()
         self.clock.lap("model")
         # An adapter can be switched off: its base is measured after training, so that the first step comes as soon
@@ -71,10 +82,14 @@ class TrainingRecipe:
         # base weights are gone once it has stepped: measured first.
         base_later = self.spec.adapter.type in ("lora", "qlora")
         if not base_later:
-            self.evaluate_base()
+            if ranks.main:
+                self.evaluate_base()
+            ranks.wait_for_main()
         self.prepare_training()
         self.clock.lap("adapter")
         summary = self.train()
+        if not ranks.main:
+            return  # evaluation and packaging are the main rank's, once
         if base_later:
             self.evaluate_base(adapter_off=True)
         tuned = self.evaluate_tuned(summary)
@@ -239,6 +254,8 @@ class TrainingRecipe:
             spec.training.gradient_checkpointing,
             self.tokenizer.eos_token_id,
         )
+        # the replicas start from the main rank's initialisation (peft draws LoRA's A from torch's generator)
+        self.ranks.copy_from_main([p for p in self.model.parameters() if p.requires_grad])
         self.params = count_params(self.model)
         ctx.update(trainable_params=self.params[0], total_params=self.params[1])
         if spec.training.micro_batch_size == "auto":
@@ -257,6 +274,7 @@ class TrainingRecipe:
             if spec.preference:  # a pair is two sequences
                 micro = max(1, micro // 2)
                 why += f", {micro} pairs"
+            micro, why = self.ranks.decide((micro, why))  # the main rank's measure, on every rank
             self.spec = with_micro_batch(spec, micro)
             ctx.update(spec=self.spec.stored())
             ctx.event(f"micro_batch_size auto: {why}")
@@ -277,9 +295,17 @@ class TrainingRecipe:
         pairs = self.train_examples + [p for _, rows in self.splits() for p in rows.pairs]
         t = time.monotonic()
         micro = self.spec.training.micro_batch_size
-        measured = attach_reference(
-            self.model, pairs, self.tokenizer.pad_token_id, self.device, micro, ctx.files.checkpoints
-        )
+
+        def attach() -> bool:
+            return attach_reference(
+                self.model, pairs, self.tokenizer.pad_token_id, self.device, micro, ctx.files.checkpoints
+            )
+
+        # measured (and stored beside the checkpoints) by the main rank; the other ranks read them back
+        measured = attach() if self.ranks.main else False
+        self.ranks.wait_for_main()
+        if not self.ranks.main:
+            attach()
         how = f"measured in {time.monotonic() - t:.1f}s" if measured else "read back from an earlier attempt"
         ctx.event(f"Reference log-probabilities of {len(pairs)} pairs (the base, adapter disabled): {how}")
 
@@ -287,6 +313,7 @@ class TrainingRecipe:
         """The training loop, resumed from the job's last checkpoint; returns its TrainSummary."""
         from worker.child.checkpoint_upload import CheckpointUploader
         from worker.training.checkpoints import checkpoint_step, latest_checkpoint, load_trainable_weights
+        from worker.training.distributed import leave
         from worker.training.loop import Hooks, TrainConfig, TrainingInterrupted, train
 
         ctx, selection = self.ctx, self.selection
@@ -343,7 +370,11 @@ class TrainingRecipe:
                 hooks,
                 selection,
                 objective,
+                self.ranks,
             )
+            if self.ranks.parallel:  # the last collective is behind every rank
+                leave()
+                self.followers_left = True
         except TrainingInterrupted as exc:
             uploader.wait()  # the checkpoint it stopped at is the one the next attempt, on any host, resumes from
             record_stored()
@@ -535,6 +566,7 @@ def event_data(subject: str, results: dict) -> dict:
 
 
 def run(ctx: JobContext) -> None:
+    """One attempt in this process alone (tests call it directly)."""
     TrainingRecipe(ctx).run()
 
 
@@ -544,11 +576,31 @@ def main(argv: list[str]) -> int:
     set_up_logging(get_settings(), "child")
     job_id, attempt = argv[0], int(argv[1])
     prepare_process(get_settings())
-    ctx = JobContext(job_id, attempt)
+    from worker.training.distributed import join_from_environment
+
+    # torchrun's ranks of a job on several GPUs (one process: rank 0 of 1): the main rank alone writes
+    ranks = join_from_environment(timeout_s=get_settings().rank_wait_s)
+    ctx = JobContext(job_id, attempt) if ranks.main else FollowerContext(job_id, attempt)
     signal.signal(signal.SIGTERM, ctx.on_sigterm)
-    log.info("job %s attempt %s: training child started", job_id, attempt)
+    log.info("job %s attempt %s: training child started (rank %s of %s)", job_id, attempt, ranks.rank, ranks.world)
+    recipe = TrainingRecipe(ctx, ranks)
+    code = run_attempt(ctx, recipe, attempt)
+    if not ranks.parallel:
+        return code
+    # torchrun answers 1 for any failure: each rank leaves its own code for the training task
+    exit_file = ctx.files.rank_exit(attempt, ranks.rank)
+    exit_file.with_suffix(".tmp").write_text(str(code))
+    exit_file.with_suffix(".tmp").replace(exit_file)  # whole or absent, even if torchrun kills this rank now
+    if ranks.main and not recipe.followers_left:
+        return code or EXIT_CRASH  # ended before the others were done: torchrun stops them
+    return code
+
+
+def run_attempt(ctx: JobContext, recipe: TrainingRecipe, attempt: int) -> int:
+    """The recipe run to its end; returns the exit code."""
+    job_id = ctx.job_id
     try:
-        run(ctx)
+        recipe.run()
         log.info("job %s attempt %s: training child done", job_id, attempt)
         return EXIT_DONE
     except Interrupted as exc:

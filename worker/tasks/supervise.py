@@ -30,21 +30,49 @@ CANCEL_GRACE_S = 10.0  # how long a child of a job claimed by another attempt ma
 CANCEL_POLL_S = 1.0  # how often the supervisor looks for a cancel between heartbeats
 
 
-def spawn_child(args: list[str], log_path: Path) -> subprocess.Popen:
+def spawn_child(args: list[str], log_path: Path, gpus: int = 1) -> subprocess.Popen:
     """A fresh interpreter, not a fork: CUDA must never be initialised in the worker itself. Its output is
     appended to `log_path` (one file per training attempt, one per comparison); its log lines name the request and
-    job the task logs under (app/core/logs.py)."""
+    job the task logs under (app/core/logs.py).
+
+    gpus > 1: PyTorch's own launcher, torchrun (torch.distributed.run), starts one process a GPU on this host, in a
+    process group of their own, so that a cancel kills every rank at once (kill_child). With no restarts: a rank
+    that fails ends the attempt, torchrun stops the others, and the task's retry resumes from the checkpoint."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **child_env()}
+    cmd = [sys.executable, "-m", CHILD_MODULE, *args]
+    if gpus > 1:
+        # one host: a rendezvous on a free local port (what --standalone does, with the address spelled out)
+        launcher = ["-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={gpus}", "--max-restarts=0"]
+        launcher += ["--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0"]
+        cmd = [sys.executable, *launcher, *cmd[1:]]
     with open(log_path, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", CHILD_MODULE, *args], stdout=out, stderr=subprocess.STDOUT, env=env
-        )
+        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=gpus > 1)
+    child.ranks = gpus  # type: ignore[attr-defined]
+    return child
+
+
+def signal_child(child: subprocess.Popen, sig: int) -> None:
+    """`sig` to the child, and to every rank of a job on several GPUs (its process group)."""
+    with suppress(ProcessLookupError):
+        if getattr(child, "ranks", 1) > 1:
+            os.killpg(child.pid, sig)
+        else:
+            child.send_signal(sig)
+
+
+def kill_child(child: subprocess.Popen) -> None:
+    signal_child(child, signal.SIGKILL)
+    child.wait()
 
 
 def is_training_child(cmdline: list[str], job_id: str | None = None) -> bool:
-    """Whether a process's command line is `python -m worker.child train ...` (of `job_id`, when given)."""
-    return cmdline[1:4] == ["-m", CHILD_MODULE, "train"] and (job_id is None or job_id in cmdline[4:5])
+    """Whether a process's command line runs `-m worker.child train ...` (of `job_id`, when given): a training child,
+    a rank of one (torchrun gives its interpreter `-u` first), or the torchrun that launched them."""
+    for i in range(1, len(cmdline) - 2):
+        if cmdline[i : i + 3] == ["-m", CHILD_MODULE, "train"]:
+            return job_id is None or job_id in cmdline[i + 3 : i + 4]
+    return False
 
 
 def last_lines(path: Path, n: int = 40) -> str:
@@ -73,8 +101,7 @@ def supervise(job_id: str, attempt: int, child: subprocess.Popen) -> int:
                 status = s.scalar(select(Job.status).where(Job.id == job_id))
                 if status == JobStatus.cancelled:
                     log.info("job %s was cancelled: stopping its training child", job_id)
-                    child.kill()
-                    child.wait()
+                    kill_child(child)
                     break
                 if time.monotonic() - last_beat < settings.heartbeat_s and lost_since is None:
                     continue
@@ -89,7 +116,7 @@ def supervise(job_id: str, attempt: int, child: subprocess.Popen) -> int:
             lost_since = time.monotonic()
         elif time.monotonic() - lost_since > CANCEL_GRACE_S and child.poll() is None:
             log.warning("job %s: no longer this attempt's and its child did not stop; killing it", job_id)
-            child.kill()
+            kill_child(child)
     return child.returncode
 
 
@@ -106,7 +133,7 @@ def passing_shutdown_to(child: subprocess.Popen):
 
     def forward(_signum, _frame):
         if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
+            signal_child(child, signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, forward)
     try:

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from app.core.celery_app import TRAIN_TASK
 from app.core.db import get_sessionmaker
+from app.core.job_spec import JobSpec
 from app.core.job_state import (
     claim_job,
     counted_attempts,
@@ -24,7 +25,7 @@ from app.core.settings import get_settings
 from app.core.storage import JobFiles
 from app.core.tables import Job, JobStatus
 from worker import telemetry
-from worker.child.job_context import EXIT_INTERRUPTED
+from worker.child.job_context import EXIT_CRASH, EXIT_DONE, EXIT_INTERRUPTED
 from worker.tasks.runtime import celery, logging_for, worker_name
 from worker.tasks.supervise import last_lines, passing_shutdown_to, spawn_child, supervise
 
@@ -53,6 +54,32 @@ def outcome(job_id: str, result: str) -> str:
     return str(status) if status in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled) else "lost"
 
 
+def ranks_outcome(files: JobFiles, attempt: int, gpus: int) -> tuple[int, tuple[int, str] | None]:
+    """The exit code of an attempt on several GPUs, from what each rank left (torchrun's own is 1 for any failure),
+    and the first rank that failed with how. The main rank's "done" stands (it wrote the job's end, or the job is
+    no longer ours; the other ranks were stopped). An interrupt (a worker's shutdown, a pause) is one only where
+    every rank stopped at the checkpoint (or had finished its training); anything else is a crash."""
+    codes = []
+    for rank in range(gpus):
+        path = files.rank_exit(attempt, rank)
+        text = path.read_text().strip() if path.is_file() else ""
+        codes.append(int(text) if text.lstrip("-").isdigit() else None)
+    if codes[0] == EXIT_DONE:
+        return EXIT_DONE, None
+    # a rank that finished its training (0) while the main one stopped after the last step is no failure
+    if codes[0] == EXIT_INTERRUPTED and all(c in (EXIT_DONE, EXIT_INTERRUPTED) for c in codes[1:]):
+        return EXIT_INTERRUPTED, None
+    # the root cause first: a rank that left no code was killed (the OOM killer, kill -9); the others then fail
+    # at their next collective with it
+    for rank, c in enumerate(codes):
+        if c is None:
+            return EXIT_CRASH, (rank, "ended without an exit code (killed)")
+    for rank, c in enumerate(codes):
+        if c not in (EXIT_DONE, EXIT_INTERRUPTED):
+            return EXIT_CRASH, (rank, f"exited with code {c}")
+    return EXIT_CRASH, (0, f"exited with code {codes[0]}")
+
+
 def run_attempt(job_id: str) -> str:
     settings, Session = get_settings(), get_sessionmaker()
     with Session() as s:
@@ -75,12 +102,20 @@ def run_attempt(job_id: str) -> str:
                 },
             )
         return "failed"
-    log.info("job %s attempt %s: starting training child", job_id, attempt)
-    log_path = JobFiles(job_id).attempt_log(attempt)
-    child = spawn_child(["train", job_id, str(attempt)], log_path)
+    with Session() as s:
+        gpus = JobSpec.of(s.get(Job, job_id).spec).resources.gpus
+    log.info("job %s attempt %s: starting training child (%s GPU%s)", job_id, attempt, gpus, "s" if gpus > 1 else "")
+    files = JobFiles(job_id)
+    log_path = files.attempt_log(attempt)
+    for rank in range(gpus if gpus > 1 else 0):
+        files.rank_exit(attempt, rank).unlink(missing_ok=True)
+    child = spawn_child(["train", job_id, str(attempt)], log_path, gpus)
     with passing_shutdown_to(child):
         code = supervise(job_id, attempt, child)
     stderr_tail = last_lines(log_path)
+    failed_rank = None
+    if gpus > 1:
+        code, failed_rank = ranks_outcome(files, attempt, gpus)
     with Session() as s:
         job = s.get(Job, job_id)
         still_ours = job is not None and job.status == JobStatus.running and job.attempt == attempt
@@ -97,7 +132,12 @@ def run_attempt(job_id: str) -> str:
         celery.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue_name)  # for the next worker
         return "interrupted"
     # The child ended without writing a final state: it crashed (an exception, an OOM kill, a signal).
-    if code < 0:  # killed by a signal (the kernel's OOM killer, kill -9, ...)
+    if failed_rank is not None:  # torchrun's failure report ends the log: its last error line says more
+        errors = [ln for ln in stderr_tail.splitlines() if "Error" in ln or "Exception" in ln]
+        reason = f"rank {failed_rank[0]} of {gpus} {failed_rank[1]}" + (
+            f"; {errors[-1].strip()[:400]}" if errors else ""
+        )
+    elif code < 0:  # killed by a signal (the kernel's OOM killer, kill -9, ...)
         reason = f"training child was killed by signal {signal.Signals(-code).name}"
     else:
         last_line = (stderr_tail.strip().splitlines() or [f"exit code {code}"])[-1][:500]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -69,6 +70,24 @@ class Ranks:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def wait_for_main(self) -> None:
+        """Every rank waits here until the main rank arrives (it has put the host's files in place, or evaluated)."""
+        if self.parallel:
+            dist.barrier()
+
+    def copy_from_main(self, params: list[torch.nn.Parameter]) -> None:
+        """The main rank's values of `params` on every rank: the replicas start equal whatever each initialised."""
+        if not self.parallel:
+            return
+        with torch.no_grad():
+            for p in params:
+                if p.device.type == "cpu" or dist.get_backend() != "gloo":
+                    dist.broadcast(p.data, src=0)
+                else:  # gloo moves CPU tensors only
+                    host = p.data.cpu()
+                    dist.broadcast(host, src=0)
+                    p.data.copy_(host)
+
     def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Replace each trainable parameter's gradient by its sum over the ranks: one all-reduce per dtype of a
         flat buffer (a rank that had no micro-batch this step contributes zeros)."""
@@ -95,9 +114,12 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
-def join_from_environment(backend: str | None = None) -> Ranks:
+def join_from_environment(backend: str | None = None, timeout_s: float | None = None) -> Ranks:
     """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT); a single
-    process when it describes none. NCCL on GPUs (each rank on the GPU of its LOCAL_RANK), gloo on CPUs."""
+    process when it describes none. NCCL on GPUs (each rank on the GPU of its LOCAL_RANK), gloo on CPUs.
+
+    timeout_s: how long a collective waits for the other ranks (torch's default is 10 minutes for NCCL, 30 for
+    gloo). The main rank evaluates and saves alone while the others wait at their next collective."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Ranks()
@@ -106,7 +128,7 @@ def join_from_environment(backend: str | None = None) -> Ranks:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s) if timeout_s else None)
     return Ranks.current()
 
 

@@ -33,7 +33,8 @@ def is_peft(model) -> bool:
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """This process's GPU (the one its rank was given: join_from_environment sets it), or the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def train_dtype(device: torch.device, adapter_type: str = "lora") -> torch.dtype:

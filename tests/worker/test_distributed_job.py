@@ -1,0 +1,129 @@
+"""A job on two GPUs' worth of processes, end to end on the CPU: the training task launches its child through
+torchrun (gloo), the main rank alone writes, and the job trains as one process with the same global batch would.
+A rank killed mid-training ends the attempt (no rank left waiting), and the retry resumes from the checkpoint.
+The training task's own code runs here (claim, spawn, supervise, outcome), with the broker's resend recorded."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import psutil
+import pytest
+from sqlalchemy import select, update
+
+from tests.conftest import TEST_ENV
+from tests.helpers.child import run_job, running_job_row, sql_rows, stored
+
+BODY = {
+    "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 8}}},
+    "adapter": {"type": "lora", "r": 8, "alpha": 16, "target_modules": "all-linear"},
+    # four micro-batches a step: two for each rank
+    "training": {"learning_rate": 0.005, "micro_batch_size": 2, "logging_steps": 1},
+    "evaluation": {"metrics": ["perplexity"], "max_rows": 12},
+}
+
+
+@pytest.fixture
+def task_env(database, monkeypatch):
+    """The training task as a worker runs it: its children inherit the test settings; resends are recorded."""
+    from worker.tasks import training
+
+    for key, value in {**TEST_ENV, "FTAAS_DATABASE_URL": database, "FTAAS_TORCH_THREADS": "1"}.items():
+        monkeypatch.setenv(key, value)
+    sent = []
+    monkeypatch.setattr(training.celery, "send_task", lambda name, args, queue: sent.append(args[0]))
+    return sent
+
+
+def queued_job(rows, val, gpus: int) -> str:
+    """A queued job whose stored spec asks for `gpus` processes."""
+    from app.core.db import get_sessionmaker
+    from app.core.tables import Job
+
+    job_id = running_job_row(BODY, rows, val, "\nA: ")
+    with get_sessionmaker()() as s:
+        spec = dict(s.get(Job, job_id).spec)
+        spec["resources"] = {"gpus": gpus}
+        s.execute(update(Job).where(Job.id == job_id).values(status="queued", attempt=0, spec=spec, started_at=None))
+        s.commit()
+    return job_id
+
+
+def step_losses(job_id: str) -> list[tuple[int, float]]:
+    from app.core.db import get_sessionmaker
+    from app.core.tables import JobEvent
+
+    with get_sessionmaker()() as s:
+        events = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")).all()
+    logged = [e.data for e in events if e.data and "train_loss" in e.data and "step" in e.data]
+    return sorted((d["step"], d["train_loss"]) for d in logged)
+
+
+def ranks_of(job_id: str) -> list[psutil.Process]:
+    from worker.tasks.supervise import training_children
+
+    return training_children(psutil.Process())
+
+
+def test_a_job_on_two_ranks_trains_as_one_process_and_reports_once(task_env):
+    from worker.tasks.training import run_attempt
+
+    rows, val = sql_rows("train.jsonl", 48), sql_rows("test.jsonl", 12)
+    straight = run_job(BODY, rows, val, "\nA: ", via_main=True)
+    job_id = queued_job(rows, val, gpus=2)
+    assert run_attempt(job_id) == "done"
+    assert ranks_of(job_id) == []
+
+    job_a, evals_a, rows_a, ckpts_a, _ = stored(straight)
+    job_b, evals_b, rows_b, ckpts_b, events = stored(job_id)
+    assert job_b.status == "succeeded", (job_b.error, events)
+    one, two = step_losses(straight), step_losses(job_id)
+    assert [s for s, _ in two] == [s for s, _ in one] == list(range(1, 13))  # each step logged once, by rank 0
+    for (_, a), (_, b) in zip(one, two):
+        assert b == pytest.approx(a, rel=1e-4)
+    assert job_b.trained_tokens == job_a.trained_tokens
+    assert [c.step for c in ckpts_b] == [c.step for c in ckpts_a]  # checkpoints recorded once
+    assert set(evals_b) == {"base", "tuned"} and len(rows_b) == len(rows_a) == 12  # evaluated once
+    tuned_a, tuned_b = evals_a["tuned"].metrics["eval_loss"], evals_b["tuned"].metrics["eval_loss"]
+    assert tuned_b == pytest.approx(tuned_a, rel=1e-3)
+    assert sum("after the claim" in e for e in events) == 1
+
+
+def test_a_rank_killed_mid_training_fails_the_attempt_cleanly_and_the_retry_resumes(task_env):
+    from app.core.db import get_sessionmaker
+    from app.core.tables import Checkpoint, Job
+    from worker.tasks.training import run_attempt
+
+    rows, val = sql_rows("train.jsonl", 48), sql_rows("test.jsonl", 12)
+    job_id = queued_job(rows, val, gpus=2)
+    results: list[str] = []
+    first = threading.Thread(target=lambda: results.append(run_attempt(job_id)))
+    first.start()
+    deadline, killed = time.monotonic() + 300, None
+    with get_sessionmaker()() as s:
+        while time.monotonic() < deadline and first.is_alive() and killed is None:
+            steps = s.scalars(select(Checkpoint.step).where(Checkpoint.job_id == job_id)).all()
+            total = s.get(Job, job_id).total_steps
+            s.expire_all()
+            if steps and total and max(steps) < total:
+                follower = [p for p in ranks_of(job_id) if p.environ().get("LOCAL_RANK") == "1"]
+                if follower:
+                    follower[0].kill()
+                    killed = time.monotonic()
+            time.sleep(0.1)
+    assert killed is not None, "no checkpoint came before the end of training"
+    first.join(timeout=120)
+    ended_after = time.monotonic() - killed
+    assert not first.is_alive() and ranks_of(job_id) == []  # torchrun stopped the main rank too: none left waiting
+    assert results == ["retrying"] and task_env == [job_id]
+    job, *_, events = stored(job_id)
+    assert job.status == "queued", events
+    assert any(re.search(r"rank 1 of 2 ended without an exit code \(killed\)", e) for e in events), events[-4:]
+    print(f"\n[distributed] rank 1 killed; the attempt ended {ended_after:.1f}s later")
+
+    assert run_attempt(job_id) == "done"  # the retry, as the resent message would run it
+    job, *_, events = stored(job_id)
+    assert job.status == "succeeded", (job.error, events)
+    assert any(e.startswith("Resuming from the checkpoint of step") for e in events), events
