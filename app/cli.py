@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -60,12 +61,17 @@ def celery_worker_argv(queue: str, hostname: str, loglevel: str, *pool: str) -> 
     return [*celery, "-Q", queue, *pool, "--hostname", hostname, "--loglevel", loglevel]
 
 
-def worker_argv(gpu: str | None, loglevel: str) -> list[str]:
+def worker_argv(gpu: str | None, loglevel: str, env: Mapping[str, str] = os.environ) -> list[str]:
+    """The training worker (`env`: its environment): one job at a time, from the queues of the job sizes its GPUs
+    can take, largest first (app/core/queue.py worker_queues)."""
+    from app.core.fleet import owned_gpus
+    from app.core.queue import worker_queues
     from app.core.settings import get_settings
 
-    name = f"gpu{gpu}@%h" if gpu is not None else "worker@%h"
+    name = f"gpu{gpu.replace(',', '-')}@%h" if gpu is not None else "worker@%h"
     one_at_a_time = ["--concurrency", "1", "--prefetch-multiplier", "1", "--max-tasks-per-child", "1"]
-    return celery_worker_argv(get_settings().queue_name, name, loglevel, *one_at_a_time)
+    queues = ",".join(worker_queues(owned_gpus(get_settings(), env)))
+    return celery_worker_argv(queues, name, loglevel, *one_at_a_time)
 
 
 def preview_worker_argv(loglevel: str) -> list[str]:
@@ -84,7 +90,7 @@ def preview_worker_env() -> dict[str, str]:
 def worker_env(gpu: str | None, metrics_port: int | None) -> dict[str, str]:
     env = dict(os.environ)
     if gpu is not None:
-        # One worker per GPU: the child sees only its own card as cuda:0.
+        # The GPUs this worker owns (one, or a list for jobs on several): its children see only those.
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     if metrics_port is not None:  # each worker of a host its own port (worker/telemetry.py)
         env["FTAAS_WORKER_METRICS_PORT"] = str(metrics_port)
@@ -97,7 +103,8 @@ def cmd_preview_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    os.execvpe(sys.executable, worker_argv(args.gpu, args.loglevel), worker_env(args.gpu, args.metrics_port))
+    env = worker_env(args.gpu, args.metrics_port)
+    os.execvpe(sys.executable, worker_argv(args.gpu, args.loglevel, env), env)
     return 0  # not reached
 
 
@@ -186,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run one Celery training worker (one per GPU)")
-    p.add_argument("--gpu", default=None, help="GPU index this worker owns (sets CUDA_VISIBLE_DEVICES)")
+    p.add_argument(
+        "--gpu",
+        default=None,
+        help="GPU index this worker owns, or indices (0,1) for jobs on several GPUs (sets CUDA_VISIBLE_DEVICES)",
+    )
     p.add_argument(
         "--metrics-port",
         type=int,

@@ -43,6 +43,8 @@ def broker_options(settings: Settings) -> dict:
         # knob, so the sweep runs every broker_restore_every_s.
         "unacked_restore_interval": settings.broker_restore_every_s,
         "unacked_restore_throttle": 1,
+        # a worker's queues are asked in the order it lists them: its largest jobs first (app/core/queue.py)
+        "queue_order_strategy": "priority",
     }
 
 

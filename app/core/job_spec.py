@@ -224,6 +224,16 @@ MetadataValue = Annotated[str, Field(max_length=512)]
 Metadata = dict[MetadataKey, MetadataValue]
 
 
+class Resources(Strict):
+    gpus: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="GPUs of one host the job trains on: one process a GPU, started by torchrun, the gradients summed "
+        "over them; at most the GPUs of the largest worker of the deployment",
+    )
+
+
 class JobCreate(Strict):
     # an example that runs as is on the quick-start server, once "file-abc123" is one of your uploaded files
     model_config = ConfigDict(
@@ -263,6 +273,7 @@ class JobCreate(Strict):
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    resources: Resources = Field(default_factory=Resources, description="ftaas: what the job trains on")
 
 
 # Base learning rates per adapter type, scaled by learning_rate_multiplier ("auto" = 1).
@@ -278,16 +289,6 @@ class ResolvedHyperparameters(Strict):
     batch_size: int | Auto  # auto here: the worker sizes the micro-batch, one micro-batch per optimizer step
     learning_rate_multiplier: float
     beta: float | None = None  # preference tuning (method dpo) only
-
-
-class Resources(Strict):
-    gpus: int = Field(
-        1,
-        ge=1,
-        le=8,
-        description="GPUs of one host the job trains on: one process a GPU, started by torchrun, the gradients summed "
-        "over them (worker/training/distributed.py)",
-    )
 
 
 class JobSpec(Strict):
@@ -318,6 +319,11 @@ class JobSpec(Strict):
         return self.model_dump(mode="json")
 
 
+def gpus_of(stored: JobSpec | dict[str, Any]) -> int:
+    """The GPUs a job's stored spec asks for (one for rows stored before resources existed)."""
+    return JobSpec.of(stored).resources.gpus
+
+
 def resolve_spec(body: JobCreate) -> JobSpec:
     """The complete training specification the worker runs, with every 'auto' the API can decide made concrete."""
     hp = body.hyperparameters or body.method.hyperparameters()
@@ -346,4 +352,5 @@ def resolve_spec(body: JobCreate) -> JobSpec:
         adapter=adapter,
         training=training,
         evaluation=body.evaluation,
+        resources=body.resources,
     )

@@ -33,10 +33,25 @@ def _send(task: str, object_id: str, queue: str | None = None) -> bool:
         return False
 
 
-def enqueue_job(job_id: str) -> bool:
-    """Send the job id to the training queue. A broker outage is not the client's error: the job stays
-    queued in the database and the reconciler sends it again, so this only logs and returns False."""
-    return _send(TRAIN_TASK, job_id)
+def train_queue(gpus: int = 1) -> str:
+    """The queue of training jobs on `gpus` GPUs. One queue per size: a worker takes only jobs it can run, and
+    takes the largest first (worker_queues)."""
+    name = get_settings().queue_name
+    return name if gpus <= 1 else f"{name}-{gpus}gpus"
+
+
+def worker_queues(gpus: int) -> list[str]:
+    """The queues a worker owning `gpus` GPUs consumes, largest jobs first. With Redis, kombu's `priority` order
+    (celery_app.broker_options) asks BRPOP for them in this order, which answers from the first non-empty one: a
+    queued job on several GPUs is taken before the next one-GPU job, never starved by a stream of them. A CPU
+    worker (0 GPUs) takes one-GPU jobs, as ever."""
+    return [train_queue(n) for n in range(gpus, 1, -1)] + [train_queue(1)]
+
+
+def enqueue_job(job_id: str, gpus: int = 1) -> bool:
+    """Send the job id to the training queue of its size. A broker outage is not the client's error: the job
+    stays queued in the database and the reconciler sends it again, so this only logs and returns False."""
+    return _send(TRAIN_TASK, job_id, train_queue(gpus))
 
 
 def enqueue_comparison(comparison_id: str) -> bool:

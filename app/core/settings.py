@@ -95,6 +95,17 @@ class Settings(BaseSettings):
         description="how long a training child waits for an unreachable database at a write it cannot put off "
         "(training itself goes on meanwhile); then the attempt ends and a retry resumes from its checkpoint",
     )
+    worker_gpus: int | None = Field(
+        None,
+        ge=0,
+        description="GPUs this training worker owns and advertises (jobs of up to that many GPUs come to it); unset: "
+        "counted from CUDA_VISIBLE_DEVICES, else from nvidia-smi, else 0 (a CPU worker)",
+    )
+    fleet_seen_within_s: float = Field(
+        86400.0,
+        description="a worker that advertised itself this recently counts for the largest job the API accepts "
+        "(a host being restarted still counts)",
+    )
     rank_wait_s: float = Field(
         7200.0,
         description="a job on several GPUs: how long a rank waits at a collective for the others (the main rank "

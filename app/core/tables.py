@@ -393,3 +393,15 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)
     delivered_at: Mapped[datetime | None] = mapped_column(TZDateTime)
+
+
+class Worker(Base):
+    """A training worker of the deployment, as it advertises itself on start and every reconcile pass: the GPUs it
+    owns and the queues it takes jobs from. The API checks a job's resources.gpus against the largest one."""
+
+    __tablename__ = "workers"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid, as job events name it
+    gpus: Mapped[int] = mapped_column(Integer)  # 0: a CPU worker
+    queues: Mapped[list] = mapped_column(JSONType)
+    started_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.api.presenting import unix
+from app.core.job_spec import Resources
 from app.core.naming import fine_tuned_name
 from app.core.tables import Checkpoint, Job, JobEvent
 from app.jobs.schemas import CheckpointPublic, EventPublic, JobError, JobProgress, JobPublic
@@ -48,6 +49,7 @@ def job_public(job: Job) -> JobPublic:
         adapter=spec["adapter"],
         training=spec["training"],
         evaluation=spec["evaluation"],
+        resources=spec.get("resources") or Resources().model_dump(),  # rows stored before the field: one GPU
         result_files=[job.result_file_id] if job.result_file_id else [],
         progress=JobProgress(
             phase="pausing" if job.pause_requested and job.status == "running" else job.phase,

@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 from app.api.deps import owned_file
 from app.core import job_state
 from app.core.errors import ApiError
+from app.core.fleet import largest_worker_gpus
 from app.core.graders import SQL_GRADERS
-from app.core.job_spec import EvaluationSpec, JobCreate, resolve_spec
+from app.core.job_spec import EvaluationSpec, JobCreate, gpus_of, resolve_spec
 from app.core.job_state import add_event
 from app.core.logs import REQUEST_ID
 from app.core.metrics import GRADER_NAMES, PREFERENCE_NAMES
@@ -87,6 +88,23 @@ def check_pairing(files: DataFiles, method: str = "supervised") -> None:
                 f"{param} has shape '{file.shape}' but training_file has shape '{training.shape}'",
                 param=param,
             )
+
+
+def check_gpus(session: Session, settings: Settings, gpus: int, param_prefix: str = "") -> None:
+    """400 when no worker of the deployment owns `gpus` GPUs: a job never spans hosts, and a job no worker could
+    take would wait in its queue for ever. One GPU is always accepted (a CPU worker takes it too)."""
+    if gpus <= 1:
+        return
+    largest = largest_worker_gpus(session, settings.fleet_seen_within_s)
+    if gpus > largest:
+        seen = f"{settings.fleet_seen_within_s / 3600:g} h"
+        raise ApiError(
+            400,
+            f"resources.gpus is {gpus}, and the largest worker of this deployment (seen in the last {seen}) has "
+            f"{largest} GPU{'s' if largest != 1 else ''}: a job trains on the GPUs of one worker",
+            param=f"{param_prefix}resources.gpus",
+            code="not_enough_gpus",
+        )
 
 
 def check_graders(evaluation: EvaluationSpec, files: DataFiles, test_split: float, param_prefix: str = "") -> None:
@@ -205,6 +223,7 @@ def build_job(
     """Validate what the schema cannot, add the job and its first event to the session (not committed)."""
     source = validate_job(settings, body, param_prefix)
     check_graders(body.evaluation, files, body.training.test_split, param_prefix)
+    check_gpus(session, settings, body.resources.gpus, param_prefix)
     job = Job(
         tenant_id=tenant.id,
         model=body.model,
@@ -264,7 +283,7 @@ def create(session: Session, settings: Settings, tenant: Tenant, body: JobCreate
     job = build_job(session, settings, tenant, body, files)
     session.commit()  # commit, then enqueue: the worker must find the row
     log.info("created job %s", job.id, extra={"job_id": job.id})
-    enqueue_job(job.id)
+    enqueue_job(job.id, gpus_of(job.spec))
     return job
 
 
@@ -295,7 +314,7 @@ def resume(session: Session, settings: Settings, tenant: Tenant, job: Job) -> No
         resumed = job_state.resume(session, job.id)
         session.commit()  # commit, then enqueue: the worker must find the row
         if resumed:
-            enqueue_job(job.id)
+            enqueue_job(job.id, gpus_of(job.spec))
     else:
         raise ApiError(409, f"Job {job.id} is {job.status}, not paused", param="job_id", code="job_not_paused")
     session.refresh(job)

@@ -11,12 +11,20 @@ from app.api.deps import CurrentTenant, OwnedSweep, SessionDep, SettingsDep
 from app.api.openapi import error_responses
 from app.api.pagination import after_query, limit_query, list_page, page_of
 from app.core.errors import ApiError
+from app.core.job_spec import gpus_of
 from app.core.job_state import cancel_open_jobs
 from app.core.metrics import GRADER_NAMES, RankMetric
 from app.core.queue import enqueue_job
 from app.core.tables import TERMINAL_STATUSES, Sweep, SweepStatus
 from app.evaluation.schemas import Leaderboard
-from app.jobs.service import build_job, check_active_job_room, check_graders, training_files, validate_job
+from app.jobs.service import (
+    build_job,
+    check_active_job_room,
+    check_gpus,
+    check_graders,
+    training_files,
+    validate_job,
+)
 from app.sweeps.presenters import sweep_public
 from app.sweeps.schemas import SweepCreate, SweepList, SweepPublic
 from app.sweeps.service import expand_candidates, finalize_if_done, job_request, sweep_board, sweep_jobs
@@ -61,6 +69,7 @@ def create_sweep(body: SweepCreate, session: SessionDep, tenant: CurrentTenant, 
     requests = [job_request(body, i, name, cand, metric, seed) for i, (name, cand) in enumerate(candidates)]
     for i, req in enumerate(requests):  # every check before the first row is added: nothing half-stored
         validate_job(settings, req, param_prefix=f"candidates[{i}].")
+        check_gpus(session, settings, req.resources.gpus, param_prefix=f"candidates[{i}].")
     check_active_job_room(session, settings, tenant, len(requests))
     sweep = Sweep(
         tenant_id=tenant.id,
@@ -88,7 +97,7 @@ def create_sweep(body: SweepCreate, session: SessionDep, tenant: CurrentTenant, 
         job.metadata_ = {**(job.metadata_ or {}), "sweep": sweep.id}
     session.commit()  # commit, then enqueue: the workers must find the rows
     for job in jobs:
-        enqueue_job(job.id)
+        enqueue_job(job.id, gpus_of(job.spec))
     return sweep_public(sweep, jobs)
 
 

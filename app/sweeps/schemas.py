@@ -10,7 +10,7 @@ from app.core.job_spec import EvaluationSpec, Metadata, MethodType, Strict
 from app.core.metrics import RankMetric
 
 # Dotted names a grid may vary, and where each lands in a job request.
-GRID_KEYS = ("model", "adapter.", "training.", "hyperparameters.")
+GRID_KEYS = ("model", "adapter.", "training.", "hyperparameters.", "resources.")
 MAX_CANDIDATES = 64
 
 
@@ -24,6 +24,7 @@ class CandidateSpec(Strict):
     hyperparameters: dict[str, Any] | None = Field(
         None, description="n_epochs, batch_size, learning_rate_multiplier; beta with method dpo"
     )
+    resources: dict[str, Any] | None = Field(None, description='fields of a job\'s `resources`, e.g. {"gpus": 2}')
 
 
 class SweepCreate(Strict):
@@ -91,8 +92,8 @@ class SweepCreate(Strict):
     grid: dict[str, list[Any]] | None = Field(
         None,
         description='every combination of these values, e.g. {"adapter.type": ["lora", "qlora"], '
-        '"adapter.r": [4, 16]}; keys: model, adapter.*, training.*, hyperparameters.*. With `candidates`, each '
-        f"candidate is crossed with the grid. At most {MAX_CANDIDATES} candidates in all",
+        '"adapter.r": [4, 16]}; keys: model, adapter.*, training.*, hyperparameters.*, resources.*. With '
+        f"`candidates`, each candidate is crossed with the grid. At most {MAX_CANDIDATES} candidates in all",
     )
 
 

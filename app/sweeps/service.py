@@ -51,7 +51,8 @@ def expand_candidates(body: SweepCreate) -> list[tuple[str, dict]]:
         if key != "model" and not (key.startswith(GRID_KEYS[1:]) and key.count(".") == 1 and not key.endswith(".")):
             raise ApiError(
                 400,
-                f"Grid key '{key}' is not one of model, adapter.<field>, training.<field>, hyperparameters.<field>",
+                f"Grid key '{key}' is not one of model, adapter.<field>, training.<field>, hyperparameters.<field>, "
+                "resources.<field>",
                 param=f"grid.{key}",
             )
         if not values or len(values) > MAX_CANDIDATES:
@@ -105,6 +106,7 @@ def job_request(body: SweepCreate, index: int, name: str, candidate: dict, metri
         "method": {"type": body.method, body.method: {"hyperparameters": candidate.get("hyperparameters", {})}},
         # One evaluation for all: the same rows, and each job ships its best checkpoint by the sweep's metric.
         "evaluation": {**body.evaluation.model_dump(), "selection_metric": metric},
+        "resources": candidate.get("resources", {}),
     }
     if "test_split" in candidate.get("training", {}):
         raise ApiError(

@@ -12,9 +12,11 @@ import time
 import uuid
 from datetime import timedelta
 
+from sqlalchemy import select
+
 from app.core.db import get_sessionmaker
 from app.core.job_state import take_orphaned_jobs
-from app.core.tables import Job, JobStatus, utcnow
+from app.core.tables import Job, JobStatus, Worker, utcnow
 from app.tenants.service import create_key
 from tests.conftest import ARTIFACTS, ROOT, TEST_ENV
 from tests.helpers.factories import make_file_row, make_job
@@ -36,7 +38,14 @@ def test_an_orphaned_job_is_taken_over_by_a_worker_on_its_own(database):
         job_id = job.id
 
     queue = f"gpu-reconcile-{uuid.uuid4().hex[:6]}"
-    env = {**os.environ, **TEST_ENV, "FTAAS_QUEUE_NAME": queue, "FTAAS_RECONCILE_EVERY_S": "1"}
+    # a worker of two GPUs (as FTAAS_WORKER_GPUS says; this host has none): it advertises them and its queues
+    env = {
+        **os.environ,
+        **TEST_ENV,
+        "FTAAS_QUEUE_NAME": queue,
+        "FTAAS_RECONCILE_EVERY_S": "1",
+        "FTAAS_WORKER_GPUS": "2",
+    }
     log = ARTIFACTS / f"{queue}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     worker = subprocess.Popen(
@@ -63,6 +72,10 @@ def test_an_orphaned_job_is_taken_over_by_a_worker_on_its_own(database):
     assert attempt == 2  # claimed again as the next attempt
     assert error["code"] == "file_missing"  # it really ran: the child found the file gone
     assert f"reconciler re-enqueued ['{job_id}']" in text
+    with Session() as s:
+        (advertised,) = [w for w in s.scalars(select(Worker)) if w.queues[-1] == queue]
+    assert advertised.gpus == 2 and advertised.queues == [f"{queue}-2gpus", queue]
+    assert advertised.name.endswith(f":{worker.pid}")  # host:pid of the worker's main process
 
 
 def test_a_dead_predecessor_s_job_is_released_for_the_first_reconcile_pass(database, monkeypatch):

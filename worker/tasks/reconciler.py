@@ -14,7 +14,9 @@ from sqlalchemy import select
 
 from app.core.celery_app import TRAIN_TASK
 from app.core.db import get_sessionmaker
+from app.core.fleet import advertise, owned_gpus, queues_of_jobs
 from app.core.job_state import end_lease_of_dead_holder, take_orphaned_jobs
+from app.core.queue import worker_queues
 from app.core.settings import get_settings
 from app.core.tables import Job, JobStatus
 from worker.tasks.runtime import celery, worker_name
@@ -28,8 +30,9 @@ def reconcile_once() -> int:
     settings, Session = get_settings(), get_sessionmaker()
     with Session() as s:
         ids = take_orphaned_jobs(s, queued_older_than_s=settings.requeue_queued_after_s)
+        queues = queues_of_jobs(s, ids)
     for job_id in ids:
-        celery.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue_name)
+        celery.send_task(TRAIN_TASK, args=[job_id], queue=queues[job_id])
     if ids:
         log.info("reconciler re-enqueued %s", ids)
     return len(ids) + len(resend_if_broker_lost())
@@ -49,9 +52,11 @@ def resend_if_broker_lost() -> list[str]:
     if not broker_marker_was_missing(queue):
         return []
     ids = queued_job_ids()
+    with get_sessionmaker()() as s:
+        queues = queues_of_jobs(s, ids)
     try:
         for job_id in ids:
-            celery.send_task(TRAIN_TASK, args=[job_id], queue=queue)
+            celery.send_task(TRAIN_TASK, args=[job_id], queue=queues[job_id])
     except Exception:
         with suppress(Exception):  # so that the next pass, not nobody, sends them
             with broker_redis() as client:
@@ -100,8 +105,17 @@ def queued_job_ids() -> list[str]:
         return list(s.scalars(select(Job.id).where(Job.status == JobStatus.queued).order_by(Job.created_at)))
 
 
+def advertise_this_worker() -> None:
+    """This worker's row in the fleet (app/core/fleet.py): its GPUs and the queues it takes jobs from."""
+    settings = get_settings()
+    gpus = owned_gpus(settings)
+    with get_sessionmaker()() as s:
+        advertise(s, worker_name(), gpus, worker_queues(gpus))
+
+
 def _reconcile_safely() -> None:
     try:
+        advertise_this_worker()
         reconcile_once()
     except Exception:  # noqa: BLE001 - the broker or the database may be away for a while
         log.warning("reconcile pass failed", exc_info=True)

@@ -21,6 +21,7 @@ from app.core.job_state import (
     pause_after_checkpoint,
     release_for_retry,
 )
+from app.core.queue import train_queue
 from app.core.settings import get_settings
 from app.core.storage import JobFiles
 from app.core.tables import Job, JobStatus
@@ -129,7 +130,7 @@ def run_attempt(job_id: str) -> str:
     if code == EXIT_INTERRUPTED:  # the worker is shutting down: the child saved a checkpoint and stopped
         with Session() as s:
             release_for_retry(s, job_id, attempt, "its worker shut down; checkpoint saved", interrupted=True)
-        celery.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue_name)  # for the next worker
+        celery.send_task(TRAIN_TASK, args=[job_id], queue=train_queue(gpus))  # for the next worker
         return "interrupted"
     # The child ended without writing a final state: it crashed (an exception, an OOM kill, a signal).
     if failed_rank is not None:  # torchrun's failure report ends the log: its last error line says more
@@ -145,7 +146,7 @@ def run_attempt(job_id: str) -> str:
     with Session() as s:
         if counted < settings.max_attempts:
             release_for_retry(s, job_id, attempt, reason)
-            celery.send_task(TRAIN_TASK, args=[job_id], queue=settings.queue_name)
+            celery.send_task(TRAIN_TASK, args=[job_id], queue=train_queue(gpus))
             return "retrying"
         finish_job(
             s, job_id, attempt, JobStatus.failed, error={"code": "training_crashed", "message": reason, "param": None}
