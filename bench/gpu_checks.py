@@ -91,9 +91,7 @@ def check_rope(model, report) -> None:
     for b in (1, 3, 7):
         g = torch.Generator(device=dev).manual_seed(b)
         s = 96
-        pos = torch.stack(
-            [torch.arange(s, device=dev) % (17 + 5 * i) for i in range(b)]
-        )  # packed: positions restart
+        pos = torch.stack([torch.arange(s, device=dev) % (17 + 5 * i) for i in range(b)])  # packed: positions restart
         inv = 1.0 / (10000 ** (torch.arange(0, d, 2, device=dev).float() / d))
         emb = torch.cat([pos[..., None].float() * inv] * 2, dim=-1)
         cos, sin = emb.cos().bfloat16(), emb.sin().bfloat16()
