@@ -311,6 +311,7 @@ def resume(session: Session, settings: Settings, tenant: Tenant, job: Job) -> No
         session.commit()
     elif job.status == JobStatus.paused:
         check_active_job_room(session, settings, tenant, 1)  # a paused job holds no place; a resumed one does
+        check_gpus(session, settings, gpus_of(job.spec))  # the fleet may have changed while it was paused
         resumed = job_state.resume(session, job.id)
         session.commit()  # commit, then enqueue: the worker must find the row
         if resumed:

@@ -183,7 +183,10 @@ def events_of(c, job_id: str) -> list[str]:
 
 
 def child_pids(job_id: str) -> list[int]:
-    """Training children of a job (`python -m worker.child train <job_id> <attempt>`), from /proc."""
+    """Training children of a job (`python -m worker.child train <job_id> <attempt>`, and on several GPUs its
+    torchrun and every rank), from /proc."""
+    from worker.tasks.supervise import is_training_child
+
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -193,6 +196,6 @@ def child_pids(job_id: str) -> list[int]:
                 argv = fh.read().split(b"\0")
         except OSError:
             continue
-        if argv[1:4] == [b"-m", b"worker.child", b"train"] and job_id.encode() in argv:
+        if is_training_child([a.decode(errors="replace") for a in argv if a], job_id):
             pids.append(int(entry))
     return pids

@@ -120,10 +120,47 @@ def test_a_rank_killed_mid_training_fails_the_attempt_cleanly_and_the_retry_resu
     assert results == ["retrying"] and task_env == [job_id]
     job, *_, events = stored(job_id)
     assert job.status == "queued", events
-    assert any(re.search(r"rank 1 of 2 ended without an exit code \(killed\)", e) for e in events), events[-4:]
+    assert any(re.search(r"rank 1 of 2 was killed by signal SIGKILL", e) for e in events), events[-4:]
     print(f"\n[distributed] rank 1 killed; the attempt ended {ended_after:.1f}s later")
 
     assert run_attempt(job_id) == "done"  # the retry, as the resent message would run it
+    job, *_, events = stored(job_id)
+    assert job.status == "succeeded", (job.error, events)
+    assert any(e.startswith("Resuming from the checkpoint of step") for e in events), events
+
+
+def test_a_shutdown_stops_every_rank_at_a_checkpoint_and_the_next_attempt_resumes(task_env):
+    """SIGTERM to every training process, as the worker's shutdown sends it (worker/tasks/runtime.py): the ranks
+    stop at the same checkpoint, the attempt is an interruption (not a counted failure), and the job resumes."""
+    import signal
+
+    from app.core.db import get_sessionmaker
+    from app.core.tables import Checkpoint, Job
+    from worker.tasks.training import run_attempt
+
+    rows, val = sql_rows("train.jsonl", 48), sql_rows("test.jsonl", 12)
+    job_id = queued_job(rows, val, gpus=2)
+    results: list[str] = []
+    first = threading.Thread(target=lambda: results.append(run_attempt(job_id)))
+    first.start()
+    deadline, signalled = time.monotonic() + 300, False
+    with get_sessionmaker()() as s:
+        while time.monotonic() < deadline and first.is_alive() and not signalled:
+            steps = s.scalars(select(Checkpoint.step).where(Checkpoint.job_id == job_id)).all()
+            total = s.get(Job, job_id).total_steps
+            s.expire_all()
+            if steps and total and max(steps) < total:
+                for proc in ranks_of(job_id):
+                    proc.send_signal(signal.SIGTERM)
+                signalled = True
+            time.sleep(0.1)
+    assert signalled, "no checkpoint came before the end of training"
+    first.join(timeout=180)
+    assert not first.is_alive() and ranks_of(job_id) == []
+    job, *_, events = stored(job_id)
+    assert results == ["interrupted"], events[-5:]
+    assert job.status == "queued" and task_env == [job_id]
+    assert run_attempt(job_id) == "done"
     job, *_, events = stored(job_id)
     assert job.status == "succeeded", (job.error, events)
     assert any(e.startswith("Resuming from the checkpoint of step") for e in events), events

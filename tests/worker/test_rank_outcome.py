@@ -52,3 +52,49 @@ def test_training_children_are_found_under_torchrun_too():
     assert not is_training_child(["/usr/bin/python3", "-m", "worker.child", "compare", "cmp-a"])
     assert not is_training_child(["/usr/bin/python3", "-m", "celery", "-A", "worker.tasks", "worker"])
     assert not is_training_child([])
+
+
+REPORT = """[W1206 07:58:41] Sending process 2002 closing signal SIGTERM
+Traceback (most recent call last):
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+worker.child FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-12-06_07:58:42
+  host      : vm
+  rank      : 0 (local_rank: 0)
+  exitcode  : 1 (pid: 2001)
+  error_file: <N/A>
+  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-06_07:58:41
+  host      : vm
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 2002)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 2002
+============================================================
+"""
+
+
+def test_the_rank_torchrun_saw_fail_first_is_the_one_named(tmp_path):
+    """The main rank crashed at its next collective (code 1) after rank 1 was killed: torchrun's report names
+    rank 1, whatever the files say."""
+    from app.core.storage import JobFiles
+    from worker.tasks.training import first_failure, ranks_outcome
+
+    assert first_failure(REPORT) == (1, "was killed by signal SIGKILL")
+    assert first_failure(REPORT.replace("-9 (pid: 2002)", "3 (pid: 2002)")) == (1, "exited with code 3")
+    assert first_failure("no report here") is None
+    files = JobFiles("ftjob-y")
+    object.__setattr__(files, "jobs_dir", tmp_path)
+    files.root.mkdir(parents=True)
+    files.rank_exit(1, 0).write_text("1")
+    assert ranks_outcome(files, 1, 2, REPORT) == (EXIT_CRASH, (1, "was killed by signal SIGKILL"))
+    assert ranks_outcome(files, 1, 2, "") == (EXIT_CRASH, (1, "ended without an exit code (killed)"))
+    files.rank_exit(1, 0).write_text(str(DONE))
+    assert ranks_outcome(files, 1, 2, REPORT) == (DONE, None)  # the main rank ended the job: that stands

@@ -183,3 +183,34 @@ def test_a_new_phase_is_written_at_once_a_repeated_one_is_throttled(database, mo
     ctx.progress({"phase": "training", "step": 1})  # the same phase: throttled
     ctx.progress({"step": 2})
     assert shown() == ("training", 0)
+
+
+def test_a_new_phase_the_database_missed_goes_with_the_next_write(database, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from app.core.db import get_sessionmaker
+    from app.core.settings import get_settings
+    from app.core.tables import Job
+    from tests.helpers.child import running_job_row
+    from worker.child import job_context
+    from worker.child.job_context import JobContext
+
+    monkeypatch.setattr(get_settings(), "progress_every_s", 0.0)
+    job_id = running_job_row({}, [{"prompt": "a", "completion": "b"}] * 4, None, None)
+    ctx = JobContext(job_id, 1)
+    ctx.progress({"phase": "loading_model"}, force=True)
+    real, calls = job_context.update_job, []
+
+    def away_once(*args, **values):
+        calls.append(values)
+        if len(calls) == 1:
+            raise OperationalError("UPDATE", {}, Exception("the database restarts"))
+        return real(*args, **values)
+
+    monkeypatch.setattr(job_context, "update_job", away_once)
+    ctx.progress({"phase": "training", "step": 0})  # lost: the database is away
+    ctx.progress({"step": 1})  # no phase of its own: the missed one goes with it
+    with get_sessionmaker()() as s:
+        job = s.get(Job, job_id)
+        assert (job.phase, job.step) == ("training", 1)
+    assert calls[1] == {"step": 1, "phase": "training"}

@@ -74,6 +74,7 @@ class JobContext:
         self._held = self.cache.hold(self.cache.key_of(self.files.root))  # no trim of this host evicts it meanwhile
         self._last_progress = 0.0
         self._phase: str | None = None  # the phase last written
+        self._wanted_phase: str | None = None  # the phase last reported, written or not
         self._last_check = 0.0
         self._deferred: list[Callable[[Session], None]] = []  # writes made while the database was away
         self._away_since: float | None = None
@@ -179,9 +180,12 @@ class JobContext:
         self.figures.observe(values)
         now = time.monotonic()
         # A new phase is always written: a throttled "training" left the API showing "loading_model" for a whole
-        # training that began within progress_every_s of the model's load (later writes carry no phase).
-        new_phase = values.get("phase", self._phase) != self._phase
-        if force or new_phase or now - self._last_progress >= self.settings.progress_every_s:
+        # training that began within progress_every_s of the model's load (later writes carry no phase). One not
+        # written yet (the database was away) goes with the next write.
+        self._wanted_phase = values.get("phase", self._wanted_phase)
+        phase = self._wanted_phase
+        if phase != self._phase or force or now - self._last_progress >= self.settings.progress_every_s:
+            values = {**values, "phase": phase} if phase is not None else values
             self._last_progress = now
             try:
                 with self.Session() as s:
@@ -194,7 +198,7 @@ class JobContext:
             self._back()
             if not ours:
                 raise LostJob
-            self._phase = values.get("phase", self._phase)
+            self._phase = phase
             with suppress(*DATABASE_AWAY):
                 self._flush_deferred()
 

@@ -213,6 +213,7 @@ class TrainingRecipe:
         ctx.progress({"phase": "loading_model"}, force=True)
         if self.spec.adapter.type == "auto":
             kind, why = choose_adapter_type(count_params_of_config(job.model_source), self.device)
+            kind, why = self.ranks.decide((kind, why))  # one model on every rank, the main rank's choice
             adapter = self.spec.adapter.model_copy(update={"type": kind})
             self.spec = self.spec.model_copy(update={"adapter": adapter})
             ctx.update(spec=self.spec.stored())  # a resumed attempt reads the choice back instead of choosing again
@@ -591,9 +592,11 @@ def main(argv: list[str]) -> int:
     exit_file = ctx.files.rank_exit(attempt, ranks.rank)
     exit_file.with_suffix(".tmp").write_text(str(code))
     exit_file.with_suffix(".tmp").replace(exit_file)  # whole or absent, even if torchrun kills this rank now
-    if ranks.main and not recipe.followers_left:
-        return code or EXIT_CRASH  # ended before the others were done: torchrun stops them
-    return code
+    if ranks.main:  # ended before the others were done: a failure to torchrun, which stops them
+        return code if recipe.followers_left else code or EXIT_CRASH
+    # another rank stopping at a checkpoint is no failure to torchrun, which would kill the main rank while it
+    # still saves; a crash is, so that torchrun stops the others
+    return EXIT_DONE if code in (EXIT_DONE, EXIT_INTERRUPTED) else code
 
 
 def run_attempt(ctx: JobContext, recipe: TrainingRecipe, attempt: int) -> int:

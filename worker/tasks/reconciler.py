@@ -114,8 +114,11 @@ def advertise_this_worker() -> None:
 
 
 def _reconcile_safely() -> None:
-    try:
+    try:  # apart: a failed advertisement (the table not migrated yet, say) must not stop the resends
         advertise_this_worker()
+    except Exception:  # noqa: BLE001 - the database may be away for a while
+        log.warning("advertising this worker failed", exc_info=True)
+    try:
         reconcile_once()
     except Exception:  # noqa: BLE001 - the broker or the database may be away for a while
         log.warning("reconcile pass failed", exc_info=True)

@@ -28,6 +28,7 @@ log = logging.getLogger("ftaas.worker")
 CHILD_MODULE = "worker.child"  # `python -m worker.child train JOB ATTEMPT` or `... compare ID`
 CANCEL_GRACE_S = 10.0  # how long a child of a job claimed by another attempt may take to stop by itself
 CANCEL_POLL_S = 1.0  # how often the supervisor looks for a cancel between heartbeats
+RANKS_SHUTDOWN_S = 110  # torchrun's wait for ranks after passing a SIGTERM on, before it kills them
 
 
 def spawn_child(args: list[str], log_path: Path, gpus: int = 1) -> subprocess.Popen:
@@ -42,9 +43,11 @@ def spawn_child(args: list[str], log_path: Path, gpus: int = 1) -> subprocess.Po
     env = {**os.environ, **child_env()}
     cmd = [sys.executable, "-m", CHILD_MODULE, *args]
     if gpus > 1:
-        # one host: a rendezvous on a free local port (what --standalone does, with the address spelled out)
+        # one host: a rendezvous on a free local port (what --standalone does, with the address spelled out); on a
+        # shutdown, the ranks' time to finish their step and checkpoint before torchrun kills them (its default is
+        # 30 s; compose gives a worker 2 minutes)
         launcher = ["-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={gpus}", "--max-restarts=0"]
-        launcher += ["--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0"]
+        launcher += ["--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", f"--shutdown-timeout={RANKS_SHUTDOWN_S}"]
         cmd = [sys.executable, *launcher, *cmd[1:]]
     with open(log_path, "ab") as out:
         child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=gpus > 1)
@@ -53,12 +56,22 @@ def spawn_child(args: list[str], log_path: Path, gpus: int = 1) -> subprocess.Po
 
 
 def signal_child(child: subprocess.Popen, sig: int) -> None:
-    """`sig` to the child, and to every rank of a job on several GPUs (its process group)."""
-    with suppress(ProcessLookupError):
-        if getattr(child, "ranks", 1) > 1:
-            os.killpg(child.pid, sig)
-        else:
+    """`sig` to the child, and on several GPUs to torchrun and every rank: torchrun starts each rank in a session of
+    its own, so they are found as its descendants, before any of them is signalled."""
+    if getattr(child, "ranks", 1) <= 1:
+        with suppress(ProcessLookupError):
             child.send_signal(sig)
+        return
+    import psutil
+
+    try:
+        launcher = psutil.Process(child.pid)
+        tree = [launcher, *launcher.children(recursive=True)]
+    except psutil.Error:
+        return
+    for proc in tree:
+        with suppress(psutil.Error):
+            proc.send_signal(sig)
 
 
 def kill_child(child: subprocess.Popen) -> None:

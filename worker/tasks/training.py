@@ -7,6 +7,7 @@ delivery of the same message (Redis redelivery, a reconciler's resend) does noth
 from __future__ import annotations
 
 import logging
+import re
 import signal
 
 from sqlalchemy import select
@@ -55,11 +56,25 @@ def outcome(job_id: str, result: str) -> str:
     return str(status) if status in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled) else "lost"
 
 
-def ranks_outcome(files: JobFiles, attempt: int, gpus: int) -> tuple[int, tuple[int, str] | None]:
+def first_failure(log_text: str) -> tuple[int, str] | None:
+    """The rank torchrun saw fail first, and how, from the report it writes when it ends ("Root Cause (first
+    observed failure)": its rank and exit code), or None where there is none."""
+    _, found, report = log_text.rpartition("Root Cause (first observed failure)")
+    rank = re.search(r"^\s*rank\s*:\s*(\d+)", report, re.MULTILINE)
+    code = re.search(r"^\s*exitcode\s*:\s*(-?\d+)", report, re.MULTILINE)
+    if not (found and rank and code):
+        return None
+    c = int(code.group(1))
+    how = f"was killed by signal {signal.Signals(-c).name}" if c < 0 else f"exited with code {c}"
+    return int(rank.group(1)), how
+
+
+def ranks_outcome(files: JobFiles, attempt: int, gpus: int, log_text: str = "") -> tuple[int, tuple[int, str] | None]:
     """The exit code of an attempt on several GPUs, from what each rank left (torchrun's own is 1 for any failure),
     and the first rank that failed with how. The main rank's "done" stands (it wrote the job's end, or the job is
     no longer ours; the other ranks were stopped). An interrupt (a worker's shutdown, a pause) is one only where
-    every rank stopped at the checkpoint (or had finished its training); anything else is a crash."""
+    every rank stopped at the checkpoint (or had finished its training); anything else is a crash, blamed on the
+    rank torchrun saw fail first where its report says (`log_text`, the attempt's log)."""
     codes = []
     for rank in range(gpus):
         path = files.rank_exit(attempt, rank)
@@ -70,7 +85,10 @@ def ranks_outcome(files: JobFiles, attempt: int, gpus: int) -> tuple[int, tuple[
     # a rank that finished its training (0) while the main one stopped after the last step is no failure
     if codes[0] == EXIT_INTERRUPTED and all(c in (EXIT_DONE, EXIT_INTERRUPTED) for c in codes[1:]):
         return EXIT_INTERRUPTED, None
-    # the root cause first: a rank that left no code was killed (the OOM killer, kill -9); the others then fail
+    cause = first_failure(log_text)
+    if cause is not None:
+        return EXIT_CRASH, cause
+    # without torchrun's report: a rank that left no code was killed (the OOM killer, kill -9); the others then fail
     # at their next collective with it
     for rank, c in enumerate(codes):
         if c is None:
@@ -116,7 +134,7 @@ def run_attempt(job_id: str) -> str:
     stderr_tail = last_lines(log_path)
     failed_rank = None
     if gpus > 1:
-        code, failed_rank = ranks_outcome(files, attempt, gpus)
+        code, failed_rank = ranks_outcome(files, attempt, gpus, last_lines(log_path, 400))
     with Session() as s:
         job = s.get(Job, job_id)
         still_ours = job is not None and job.status == JobStatus.running and job.attempt == attempt

@@ -87,7 +87,8 @@ def save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            # this process's GPU only: a job resumes on a worker of fewer GPUs, and a rank uses its own one
+            "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         },
         tmp / TRAINER_STATE,
     )
@@ -119,6 +120,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     scheduler.load_state_dict(saved.pop("scheduler"))
     torch.set_rng_state(saved.pop("rng_cpu"))
     rng_cuda = saved.pop("rng_cuda", None)
+    if isinstance(rng_cuda, list):  # checkpoints before: one state per visible GPU, the first being the one used
+        rng_cuda = rng_cuda[0] if rng_cuda else None
     if rng_cuda is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng_cuda)
+        torch.cuda.set_rng_state(rng_cuda)
     return saved

@@ -21,6 +21,7 @@ evaluations and checkpoints; the others wait for it.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -71,9 +72,15 @@ class Ranks:
         return box[0]
 
     def wait_for_main(self) -> None:
-        """Every rank waits here until the main rank arrives (it has put the host's files in place, or evaluated)."""
-        if self.parallel:
-            dist.barrier()
+        """Every rank waits here until the main rank arrives (it has put the host's files in place, or evaluated).
+        Polled, not a blocking call: a SIGTERM's handler (a worker's shutdown) runs meanwhile and can stop the rank.
+        """
+        if not self.parallel:
+            return
+        work = dist.barrier(async_op=True)
+        while not work.is_completed():
+            time.sleep(0.05)
+        work.wait()
 
     def copy_from_main(self, params: list[torch.nn.Parameter]) -> None:
         """The main rank's values of `params` on every rank: the replicas start equal whatever each initialised."""
