@@ -148,7 +148,9 @@ async def _run_clients(target: Target, kinds: list[str], seconds: float) -> dict
 def _client_process(target: Target, kinds: list[str], seconds: float, out) -> None:
     cpu0 = time.process_time()
     tallies = asyncio.run(_run_clients(target, kinds, seconds))
-    out.put({"cpu_s": time.process_time() - cpu0, **{k: (t.latencies, dict(t.statuses)) for k, t in tallies.items()}})
+    # done_at: when this process's last request of the load ended (its clients finish the ones in flight)
+    figures = {k: (t.latencies, dict(t.statuses)) for k, t in tallies.items()}
+    out.put({"cpu_s": time.process_time() - cpu0, "done_at": time.time(), **figures})
 
 
 # ---------------------------------------------------------------- the prober
@@ -214,19 +216,21 @@ def run_phase(
     server_cpu = cpu_seconds(target.pids) - cpu0
 
     merged: dict[str, Tally] = {}
-    client_cpu = 0.0
+    client_cpu, load_end = 0.0, t_start + seconds
     for r in results:
         if isinstance(r, dict):
             client_cpu += r.pop("cpu_s")
+            load_end = max(load_end, r.pop("done_at"))
             for kind, (lat, statuses) in r.items():
                 t = merged.setdefault(kind, Tally())
                 t.latencies += lat
                 t.statuses.update(statuses)
     during = [s for s in samples if s[0] <= t_start + seconds]
     health = [s[2] for s in during if s[1] == "healthz"]
-    # recovery: from the end of the load, the time until every later status read is back to normal
+    # recovery: from the end of the load (its last request answered: the clients finish those in flight at the
+    # scheduled end, up to a burst's tail latency later), the time until every later status read is back to normal
     threshold = max(NORMAL_FACTOR * normal_s, normal_s + 0.020)
-    after = [s for s in samples if s[1] == "status" and s[0] > t_start + seconds]
+    after = [s for s in samples if s[1] == "status" and s[0] > load_end]
     recovered_at = None
     for i, s in enumerate(after):
         if all(x[2] <= threshold and x[3] == "200" for x in after[i:]):
@@ -253,7 +257,8 @@ def run_phase(
         "healthz_slow": [
             (round(s[0] - t_start, 2), round(1000 * s[2])) for s in during if s[1] == "healthz" and s[2] > 0.05
         ],
-        "recovery_s": None if recovered_at is None else round(max(0.0, recovered_at - (t_start + seconds)), 2),
+        "recovery_s": None if recovered_at is None else round(max(0.0, recovered_at - load_end), 2),
+        "load_ended_s": round(load_end - (t_start + seconds), 2),  # after the scheduled end
         "server_cpu_s": round(server_cpu, 1),
         "client_cpu_s": round(client_cpu, 1),
         "idle_in_transaction": idle_in_transaction(target),
@@ -271,7 +276,8 @@ def print_row(row: dict) -> None:
         )
     print(
         f"|   | healthz max {row['healthz_max_ms']} ms (p99 {row['healthz_p99_ms']}, failed {row['healthz_failed']}); "
-        f"back to normal {row['recovery_s']} s after; CPU in {row['seconds']} s: server {row['server_cpu_s']} s, "
+        f"back to normal {row['recovery_s']} s after its last answer ({row['load_ended_s']} s after the end); "
+        f"CPU in {row['seconds']} s: server {row['server_cpu_s']} s, "
         f"load generator {row['client_cpu_s']} s; "
         f"idle in transaction after: {row['idle_in_transaction']} |",
         flush=True,
