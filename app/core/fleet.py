@@ -12,7 +12,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.core.job_spec import JobSpec
+from app.core.job_spec import gpus_of
 from app.core.queue import train_queue
 from app.core.settings import Settings
 from app.core.tables import Job, Worker, utcnow
@@ -40,7 +40,7 @@ def queues_of_jobs(session: Session, job_ids: list[str]) -> dict[str, str]:
     if not job_ids:
         return {}
     rows = session.execute(select(Job.id, Job.spec).where(Job.id.in_(job_ids))).all()
-    return {job_id: train_queue(JobSpec.of(spec).resources.gpus) for job_id, spec in rows}
+    return {job_id: train_queue(gpus_of(spec)) for job_id, spec in rows}
 
 
 def owned_gpus(settings: Settings, environ: Mapping[str, str] = os.environ) -> int:

@@ -223,7 +223,6 @@ def build_job(
     """Validate what the schema cannot, add the job and its first event to the session (not committed)."""
     source = validate_job(settings, body, param_prefix)
     check_graders(body.evaluation, files, body.training.test_split, param_prefix)
-    check_gpus(session, settings, body.resources.gpus, param_prefix)
     job = Job(
         tenant_id=tenant.id,
         model=body.model,
@@ -280,6 +279,7 @@ def check_active_job_room(session: Session, settings: Settings, tenant: Tenant, 
 def create(session: Session, settings: Settings, tenant: Tenant, body: JobCreate) -> Job:
     files = training_files(session, tenant, body.training_file, body.validation_file, body.method.type, body.test_file)
     check_active_job_room(session, settings, tenant, 1)
+    check_gpus(session, settings, body.resources.gpus)
     job = build_job(session, settings, tenant, body, files)
     session.commit()  # commit, then enqueue: the worker must find the row
     log.info("created job %s", job.id, extra={"job_id": job.id})

@@ -67,6 +67,29 @@ def ranks_of(job_id: str) -> list[psutil.Process]:
     return training_children(psutil.Process())
 
 
+def act_after_a_checkpoint(job_id: str, act) -> tuple[threading.Thread, list[str], float]:
+    """Attempt 1 of the job by the training task, on a thread; `act()` once a checkpoint before the last step is
+    stored (until it returns True). Returns the thread, its result (once joined) and when `act` succeeded."""
+    from app.core.db import get_sessionmaker
+    from app.core.tables import Checkpoint, Job
+    from worker.tasks.training import run_attempt
+
+    results: list[str] = []
+    first = threading.Thread(target=lambda: results.append(run_attempt(job_id)))
+    first.start()
+    deadline, acted = time.monotonic() + 300, None
+    with get_sessionmaker()() as s:
+        while time.monotonic() < deadline and first.is_alive() and acted is None:
+            steps = s.scalars(select(Checkpoint.step).where(Checkpoint.job_id == job_id)).all()
+            total = s.get(Job, job_id).total_steps
+            s.expire_all()
+            if steps and total and max(steps) < total and act():
+                acted = time.monotonic()
+            time.sleep(0.1)
+    assert acted is not None, "no checkpoint came before the end of training"
+    return first, results, acted
+
+
 def test_a_job_on_two_ranks_trains_as_one_process_and_reports_once(task_env):
     from worker.tasks.training import run_attempt
 
@@ -92,28 +115,18 @@ def test_a_job_on_two_ranks_trains_as_one_process_and_reports_once(task_env):
 
 
 def test_a_rank_killed_mid_training_fails_the_attempt_cleanly_and_the_retry_resumes(task_env):
-    from app.core.db import get_sessionmaker
-    from app.core.tables import Checkpoint, Job
     from worker.tasks.training import run_attempt
 
     rows, val = sql_rows("train.jsonl", 48), sql_rows("test.jsonl", 12)
     job_id = queued_job(rows, val, gpus=2)
-    results: list[str] = []
-    first = threading.Thread(target=lambda: results.append(run_attempt(job_id)))
-    first.start()
-    deadline, killed = time.monotonic() + 300, None
-    with get_sessionmaker()() as s:
-        while time.monotonic() < deadline and first.is_alive() and killed is None:
-            steps = s.scalars(select(Checkpoint.step).where(Checkpoint.job_id == job_id)).all()
-            total = s.get(Job, job_id).total_steps
-            s.expire_all()
-            if steps and total and max(steps) < total:
-                follower = [p for p in ranks_of(job_id) if p.environ().get("LOCAL_RANK") == "1"]
-                if follower:
-                    follower[0].kill()
-                    killed = time.monotonic()
-            time.sleep(0.1)
-    assert killed is not None, "no checkpoint came before the end of training"
+
+    def kill_rank_1() -> bool:
+        follower = [p for p in ranks_of(job_id) if p.environ().get("LOCAL_RANK") == "1"]
+        for p in follower:
+            p.kill()
+        return bool(follower)
+
+    first, results, killed = act_after_a_checkpoint(job_id, kill_rank_1)
     first.join(timeout=120)
     ended_after = time.monotonic() - killed
     assert not first.is_alive() and ranks_of(job_id) == []  # torchrun stopped the main rank too: none left waiting
@@ -134,27 +147,17 @@ def test_a_shutdown_stops_every_rank_at_a_checkpoint_and_the_next_attempt_resume
     stop at the same checkpoint, the attempt is an interruption (not a counted failure), and the job resumes."""
     import signal
 
-    from app.core.db import get_sessionmaker
-    from app.core.tables import Checkpoint, Job
     from worker.tasks.training import run_attempt
 
     rows, val = sql_rows("train.jsonl", 48), sql_rows("test.jsonl", 12)
     job_id = queued_job(rows, val, gpus=2)
-    results: list[str] = []
-    first = threading.Thread(target=lambda: results.append(run_attempt(job_id)))
-    first.start()
-    deadline, signalled = time.monotonic() + 300, False
-    with get_sessionmaker()() as s:
-        while time.monotonic() < deadline and first.is_alive() and not signalled:
-            steps = s.scalars(select(Checkpoint.step).where(Checkpoint.job_id == job_id)).all()
-            total = s.get(Job, job_id).total_steps
-            s.expire_all()
-            if steps and total and max(steps) < total:
-                for proc in ranks_of(job_id):
-                    proc.send_signal(signal.SIGTERM)
-                signalled = True
-            time.sleep(0.1)
-    assert signalled, "no checkpoint came before the end of training"
+
+    def stop_every_process() -> bool:
+        for proc in ranks_of(job_id):
+            proc.send_signal(signal.SIGTERM)
+        return True
+
+    first, results, _ = act_after_a_checkpoint(job_id, stop_every_process)
     first.join(timeout=180)
     assert not first.is_alive() and ranks_of(job_id) == []
     job, *_, events = stored(job_id)

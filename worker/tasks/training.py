@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from app.core.celery_app import TRAIN_TASK
 from app.core.db import get_sessionmaker
-from app.core.job_spec import JobSpec
+from app.core.job_spec import gpus_of
 from app.core.job_state import (
     claim_job,
     counted_attempts,
@@ -122,7 +122,7 @@ def run_attempt(job_id: str) -> str:
             )
         return "failed"
     with Session() as s:
-        gpus = JobSpec.of(s.get(Job, job_id).spec).resources.gpus
+        gpus = gpus_of(s.get(Job, job_id).spec)
     log.info("job %s attempt %s: starting training child (%s GPU%s)", job_id, attempt, gpus, "s" if gpus > 1 else "")
     files = JobFiles(job_id)
     log_path = files.attempt_log(attempt)
