@@ -308,6 +308,14 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--deadline-s", type=float, default=1800, help="stop waiting this long after the start")
     ap.add_argument("--poll-s", type=float, default=1.0)
+    ap.add_argument("--one-at-a-time", action="store_true", help="submit each job once the one before it ended")
+    ap.add_argument("--gap-s", type=float, default=30.0, help="with --one-at-a-time: the wait before each job")
+    ap.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="this host's cache (default: under --work); another folder with the same --work is a new host "
+        "sharing the first one's database and store",
+    )
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     t_start = time.monotonic()
@@ -343,7 +351,7 @@ def main() -> int:
         FTAAS_BROKER_URL="filesystem://",
         FTAAS_DATA_DIR=str(args.work / "var"),
         FTAAS_ARTIFACTS_DIR=str(args.work / "var" / "artifacts"),
-        FTAAS_CACHE_DIR=str(args.work / "var" / "cache"),
+        FTAAS_CACHE_DIR=str(args.cache_dir or args.work / "var" / "cache"),
         FTAAS_ALLOWED_MODELS=",".join(str(m) for m in (m1, m8) if m),
         FTAAS_HF_OFFLINE="true",
         FTAAS_BERTSCORE_MODEL=bertscore,
@@ -375,21 +383,30 @@ def main() -> int:
         log(f"models: {[m['id'] for m in models['data']]}")
         train_f, val_f = upload(client, data / "train.jsonl"), upload(client, data / "val.jsonl")
         jobs: dict[str, dict] = {}
-        for kind in [k for k in args.methods.split(",") if k]:
-            j = submit(client, job_body(args, m1.name, kind, train_f["id"], val_f["id"], args.micro))
-            jobs[j["id"]] = j
+        bodies = [
+            job_body(args, m1.name, k, train_f["id"], val_f["id"], args.micro) for k in args.methods.split(",") if k
+        ]
         if m8:
             big_f = upload(client, data / "train-8b.jsonl")
-            j = submit(client, job_body(args, m8.name, "qlora", big_f["id"], val_f["id"], args.big_micro))
+            bodies.append(job_body(args, m8.name, "qlora", big_f["id"], val_f["id"], args.big_micro))
+        timeline: dict[str, list] = {}
+        for body in bodies:
+            if args.one_at_a_time:  # each job finds its worker idle, as a user's lone job does
+                log(f"waiting {args.gap_s:.0f} s before the next job")
+                time.sleep(args.gap_s)
+            j = submit(client, body)
             jobs[j["id"]] = j
-        timeline = wait(client, jobs, deadline, args.poll_s)
+            if args.one_at_a_time:
+                timeline.update(wait(client, {j["id"]: j}, deadline, args.poll_s))
+        if not args.one_at_a_time:
+            timeline = wait(client, jobs, deadline, args.poll_s)
         results = report(client, args, jobs, timeline, {})
     finally:
         stop_service(proc)
         if args.out:  # the training children's own logs, one file
             args.out.parent.mkdir(parents=True, exist_ok=True)
             with open(args.out.with_suffix(".children.log"), "w") as fh:
-                for f in sorted((args.work / "var" / "artifacts" / "jobs").glob("*/attempt-*.log")):
+                for f in sorted(Path(env["FTAAS_CACHE_DIR"], "jobs").glob("*/attempt-*.log")):
                     fh.write(f"==== {f.parent.name}/{f.name}\n{f.read_text(errors='replace')[-20000:]}\n")
     text = print_report(results)
     print("\n" + text, flush=True)

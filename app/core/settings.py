@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         description="GPUs this training worker owns and advertises (jobs of up to that many GPUs come to it); unset: "
         "counted from CUDA_VISIBLE_DEVICES, else from nvidia-smi, else 0 (a CPU worker)",
     )
+    standby_child: bool = Field(
+        True,
+        description="each training worker process keeps a child started ahead of its next task, its libraries "
+        "imported (about 18 s on a GPU host), so that a job that finds its worker idle starts that much sooner; it "
+        "holds about 1 GiB of host memory while it waits, and on a GPU host a CUDA context (bitsandbytes makes one)",
+    )
     fleet_seen_within_s: float = Field(
         86400.0,
         description="a worker that advertised itself this recently counts for the largest job the API accepts "

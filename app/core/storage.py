@@ -11,6 +11,8 @@ folder artifacts_dir by default, or an S3-compatible bucket). Its key:
     jobs/<job_id>/adapter.tar.gz                      the shipped archive (GET .../adapter)
     jobs/<job_id>/checkpoint-archives/step-<n>.tar.gz an evaluated checkpoint's archive
     jobs/<job_id>/merged/<source>-<attempt>.tar.gz    the base with an adapter merged in (?format=merged)
+    compiled/triton/<entry>/<file>                    Triton kernels a host compiled, for every host's first job
+                                                      (worker/child/compiled_kernels.py)
 
 A host works on its own copies under cache_dir, at the same relative names (app/core/local_cache.py), and keeps its
 logs there too, which no other host reads:
@@ -18,6 +20,8 @@ logs there too, which no other host reads:
     <cache_dir>/jobs/<job_id>/attempt-<n>.log         a training attempt's child output
     <cache_dir>/jobs/<job_id>/merged/<source>.log     a merge child's output
     <cache_dir>/comparisons/<comparison_id>.log       a comparison child's output
+    <cache_dir>/standby.log                           standby children's output until they get a task
+    <cache_dir>/compiled/triton/                      Triton's compile cache (TRITON_CACHE_DIR, unless set)
 
 Rows name job files relative to jobs/ (Job.adapter_name "<job_id>/adapter.tar.gz", Checkpoint.dir_name,
 .adapter_name, MergedModel.archive_name): JobFiles.relative makes those names, JobFiles.key turns one into its key

@@ -81,6 +81,22 @@ def running_job_row(
         return job.id
 
 
+def queued_job(body: dict, rows: list[dict], val: list[dict], gpus: int = 1) -> str:
+    """A queued job (for the training task to claim) whose stored spec asks for `gpus` processes."""
+    from sqlalchemy import update
+
+    from app.core.db import get_sessionmaker
+    from app.core.tables import Job
+
+    job_id = running_job_row(body, rows, val, "\nA: ")
+    with get_sessionmaker()() as s:
+        spec = dict(s.get(Job, job_id).spec)
+        spec["resources"] = {"gpus": gpus}
+        s.execute(update(Job).where(Job.id == job_id).values(status="queued", attempt=0, spec=spec, started_at=None))
+        s.commit()
+    return job_id
+
+
 def run_job(
     body: dict,
     train_rows: list[dict],

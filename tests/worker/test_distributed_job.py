@@ -11,10 +11,9 @@ import time
 
 import psutil
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from tests.conftest import TEST_ENV
-from tests.helpers.child import run_job, running_job_row, sql_rows, stored
+from tests.helpers.child import queued_job, run_job, sql_rows, stored
 
 BODY = {
     "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 8}}},
@@ -23,32 +22,6 @@ BODY = {
     "training": {"learning_rate": 0.005, "micro_batch_size": 2, "logging_steps": 1},
     "evaluation": {"metrics": ["perplexity"], "max_rows": 12},
 }
-
-
-@pytest.fixture
-def task_env(database, monkeypatch):
-    """The training task as a worker runs it: its children inherit the test settings; resends are recorded."""
-    from worker.tasks import training
-
-    for key, value in {**TEST_ENV, "FTAAS_DATABASE_URL": database, "FTAAS_TORCH_THREADS": "1"}.items():
-        monkeypatch.setenv(key, value)
-    sent = []
-    monkeypatch.setattr(training.celery, "send_task", lambda name, args, queue: sent.append(args[0]))
-    return sent
-
-
-def queued_job(rows, val, gpus: int) -> str:
-    """A queued job whose stored spec asks for `gpus` processes."""
-    from app.core.db import get_sessionmaker
-    from app.core.tables import Job
-
-    job_id = running_job_row(BODY, rows, val, "\nA: ")
-    with get_sessionmaker()() as s:
-        spec = dict(s.get(Job, job_id).spec)
-        spec["resources"] = {"gpus": gpus}
-        s.execute(update(Job).where(Job.id == job_id).values(status="queued", attempt=0, spec=spec, started_at=None))
-        s.commit()
-    return job_id
 
 
 def step_losses(job_id: str) -> list[tuple[int, float]]:
@@ -95,7 +68,7 @@ def test_a_job_on_two_ranks_trains_as_one_process_and_reports_once(task_env):
 
     rows, val = sql_rows("train.jsonl", 48), sql_rows("test.jsonl", 12)
     straight = run_job(BODY, rows, val, "\nA: ", via_main=True)
-    job_id = queued_job(rows, val, gpus=2)
+    job_id = queued_job(BODY, rows, val, gpus=2)
     assert run_attempt(job_id) == "done"
     assert ranks_of(job_id) == []
 
@@ -118,7 +91,7 @@ def test_a_rank_killed_mid_training_fails_the_attempt_cleanly_and_the_retry_resu
     from worker.tasks.training import run_attempt
 
     rows, val = sql_rows("train.jsonl", 48), sql_rows("test.jsonl", 12)
-    job_id = queued_job(rows, val, gpus=2)
+    job_id = queued_job(BODY, rows, val, gpus=2)
 
     def kill_rank_1() -> bool:
         follower = [p for p in ranks_of(job_id) if p.environ().get("LOCAL_RANK") == "1"]
@@ -150,7 +123,7 @@ def test_a_shutdown_stops_every_rank_at_a_checkpoint_and_the_next_attempt_resume
     from worker.tasks.training import run_attempt
 
     rows, val = sql_rows("train.jsonl", 48), sql_rows("test.jsonl", 12)
-    job_id = queued_job(rows, val, gpus=2)
+    job_id = queued_job(BODY, rows, val, gpus=2)
 
     def stop_every_process() -> bool:
         for proc in ranks_of(job_id):

@@ -52,6 +52,10 @@ def test_training_children_are_found_under_torchrun_too():
     assert not is_training_child(["/usr/bin/python3", "-m", "worker.child", "compare", "cmp-a"])
     assert not is_training_child(["/usr/bin/python3", "-m", "celery", "-A", "worker.tasks", "worker"])
     assert not is_training_child([])
+    # a standby that became a training child renamed itself (setproctitle): one string, padded with empty ones
+    renamed = ["/usr/bin/python3 -m worker.child train ftjob-a 1", "", ""]
+    assert is_training_child(renamed, "ftjob-a") and not is_training_child(renamed, "ftjob-b")
+    assert not is_training_child(["/usr/bin/python3 -m worker.child standby"])
 
 
 REPORT = """[W1206 07:58:41] Sending process 2002 closing signal SIGTERM

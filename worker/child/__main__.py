@@ -1,11 +1,15 @@
 """The one child entry point: `python -m worker.child train JOB_ID ATTEMPT`, `... compare COMPARISON_ID` or
-`... merge MERGED_MODEL_ID ATTEMPT`, spawned by worker.tasks.supervise.spawn_child."""
+`... merge MERGED_MODEL_ID ATTEMPT`, spawned by worker.tasks.supervise.spawn_child; or `... standby`, started ahead
+of its task, which reads one of those command lines from stdin and becomes that child (worker/child/standby.py)."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m worker.child train JOB_ID ATTEMPT | compare COMPARISON_ID | merge MERGED_MODEL_ID ATTEMPT"
+USAGE = (
+    "usage: python -m worker.child train JOB_ID ATTEMPT | compare COMPARISON_ID | merge MERGED_MODEL_ID ATTEMPT"
+    " | standby"
+)
 
 
 def main(argv: list[str]) -> int:
@@ -21,6 +25,10 @@ def main(argv: list[str]) -> int:
         from worker.child.merge import main as merge_main
 
         return merge_main(argv[1:])
+    if argv == ["standby"]:
+        from worker.child.standby import main as standby_main
+
+        return standby_main()
     print(USAGE, file=sys.stderr)
     return 2
 

@@ -23,6 +23,7 @@ from app.core.naming import fine_tuned_name
 from app.core.settings import get_settings, public_model_name
 from app.core.storage import tokenized_prefix, upload_key
 from app.core.tables import Checkpoint, Evaluation, File, Job, JobStatus
+from worker.child.compiled_kernels import share_compiled
 from worker.child.job_context import (
     EXIT_CRASH,
     EXIT_DONE,
@@ -69,6 +70,9 @@ class TrainingRecipe:
         if ranks.main:  # the host's files are the main rank's to put in place; the others read them after
             self.restore_checkpoints()
         self.clock.lap("checkpoints")
+        if ranks.main:  # kernels other hosts compiled (worker/child/compiled_kernels.py)
+            share_compiled(self.ctx.cache.store, "pull")
+        self.clock.lap("kernels")
         torch.manual_seed(self.job.seed)
         if ranks.main:
             self.load_data()  # tokenized and stored once; the other ranks read the tokens back
@@ -90,6 +94,7 @@ class TrainingRecipe:
         summary = self.train()
         if not ranks.main:
             return  # evaluation and packaging are the main rank's, once
+        share_compiled(self.ctx.cache.store, "push")  # what this host compiled, for the others' first jobs
         if base_later:
             self.evaluate_base(adapter_off=True)
         tuned = self.evaluate_tuned(summary)

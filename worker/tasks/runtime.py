@@ -28,6 +28,7 @@ from app.core.db import get_engine, get_sessionmaker
 from app.core.logs import log_context, use_json
 from app.core.settings import get_settings
 from worker import telemetry
+from worker.tasks.standby import keep_standby
 from worker.tasks.supervise import training_children
 
 log = logging.getLogger("ftaas.worker")
@@ -58,6 +59,16 @@ def _fresh_connections_after_fork(**_kwargs) -> None:
     forks): drop the inherited pool without closing the parent's sockets."""
     if get_engine.cache_info().currsize:
         get_engine().dispose(close=False)
+
+
+@worker_process_init.connect
+def _standby_child(**_kwargs) -> None:
+    """A pool process waits for its one task: a child starts importing for it meanwhile (worker/tasks/standby.py)."""
+    if get_settings().standby_child:
+        try:
+            keep_standby()
+        except OSError:  # no standby: the task starts a fresh child, as it would anyway
+            log.warning("could not start a standby child", exc_info=True)
 
 
 @worker_init.connect

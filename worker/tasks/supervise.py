@@ -32,15 +32,25 @@ RANKS_SHUTDOWN_S = 110  # torchrun's wait for ranks after passing a SIGTERM on, 
 
 
 def spawn_child(args: list[str], log_path: Path, gpus: int = 1) -> subprocess.Popen:
-    """A fresh interpreter, not a fork: CUDA must never be initialised in the worker itself. Its output is
-    appended to `log_path` (one file per training attempt, one per comparison); its log lines name the request and
-    job the task logs under (app/core/logs.py).
+    """A fresh interpreter, not a fork: CUDA must never be initialised in the worker itself. Or, on one GPU, the
+    same interpreter started ahead with its imports done: this pool process's standby (worker/tasks/standby.py). Its
+    output is appended to `log_path` (one file per training attempt, one per comparison); its log lines name the
+    request and job the task logs under (app/core/logs.py).
 
     gpus > 1: PyTorch's own launcher, torchrun (torch.distributed.run), starts one process a GPU on this host, in a
     process group of their own, so that a cancel kills every rank at once (kill_child). With no restarts: a rank
     that fails ends the attempt, torchrun stops the others, and the task's retry resumes from the checkpoint."""
+    from worker.tasks.standby import release_standby, take_standby  # they import this module
+
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **child_env()}
+    if gpus <= 1:
+        child = take_standby(args, log_path, env)  # the same child, its imports done ahead (worker/tasks/standby.py)
+        if child is not None:
+            child.ranks = 1  # type: ignore[attr-defined]
+            return child
+    else:
+        release_standby()  # its CUDA context would sit on the first of the job's GPUs
     cmd = [sys.executable, "-m", CHILD_MODULE, *args]
     if gpus > 1:
         # one host: a rendezvous on a free local port (what --standalone does, with the address spelled out); on a
@@ -81,7 +91,11 @@ def kill_child(child: subprocess.Popen) -> None:
 
 def is_training_child(cmdline: list[str], job_id: str | None = None) -> bool:
     """Whether a process's command line runs `-m worker.child train ...` (of `job_id`, when given): a training child,
-    a rank of one (torchrun gives its interpreter `-u` first), or the torchrun that launched them."""
+    a rank of one (torchrun gives its interpreter `-u` first), or the torchrun that launched them. A standby that
+    became one renamed itself (setproctitle): its command line is then one string, padded with empty ones."""
+    cmdline = [arg for arg in cmdline if arg]
+    if len(cmdline) == 1:
+        cmdline = cmdline[0].split()
     for i in range(1, len(cmdline) - 2):
         if cmdline[i : i + 3] == ["-m", CHILD_MODULE, "train"]:
             return job_id is None or job_id in cmdline[i + 3 : i + 4]
