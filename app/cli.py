@@ -83,8 +83,9 @@ def preview_worker_argv(loglevel: str) -> list[str]:
 
 
 def preview_worker_env() -> dict[str, str]:
-    # a tokenizer needs no GPU; and no /metrics port: FTAAS_WORKER_METRICS_PORT is the training worker's
-    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "FTAAS_WORKER_METRICS_PORT": "0"}
+    # a tokenizer needs no GPU; no /metrics port (FTAAS_WORKER_METRICS_PORT is the training worker's); and no standby
+    # child, which only training and comparison children use
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "FTAAS_WORKER_METRICS_PORT": "0", "FTAAS_STANDBY_CHILD": "false"}
 
 
 def worker_env(gpu: str | None, metrics_port: int | None) -> dict[str, str]:

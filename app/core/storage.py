@@ -11,8 +11,8 @@ folder artifacts_dir by default, or an S3-compatible bucket). Its key:
     jobs/<job_id>/adapter.tar.gz                      the shipped archive (GET .../adapter)
     jobs/<job_id>/checkpoint-archives/step-<n>.tar.gz an evaluated checkpoint's archive
     jobs/<job_id>/merged/<source>-<attempt>.tar.gz    the base with an adapter merged in (?format=merged)
-    compiled/triton/<entry>/<file>                    Triton kernels a host compiled, for every host's first job
-                                                      (worker/child/compiled_kernels.py)
+    compiled/triton/<environment>/<entry>/<file>      Triton kernels a host compiled, for the first jobs of hosts
+                                                      like it (worker/child/compiled_kernels.py)
 
 A host works on its own copies under cache_dir, at the same relative names (app/core/local_cache.py), and keeps its
 logs there too, which no other host reads:

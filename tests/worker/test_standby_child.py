@@ -6,6 +6,7 @@ is not what a fresh child would be (another environment) is let go, and one whos
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
@@ -31,7 +32,10 @@ def standby():
     started = []
 
     def start():
+        log = module.standby_log()
+        log_from = log.stat().st_size if log.is_file() else 0  # a reused pid must not match an old line
         module.keep_standby()
+        module._held.log_from = log_from
         started.append(module._held)
         return module._held
 
@@ -49,7 +53,7 @@ def ready(held, timeout_s: float = 120) -> None:
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if f"standby {held.proc.pid}: ready" in standby_log().read_text():
+        if ready_line_in_log(held):
             return
         assert held.proc.poll() is None, standby_log().read_text()[-2000:]
         time.sleep(0.2)
@@ -65,16 +69,20 @@ def test_the_standby_becomes_the_job_s_training_child(task_env, standby):
     ready(standby)
     job_id = queued_job(BODY, sql_rows("train.jsonl", 24), sql_rows("test.jsonl", 8))
     seen: list[list[str]] = []
+    ended = threading.Event()
 
     def watch() -> None:  # the training child, as the worker's shutdown and the reconciler find it
-        while not seen and standby.proc.poll() is None:
+        while not seen and not ended.is_set():
             seen.extend(p.cmdline() for p in training_children(psutil.Process()) if p.pid == standby.proc.pid)
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    assert run_attempt(job_id) == "done"
-    watcher.join()
+    try:
+        assert run_attempt(job_id) == "done"
+    finally:
+        ended.set()
+        watcher.join(timeout=10)
     job, evals, _rows, _ckpts, events = stored(job_id)
     assert job.status == "succeeded", (job.error, events)
     assert standby.proc.returncode == 0  # the standby was the child: it trained and exited
@@ -102,3 +110,67 @@ def test_a_standby_exits_when_its_worker_goes_away(task_env, standby):
     ready(standby)
     standby.proc.stdin.close()  # what the pool process's exit does to its end of the pipe
     assert standby.proc.wait(timeout=30) == 0
+
+
+def test_a_standby_taken_while_it_imports_is_the_job_s_child_at_once(task_env, standby, tmp_path):
+    """A job queued behind another gets a standby still importing: at once its command line names the job (the
+    worker's shutdown and the reconciler find it) and its output goes to the attempt's log; a shutdown then stops it
+    as an interrupted attempt, which the task queues again, not as a crash."""
+    from app.core.logs import child_env
+    from worker.child.job_context import EXIT_INTERRUPTED
+    from worker.tasks.standby import take_standby
+    from worker.tasks.supervise import is_training_child
+
+    standby = standby()
+    log_path = tmp_path / "attempt-1.log"
+    child = take_standby(["train", "ftjob-queued", "1"], log_path, {**os.environ, **child_env()})
+    assert child is standby.proc
+    deadline = time.monotonic() + 10
+    while not is_training_child(psutil.Process(child.pid).cmdline(), "ftjob-queued"):
+        assert time.monotonic() < deadline, psutil.Process(child.pid).cmdline()
+        time.sleep(0.05)
+    assert not ready_line_in_log(standby)  # still importing: the order did not wait for the imports
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) == EXIT_INTERRUPTED
+    assert log_path.is_file()  # its output went to the attempt's log from the order on
+
+
+def ready_line_in_log(held) -> bool:
+    from worker.tasks.standby import standby_log
+
+    return f"standby {held.proc.pid}: ready" in standby_log().read_text()[held.log_from :]
+
+
+def test_a_waiting_standby_dies_with_its_pool_process(task_env):
+    """A pool process killed outright (kill -9) leaves no standby importing on as an orphan."""
+    import subprocess
+    import sys
+
+    keeper = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time, worker.tasks.standby as m; m.keep_standby(); "
+            "print(m._held.proc.pid, flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    standby_pid = int(keeper.stdout.readline())
+    keeper.kill()
+    keeper.wait()
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            if psutil.Process(standby_pid).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        assert time.monotonic() < deadline, "the standby outlived its pool process"
+        time.sleep(0.1)
+
+
+def test_the_preview_worker_keeps_no_standby():
+    from app.cli import preview_worker_env
+
+    assert preview_worker_env()["FTAAS_STANDBY_CHILD"] == "false"

@@ -1,5 +1,6 @@
 """Kernels compiled on one host, for every host: Triton's compile cache (TRITON_CACHE_DIR, under cache_dir unless an
-operator set it: worker/child/process.py) shared through the object store, at compiled/triton/<entry>/<file>.
+operator set it: worker/child/process.py) shared through the object store, at compiled/triton/<environment>/<entry>/
+<file>, where <environment> names Triton's version, the GPU architecture, Python's version and the machine.
 
 A host keeps its compiled kernels between jobs and restarts, but a new host compiled every variant of Liger's and
 ftaas' Triton kernels inside its first job's steps: on an H100 the first 3,000-row 1B QLoRA job of a host trained at
@@ -10,6 +11,9 @@ own version, so hosts of other GPUs or software never use each other's entries.
 Triton writes each file of an entry atomically and the entry's group file (__grp__*) last; it uses an entry only
 once its group file lists every file. Here a group file is likewise pushed after the files it lists and fetched
 after them; its paths are absolute (Triton's format), so a fetched one is rewritten to this host's folder.
+Entries hold native code (cubins, and the launchers Triton builds as shared libraries), which every host of the
+fleet loads: the store is trusted as it is for everything else a worker loads from it (checkpoints, adapters).
+Nothing prunes the folder: an operator drops an environment's folder once no host runs it.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
+import sys
 from pathlib import Path
 
-from app.core.object_store import ObjectStore
+from app.core.object_store import ObjectStore, StoreError
 
 log = logging.getLogger("ftaas.child")
 
@@ -32,14 +38,30 @@ def local_folder() -> Path | None:
     return Path(folder) if folder else None
 
 
+def environment_prefix() -> str | None:
+    """The store's folder for hosts like this one: Triton's version, the GPU's architecture, Python's and the
+    machine's. Triton's entry names already tell these apart; the folder keeps a host from fetching (and a store
+    from mixing) entries of others, and lets an operator drop an old one whole. None where there is no GPU."""
+    try:
+        import torch
+        import triton
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    py = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    return f"{PREFIX}/triton-{triton.__version__}-sm{major}{minor}-{py}-{platform.machine()}"
+
+
 def group_last(name: str) -> tuple[bool, str]:
     return name.startswith(GROUP), name
 
 
-def stored_entries(store: ObjectStore) -> dict[str, set[str]]:
+def stored_entries(store: ObjectStore, prefix: str) -> dict[str, set[str]]:
     entries: dict[str, set[str]] = {}
-    for key in store.list(PREFIX):
-        parts = key[len(PREFIX) + 1 :].split("/")
+    for key in store.list(prefix):
+        parts = key[len(prefix) + 1 :].split("/")
         if len(parts) == 2:
             entries.setdefault(parts[0], set()).add(parts[1])
     return entries
@@ -56,53 +78,64 @@ def local_entries(folder: Path) -> dict[str, set[str]]:
     return entries
 
 
-def push_compiled(store: ObjectStore) -> int:
-    """This host's kernels that the store lacks, stored; returns how many files."""
+def push_compiled(store: ObjectStore, prefix: str) -> int:
+    """This host's kernels that the store lacks, stored under `prefix`; returns how many files."""
     folder = local_folder()
     if folder is None:
         return 0
-    stored = stored_entries(store)
+    stored = stored_entries(store, prefix)
     pushed = 0
     for entry, names in local_entries(folder).items():
         for name in sorted(names - stored.get(entry, set()), key=group_last):
-            store.put_file(f"{PREFIX}/{entry}/{name}", folder / entry / name)
+            store.put_file(f"{prefix}/{entry}/{name}", folder / entry / name)
             pushed += 1
     return pushed
 
 
-def pull_compiled(store: ObjectStore) -> int:
-    """The store's kernels that this host lacks, fetched; returns how many files."""
+def pull_compiled(store: ObjectStore, prefix: str) -> int:
+    """The store's kernels under `prefix` that this host lacks, fetched; returns how many files. An entry that
+    cannot be fetched (a malformed group file) is skipped, never the ones after it."""
     folder = local_folder()
     if folder is None:
         return 0
     have = local_entries(folder)
     pulled = 0
-    for entry, names in stored_entries(store).items():
-        for name in sorted(names - have.get(entry, set()), key=group_last):
-            dest = folder / entry / name
-            if not name.startswith(GROUP):
-                store.get_file(f"{PREFIX}/{entry}/{name}", dest)
-            else:
-                part = store.get_file(f"{PREFIX}/{entry}/{name}", dest.with_name(f".{name}.{os.getpid()}.fetched"))
-                group = json.loads(part.read_text())
-                group["child_paths"] = {k: str(dest.parent / Path(p).name) for k, p in group["child_paths"].items()}
-                part.write_text(json.dumps(group))
-                os.replace(part, dest)
-            pulled += 1
+    for entry, names in stored_entries(store, prefix).items():
+        try:
+            for name in sorted(names - have.get(entry, set()), key=group_last):
+                fetch(store, f"{prefix}/{entry}/{name}", folder / entry / name)
+                pulled += 1
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("compiled kernels: entry %s skipped: %s", entry, exc)
     return pulled
 
 
-def share_compiled(store: ObjectStore, direction: str) -> None:
-    """pull or push, never failing the job: a kernel that is not shared is compiled again where it is needed."""
+def fetch(store: ObjectStore, key: str, dest: Path) -> None:
+    """One file of an entry into place; a group file with its paths rewritten to this host's folder first."""
+    if not dest.name.startswith(GROUP):
+        store.get_file(key, dest)
+        return
+    part = store.get_file(key, dest.with_name(f".{dest.name}.{os.getpid()}.fetched"))
     try:
-        n = (pull_compiled if direction == "pull" else push_compiled)(store)
-    except Exception:  # noqa: BLE001 - the store may be away, a file may be half written by another process
-        log.warning("compiled kernels: %s failed", direction, exc_info=True)
+        group = json.loads(part.read_text())
+        group["child_paths"] = {k: str(dest.parent / Path(p).name) for k, p in group["child_paths"].items()}
+        part.write_text(json.dumps(group))
+        os.replace(part, dest)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def share_compiled(store: ObjectStore, direction: str) -> None:
+    """pull or push, never failing the job: a kernel that is not shared is compiled again where it is needed. An
+    interrupt (a worker's shutdown) is not a failure of the store: it goes on."""
+    prefix = environment_prefix()
+    if prefix is None:
+        return
+    try:
+        n = (pull_compiled if direction == "pull" else push_compiled)(store, prefix)
+    except (StoreError, OSError, ValueError) as exc:  # the store away, a file half written by another process
+        log.warning("compiled kernels: %s failed: %s", direction, exc)
         return
     if n:
-        log.info(
-            "compiled kernels: %s %d files %s the store",
-            "fetched" if direction == "pull" else "stored",
-            n,
-            "from" if direction == "pull" else "to",
-        )
+        verb = "fetched from" if direction == "pull" else "stored to"
+        log.info("compiled kernels: %d files %s the store (%s)", n, verb, prefix)

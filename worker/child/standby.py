@@ -10,10 +10,17 @@ kernels other hosts compiled) is all it does ahead; the worker itself never init
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import json
 import os
+import signal
 import sys
+import threading
+
+import setproctitle
+
+from worker.child.job_context import EXIT_INTERRUPTED
 
 # What a training, comparison or merge child imports before its first step, heaviest first. transformers' Auto
 # classes are attributes of a lazy module: naming them imports the code behind them.
@@ -62,7 +69,52 @@ def write_output_to(log_path: str) -> None:
     os.close(null)
 
 
+class Order:
+    """The one order, read from stdin by a thread from the start: a standby taken while it still imports becomes the
+    job's child at once in what the worker sees (its command line, where its output goes), since the worker's
+    shutdown and the reconciler find training children by their command line."""
+
+    def __init__(self) -> None:
+        self.argv: list[str] | None = None
+        self.read = threading.Event()
+        threading.Thread(target=self._wait, name="standby-order", daemon=True).start()
+
+    def _wait(self) -> None:
+        try:
+            line = sys.stdin.readline()
+            if line.strip():
+                order = json.loads(line)
+                self.argv = order["argv"]  # first: a SIGTERM from now on interrupts a job (on_sigterm)
+                die_with_parent(None)  # a child outlives its pool process, as a fresh one does
+                write_output_to(order["log"])
+                from app.core.logs import LOG_CONTEXT_ENV
+
+                os.environ[LOG_CONTEXT_ENV] = order["log_context"]
+                # what a fresh child's command line says (worker/tasks/supervise.py is_training_child)
+                setproctitle.setproctitle(" ".join([sys.executable, "-m", "worker.child", *self.argv]))
+        finally:
+            self.read.set()
+
+    def on_sigterm(self, _signum, _frame) -> None:
+        """Until the child's own handler is in place: nothing has trained yet. A standby with a job stops as an
+        interrupted attempt does (the task queues the job again); one without simply exits."""
+        os._exit(EXIT_INTERRUPTED if self.argv is not None else 0)
+
+
+def die_with_parent(sig: int | None) -> None:
+    """Linux's parent-death signal: a waiting standby dies with its pool process (a kill -9 included) instead of
+    importing on as an orphan; None clears it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, sig or 0, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the end of stdin still stops it, once its imports are done
+        pass
+
+
 def main() -> int:
+    die_with_parent(signal.SIGKILL)
+    order = Order()
+    signal.signal(signal.SIGTERM, order.on_sigterm)
     from app.core.settings import get_settings
     from worker.child.process import prepare_process
 
@@ -78,19 +130,9 @@ def main() -> int:
     # 0.5 GB of the GPU the job will use anyway (worker/tasks/standby.py says when a standby is let go instead)
     cuda = "a CUDA context" if torch.cuda.is_initialized() else "no CUDA context"
     print(f"standby {os.getpid()}: ready ({cuda})", flush=True)
-    line = sys.stdin.readline()
-    if not line.strip():  # the worker's pool process went away (its end of the pipe closed), or let it go
+    order.read.wait()
+    if order.argv is None:  # the worker's pool process went away (its end of the pipe closed), or let it go
         return 0
-    order = json.loads(line)
-    write_output_to(order["log"])
-    from app.core.logs import LOG_CONTEXT_ENV
-
-    os.environ[LOG_CONTEXT_ENV] = order["log_context"]
-    # `ps`, the worker's shutdown and the reconciler find training children by their command line
-    # (worker/tasks/supervise.py is_training_child): this one says what a fresh child's would.
-    import setproctitle
-
-    setproctitle.setproctitle(" ".join([sys.executable, "-m", "worker.child", *order["argv"]]))
     from worker.child.__main__ import main as child_main
 
-    return child_main(order["argv"])
+    return child_main(order.argv)

@@ -19,6 +19,7 @@ from celery.signals import (
     after_setup_task_logger,
     worker_init,
     worker_process_init,
+    worker_process_shutdown,
     worker_shutting_down,
 )
 from sqlalchemy import select
@@ -28,7 +29,7 @@ from app.core.db import get_engine, get_sessionmaker
 from app.core.logs import log_context, use_json
 from app.core.settings import get_settings
 from worker import telemetry
-from worker.tasks.standby import keep_standby
+from worker.tasks.standby import keep_standby, release_standby
 from worker.tasks.supervise import training_children
 
 log = logging.getLogger("ftaas.worker")
@@ -63,12 +64,21 @@ def _fresh_connections_after_fork(**_kwargs) -> None:
 
 @worker_process_init.connect
 def _standby_child(**_kwargs) -> None:
-    """A pool process waits for its one task: a child starts importing for it meanwhile (worker/tasks/standby.py)."""
-    if get_settings().standby_child:
+    """A pool process waits for its one task: a child starts importing for it meanwhile (worker/tasks/standby.py).
+    Not in a solo pool's main process (the preview worker), which has no task to hand it."""
+    from billiard.process import current_process
+
+    if get_settings().standby_child and current_process().name != "MainProcess":
         try:
             keep_standby()
         except OSError:  # no standby: the task starts a fresh child, as it would anyway
             log.warning("could not start a standby child", exc_info=True)
+
+
+@worker_process_shutdown.connect
+def _no_standby_left(**_kwargs) -> None:
+    """A pool process that ends with its standby unused (a task skipped, a worker stopping) lets it go."""
+    release_standby()
 
 
 @worker_init.connect
