@@ -3,8 +3,9 @@
 - requests and their latency by route template, method and status class, through prometheus-fastapi-instrumentator
   (the FastAPI instrumentation prometheus-client's own docs point to; route templates, never raw paths, so
   `/v1/fine_tuning/jobs/{job_id}` is one series however many jobs there are);
-- `ftaas_jobs{status}`: jobs by status, and `ftaas_queue_depth{queue}`: messages waiting in the training and
-  preview queues, both read when scraped (every tenant's jobs: an operator's view).
+- `ftaas_jobs{status}`: jobs by status, and `ftaas_queue_depth{queue}`: messages waiting in the training queue of
+  each job size the fleet's largest worker can run and in the preview queue, both read when scraped (every
+  tenant's jobs: an operator's view).
 
 Under several API processes (uvicorn's supervisor) each process counts its own requests into files under
 PROMETHEUS_MULTIPROC_DIR (set by app/api/server.py before it starts them), and a scrape, answered by whichever
@@ -32,7 +33,8 @@ class ServiceCollector:
         self.session = session
 
     def collect(self):
-        from app.core.queue import queue_depth
+        from app.core.fleet import largest_worker_gpus
+        from app.core.queue import queue_depths, worker_queues
         from app.core.settings import get_settings
         from app.core.tables import Job, JobStatus
 
@@ -45,11 +47,13 @@ class ServiceCollector:
             pass
         yield jobs
         settings = get_settings()
+        try:  # the training queue of every job size the fleet can run (app/core/queue.py)
+            largest = largest_worker_gpus(self.session, settings.fleet_seen_within_s)
+        except Exception:  # noqa: BLE001 - a database outage: the one-GPU queue still
+            largest = 1
         depth = GaugeMetricFamily("ftaas_queue_depth", "Messages waiting in a queue", labels=["queue"])
-        for queue in (settings.queue_name, settings.preview_queue_name):
-            n = queue_depth(queue)
-            if n is not None:
-                depth.add_metric([queue], n)
+        for queue, n in queue_depths([*worker_queues(max(1, largest)), settings.preview_queue_name]).items():
+            depth.add_metric([queue], n)
         yield depth
 
 

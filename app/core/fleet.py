@@ -1,6 +1,6 @@
 """The deployment's training workers as they advertise themselves (the `workers` table): what each owns, and the
 largest job on several GPUs the API can accept. A worker writes its row on start and every reconcile pass; rows
-age out after fleet_seen_within_s (a host being restarted still counts meanwhile)."""
+age out after fleet_seen_within_s (a host being restarted still counts meanwhile), and each pass deletes those."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Mapping
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.core.job_spec import gpus_of
@@ -18,14 +18,17 @@ from app.core.settings import Settings
 from app.core.tables import Job, Worker, utcnow
 
 
-def advertise(session: Session, name: str, gpus: int, queues: list[str]) -> None:
-    """This worker's row, new or refreshed (committed)."""
+def advertise(session: Session, name: str, gpus: int, queues: list[str], forget_after_s: float | None = None) -> None:
+    """This worker's row, new or refreshed, and the rows of workers not seen for forget_after_s seconds deleted: a
+    worker's name holds its pid, so every restart adds a row, and one that old counts for nothing (committed)."""
     row = session.get(Worker, name)
     now = utcnow()
     if row is None:
         session.add(Worker(name=name, gpus=gpus, queues=queues, started_at=now, seen_at=now))
     else:
         row.gpus, row.queues, row.seen_at = gpus, queues, now
+    if forget_after_s is not None:
+        session.execute(delete(Worker).where(Worker.seen_at < now - timedelta(seconds=forget_after_s)))
     session.commit()
 
 

@@ -81,11 +81,18 @@ def broker_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-def queue_depth(queue: str, timeout: float = 2.0) -> int | None:
-    """Messages waiting in a queue (not the ones a worker holds), None when the broker does not answer."""
+def queue_depths(queues: list[str], timeout: float = 2.0) -> dict[str, int]:
+    """Messages waiting in each queue (not the ones a worker holds), over one connection; a queue nothing was ever
+    sent to has none. Empty when the broker does not answer."""
     try:
         with producer().connection_for_read() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
-            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
-    except Exception:  # noqa: BLE001 - a queue nothing was ever sent to does not exist yet, too
-        return None
+            depths = {}
+            for queue in queues:
+                try:
+                    depths[queue] = int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+                except Exception:  # noqa: BLE001 - kombu answers a queue never declared with a channel error
+                    depths[queue] = 0
+            return depths
+    except Exception:  # noqa: BLE001 - kombu raises several connection error types
+        return {}

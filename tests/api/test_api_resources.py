@@ -81,6 +81,16 @@ def test_a_worker_not_seen_for_a_day_no_longer_counts(client, auth, db_session, 
     assert create(client, auth, train_file, resources={"gpus": 8}).status_code == 200
 
 
+def test_a_worker_gone_longer_than_it_counts_is_forgotten(db_session):
+    """A worker's name holds its pid: every restart is a new row, deleted by the next pass once it no longer counts."""
+    advertise(db_session, "host-e:1", 2, worker_queues(2))
+    db_session.get(Worker, "host-e:1").seen_at = utcnow() - timedelta(days=2)
+    db_session.commit()
+    advertise(db_session, "host-e:2", 2, worker_queues(2), forget_after_s=86400)  # its successor's pass
+    db_session.expire_all()
+    assert db_session.get(Worker, "host-e:1") is None and db_session.get(Worker, "host-e:2") is not None
+
+
 def test_one_gpu_is_always_accepted_and_the_field_is_bounded(client, auth, db_session, train_file, queues):
     assert create(client, auth, train_file, resources={"gpus": 1}).status_code == 200  # no worker seen at all
     for gpus in (9, 0):

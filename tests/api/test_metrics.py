@@ -42,3 +42,25 @@ def test_requests_by_route_template_and_jobs_by_status(client, auth, db_session)
     assert ("ftaas_jobs", (("status", "succeeded"),)) in after  # every status, zeros included
     assert any(name == "ftaas_queue_depth" for name, _ in after)
     assert not any(re.search(r"/metrics|/healthz", str(labels)) for _, labels in after)  # probes not counted
+
+
+def test_the_queue_of_every_job_size_the_fleet_runs_is_measured(client, db_session):
+    """A queued job on two GPUs waits in its own queue (app/core/queue.py): the scrape shows it there."""
+    import redis
+
+    from app.core.fleet import advertise
+    from app.core.queue import enqueue_job, train_queue, worker_queues
+    from tests.conftest import REDIS_URL
+
+    broker = redis.Redis.from_url(REDIS_URL)
+    two = train_queue(2)
+    broker.delete(two)
+    try:
+        assert ("ftaas_queue_depth", (("queue", two),)) not in scrape(client)  # no worker that large: not shown
+        advertise(db_session, "host-m:1", 2, worker_queues(2))
+        assert enqueue_job("ftjob-waiting", gpus=2)
+        after = scrape(client)
+        assert value(after, "ftaas_queue_depth", queue=two) == 1
+        assert ("ftaas_queue_depth", (("queue", train_queue(1)),)) in after
+    finally:
+        broker.delete(two)

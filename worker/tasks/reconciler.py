@@ -110,7 +110,7 @@ def advertise_this_worker() -> None:
     settings = get_settings()
     gpus = owned_gpus(settings)
     with get_sessionmaker()() as s:
-        advertise(s, worker_name(), gpus, worker_queues(gpus))
+        advertise(s, worker_name(), gpus, worker_queues(gpus), forget_after_s=settings.fleet_seen_within_s)
 
 
 def _reconcile_safely() -> None:
