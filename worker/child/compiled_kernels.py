@@ -105,7 +105,7 @@ def pull_compiled(store: ObjectStore, prefix: str) -> int:
             for name in sorted(names - have.get(entry, set()), key=group_last):
                 fetch(store, f"{prefix}/{entry}/{name}", folder / entry / name)
                 pulled += 1
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             log.warning("compiled kernels: entry %s skipped: %s", entry, exc)
     return pulled
 
@@ -128,12 +128,12 @@ def fetch(store: ObjectStore, key: str, dest: Path) -> None:
 def share_compiled(store: ObjectStore, direction: str) -> None:
     """pull or push, never failing the job: a kernel that is not shared is compiled again where it is needed. An
     interrupt (a worker's shutdown) is not a failure of the store: it goes on."""
-    prefix = environment_prefix()
-    if prefix is None:
-        return
     try:
+        prefix = environment_prefix()
+        if prefix is None:
+            return
         n = (pull_compiled if direction == "pull" else push_compiled)(store, prefix)
-    except (StoreError, OSError, ValueError) as exc:  # the store away, a file half written by another process
+    except (StoreError, OSError, ValueError, RuntimeError) as exc:  # the store away, a half-written file, no GPU
         log.warning("compiled kernels: %s failed: %s", direction, exc)
         return
     if n:

@@ -10,17 +10,17 @@ kernels other hosts compiled) is all it does ahead; the worker itself never init
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import json
 import os
 import signal
 import sys
 import threading
+import traceback
 
 import setproctitle
 
-from worker.child.job_context import EXIT_INTERRUPTED
+from worker.child.job_context import EXIT_CRASH, EXIT_INTERRUPTED
 
 # What a training, comparison or merge child imports before its first step, heaviest first. transformers' Auto
 # classes are attributes of a lazy module: naming them imports the code behind them.
@@ -76,43 +76,40 @@ class Order:
 
     def __init__(self) -> None:
         self.argv: list[str] | None = None
+        self.log_context = "{}"
         self.read = threading.Event()
+        setproctitle.getproctitle()  # moves the environment off the argv area now, on the main thread
         threading.Thread(target=self._wait, name="standby-order", daemon=True).start()
 
     def _wait(self) -> None:
         try:
             line = sys.stdin.readline()
-            if line.strip():
+            if not line.strip():
+                # The end of stdin: the pool process let this standby go, or ended (a kill -9 too, which closes its
+                # end of the pipe). Nothing is left to do, even mid-import.
+                os._exit(0)
+            try:
                 order = json.loads(line)
-                self.argv = order["argv"]  # first: a SIGTERM from now on interrupts a job (on_sigterm)
-                die_with_parent(None)  # a child outlives its pool process, as a fresh one does
-                write_output_to(order["log"])
-                from app.core.logs import LOG_CONTEXT_ENV
-
-                os.environ[LOG_CONTEXT_ENV] = order["log_context"]
+                self.log_context = order["log_context"]  # set by the main thread (setenv is not thread-safe)
                 # what a fresh child's command line says (worker/tasks/supervise.py is_training_child)
-                setproctitle.setproctitle(" ".join([sys.executable, "-m", "worker.child", *self.argv]))
+                setproctitle.setproctitle(" ".join([sys.executable, "-m", "worker.child", *order["argv"]]))
+                write_output_to(order["log"])
+                self.argv = order["argv"]
+            except Exception:  # noqa: BLE001 - never a job run unseen: the task reports the crash and retries
+                traceback.print_exc()
+                os._exit(EXIT_CRASH)
         finally:
             self.read.set()
 
-    def on_sigterm(self, _signum, _frame) -> None:
-        """Until the child's own handler is in place: nothing has trained yet. A standby with a job stops as an
-        interrupted attempt does (the task queues the job again); one without simply exits."""
-        os._exit(EXIT_INTERRUPTED if self.argv is not None else 0)
-
-
-def die_with_parent(sig: int | None) -> None:
-    """Linux's parent-death signal: a waiting standby dies with its pool process (a kill -9 included) instead of
-    importing on as an orphan; None clears it."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, sig or 0, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the end of stdin still stops it, once its imports are done
-        pass
+    @staticmethod
+    def on_sigterm(_signum, _frame) -> None:
+        """Until the child's own handler is in place nothing has trained: a standby stops as an interrupted attempt
+        does, and the task queues its job again (a SIGTERM can come between the order's write and its reading; an
+        unused standby's code is read by nobody)."""
+        os._exit(EXIT_INTERRUPTED)
 
 
 def main() -> int:
-    die_with_parent(signal.SIGKILL)
     order = Order()
     signal.signal(signal.SIGTERM, order.on_sigterm)
     from app.core.settings import get_settings
@@ -131,8 +128,12 @@ def main() -> int:
     cuda = "a CUDA context" if torch.cuda.is_initialized() else "no CUDA context"
     print(f"standby {os.getpid()}: ready ({cuda})", flush=True)
     order.read.wait()
-    if order.argv is None:  # the worker's pool process went away (its end of the pipe closed), or let it go
-        return 0
+    if order.argv is None:  # an order that could not be read (the end of stdin exits at once)
+        return EXIT_CRASH
+    from app.core.logs import LOG_CONTEXT_ENV
     from worker.child.__main__ import main as child_main
 
+    os.environ[LOG_CONTEXT_ENV] = order.log_context
+    if order.argv[0] != "train":  # comparisons and merges keep no checkpoint to stop at: a fresh child's default
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return child_main(order.argv)

@@ -8,7 +8,7 @@ another finds a standby still importing; it takes it anyway, which is never slow
 
 A standby is used only where a fresh child would be the same process: the same interpreter, working directory and
 environment (the log context aside, which the order carries). Otherwise it is let go and a fresh child starts.
-It exits by itself when its pool process goes away: the end of its stdin closes.
+It exits at once when its pool process goes away, a kill -9 included: its stdin ends.
 
 On a GPU host a waiting standby holds a CUDA context (bitsandbytes creates one when imported), about 0.5 GB of its
 worker's first GPU. It never waits beside a job of its own worker: a pool process starts it after the previous
