@@ -20,6 +20,7 @@ import traceback
 
 import setproctitle
 
+from worker.child import CHILD_MODULE
 from worker.child.job_context import EXIT_CRASH, EXIT_INTERRUPTED
 
 # What a training, comparison or merge child imports before its first step, heaviest first. transformers' Auto
@@ -75,31 +76,29 @@ class Order:
     shutdown and the reconciler find training children by their command line."""
 
     def __init__(self) -> None:
-        self.argv: list[str] | None = None
+        self.argv: list[str] = []
         self.log_context = "{}"
         self.read = threading.Event()
         setproctitle.getproctitle()  # moves the environment off the argv area now, on the main thread
         threading.Thread(target=self._wait, name="standby-order", daemon=True).start()
 
     def _wait(self) -> None:
+        line = sys.stdin.readline()
+        if not line.strip():
+            # The end of stdin: the pool process let this standby go, or ended (a kill -9 too, which closes its end
+            # of the pipe). Nothing is left to do, even mid-import.
+            os._exit(0)
         try:
-            line = sys.stdin.readline()
-            if not line.strip():
-                # The end of stdin: the pool process let this standby go, or ended (a kill -9 too, which closes its
-                # end of the pipe). Nothing is left to do, even mid-import.
-                os._exit(0)
-            try:
-                order = json.loads(line)
-                self.log_context = order["log_context"]  # set by the main thread (setenv is not thread-safe)
-                # what a fresh child's command line says (worker/tasks/supervise.py is_training_child)
-                setproctitle.setproctitle(" ".join([sys.executable, "-m", "worker.child", *order["argv"]]))
-                write_output_to(order["log"])
-                self.argv = order["argv"]
-            except Exception:  # noqa: BLE001 - never a job run unseen: the task reports the crash and retries
-                traceback.print_exc()
-                os._exit(EXIT_CRASH)
-        finally:
-            self.read.set()
+            order = json.loads(line)
+            self.log_context = order["log_context"]  # set by the main thread (setenv is not thread-safe)
+            # what a fresh child's command line says (worker/tasks/supervise.py is_training_child)
+            setproctitle.setproctitle(" ".join([sys.executable, "-m", CHILD_MODULE, *order["argv"]]))
+            write_output_to(order["log"])
+            self.argv = order["argv"]
+        except Exception:  # noqa: BLE001 - never a job run unseen: the task reports the crash and retries
+            traceback.print_exc()
+            os._exit(EXIT_CRASH)
+        self.read.set()
 
     @staticmethod
     def on_sigterm(_signum, _frame) -> None:
@@ -127,9 +126,7 @@ def main() -> int:
     # 0.5 GB of the GPU the job will use anyway (worker/tasks/standby.py says when a standby is let go instead)
     cuda = "a CUDA context" if torch.cuda.is_initialized() else "no CUDA context"
     print(f"standby {os.getpid()}: ready ({cuda})", flush=True)
-    order.read.wait()
-    if order.argv is None:  # an order that could not be read (the end of stdin exits at once)
-        return EXIT_CRASH
+    order.read.wait()  # set only once an order is taken: the end of stdin or a bad order ends the process
     from app.core.logs import LOG_CONTEXT_ENV
     from worker.child.__main__ import main as child_main
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from app.core.logs import LOG_CONTEXT_ENV
 from app.core.settings import get_settings
-from worker.tasks.supervise import CHILD_MODULE
+from worker.child import CHILD_MODULE
 
 log = logging.getLogger("ftaas.worker")
 

@@ -22,10 +22,11 @@ from app.core.job_state import renew_lease
 from app.core.logs import child_env
 from app.core.settings import get_settings
 from app.core.tables import Job, JobStatus
+from worker.child import CHILD_MODULE
+from worker.tasks.standby import release_standby, take_standby
 
 log = logging.getLogger("ftaas.worker")
 
-CHILD_MODULE = "worker.child"  # `python -m worker.child train JOB ATTEMPT` or `... compare ID`
 CANCEL_GRACE_S = 10.0  # how long a child of a job claimed by another attempt may take to stop by itself
 CANCEL_POLL_S = 1.0  # how often the supervisor looks for a cancel between heartbeats
 RANKS_SHUTDOWN_S = 110  # torchrun's wait for ranks after passing a SIGTERM on, before it kills them
@@ -40,8 +41,6 @@ def spawn_child(args: list[str], log_path: Path, gpus: int = 1) -> subprocess.Po
     gpus > 1: PyTorch's own launcher, torchrun (torch.distributed.run), starts one process a GPU on this host, in a
     process group of their own, so that a cancel kills every rank at once (kill_child). With no restarts: a rank
     that fails ends the attempt, torchrun stops the others, and the task's retry resumes from the checkpoint."""
-    from worker.tasks.standby import release_standby, take_standby  # they import this module
-
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **child_env()}
     if gpus <= 1:
