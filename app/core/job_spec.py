@@ -232,6 +232,13 @@ class Resources(Strict):
         description="GPUs of one host the job trains on: one process a GPU, started by torchrun, the gradients summed "
         "over them; at most the GPUs of the largest worker of the deployment",
     )
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto",
+        description="how a job on several GPUs shares the work. ddp: every GPU holds the whole model and trains on "
+        "its share of each batch (the fastest, where the model fits one GPU); fsdp: the model, its gradients and "
+        "optimizer state are sharded over the GPUs (PyTorch FSDP2), for models that do not fit one; auto: fsdp "
+        "where the worker finds the job would not fit one of its GPUs, else ddp. Ignored on one GPU",
+    )
 
 
 class JobCreate(Strict):

@@ -87,7 +87,7 @@ JOB_EXAMPLE = {
         "selection_metric": "exact_match",
         "graders": [{"type": "exact_match"}],
     },
-    "resources": {"gpus": 1},
+    "resources": {"gpus": 1, "strategy": "auto"},
     "progress": {"phase": "done", "step": 2, "total_steps": 2, "epoch": 2.0, "train_loss": 5.58, "eta_seconds": 0.0},
     "trainable_params": 46240,
     "total_params": 306272,
@@ -134,7 +134,9 @@ class JobPublic(BaseModel):
     adapter: dict[str, Any]
     training: dict[str, Any]
     evaluation: dict[str, Any]
-    resources: dict[str, Any] = Field(description='what the job trains on: {"gpus": N}')
+    resources: dict[str, Any] = Field(
+        description='what the job trains on: {"gpus": N, "strategy": "auto" | "ddp" | "fsdp"}'
+    )
     progress: JobProgress
     trainable_params: int | None
     total_params: int | None

@@ -182,6 +182,25 @@ def validate_job(settings: Settings, body: JobCreate, param_prefix: str = "") ->
             "give test rows either as test_file or as training.test_split, not both",
             param=f"{param_prefix}training.test_split",
         )
+    if body.resources.strategy == "fsdp" and body.resources.gpus < 2:
+        raise ApiError(
+            400,
+            "resources.strategy 'fsdp' shards the model over several GPUs: resources.gpus must be 2 or more",
+            param=f"{param_prefix}resources.strategy",
+        )
+    if body.resources.strategy == "fsdp" and dpo:
+        raise ApiError(
+            400,
+            "preference tuning (method dpo) over several GPUs runs with resources.strategy 'ddp': its reference "
+            "pass is not sharded",
+            param=f"{param_prefix}resources.strategy",
+        )
+    if body.resources.strategy == "fsdp" and body.adapter.type == "prompt_tuning":
+        raise ApiError(
+            400,
+            "prompt_tuning trains a few virtual tokens of a model that fits one GPU: use resources.strategy 'ddp'",
+            param=f"{param_prefix}resources.strategy",
+        )
     if body.adapter.type == "prompt_tuning" and body.adapter.num_virtual_tokens >= body.training.max_seq_length:
         raise ApiError(
             400,

@@ -63,11 +63,11 @@ def test_several_gpus_are_refused_until_a_worker_that_large_is_seen(client, auth
     r = create(client, auth, train_file, resources={"gpus": 2})
     assert r.status_code == 200, r.text
     job = r.json()
-    assert job["resources"] == {"gpus": 2}
+    assert job["resources"] == {"gpus": 2, "strategy": "auto"}
     assert any(job["id"] in m for m in queues(train_queue(2)))  # the queue of its size
     assert not any(job["id"] in m for m in queues(train_queue(1)))
     one = create(client, auth, train_file).json()
-    assert one["resources"] == {"gpus": 1} and any(one["id"] in m for m in queues(train_queue(1)))
+    assert one["resources"] == {"gpus": 1, "strategy": "auto"} and any(one["id"] in m for m in queues(train_queue(1)))
     r = create(client, auth, train_file, resources={"gpus": 5})
     assert r.status_code == 400 and "has 4 GPUs" in r.json()["error"]["message"]
 
@@ -144,3 +144,43 @@ def test_a_worker_takes_a_queued_job_on_several_gpus_before_the_one_gpu_jobs_ahe
             while len(order) < 4:
                 conn.drain_events(timeout=10)
     assert [a.strip("[(',)]") for a in order] == ["ftjob-big-1", "ftjob-big-2", "ftjob-small-1", "ftjob-small-2"]
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ({"resources": {"gpus": 1, "strategy": "fsdp"}}, "resources.gpus must be 2 or more"),
+        ({"resources": {"gpus": 2, "strategy": "fsdp"}, "adapter": {"type": "prompt_tuning"}}, "prompt_tuning"),
+    ],
+    ids=["one-gpu", "prompt-tuning"],
+)
+def test_a_strategy_that_cannot_run_is_refused_naming_it(client, auth, db_session, train_file, body, message):
+    advertise(db_session, "host-a:1", 2, worker_queues(2))
+    before = jobs(db_session)
+    r = create(client, auth, train_file, **body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "resources.strategy" and message in r.json()["error"]["message"]
+    assert jobs(db_session) == before
+
+
+def test_preference_tuning_is_not_sharded(client, auth, db_session):
+    """Its reference pass runs on whole models (worker/training/sharding.py): fsdp is refused, naming the field."""
+    from tests.api.test_api_dpo import PREFERENCE_JSONL
+    from tests.api.test_api_jobs import upload
+
+    advertise(db_session, "host-a:1", 2, worker_queues(2))
+    prefs = upload(client, auth, PREFERENCE_JSONL, name="prefs.jsonl")
+    before = jobs(db_session)
+    r = create(client, auth, prefs, method={"type": "dpo"}, resources={"gpus": 2, "strategy": "fsdp"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "resources.strategy", r.text
+    assert jobs(db_session) == before
+
+
+def test_a_sharded_job_is_stored_with_its_strategy(client, auth, db_session, train_file, queues):
+    advertise(db_session, "host-a:1", 2, worker_queues(2))
+    r = create(client, auth, train_file, resources={"gpus": 2, "strategy": "fsdp"}, adapter={"type": "full"})
+    assert r.status_code == 200, r.text
+    assert r.json()["resources"] == {"gpus": 2, "strategy": "fsdp"}
+    assert queues(train_queue(2)) and not queues(train_queue(1))
+    r = create(client, auth, train_file, resources={"gpus": 2, "strategy": "sharded"})
+    assert r.status_code == 400 and "resources.strategy" in r.text

@@ -34,7 +34,7 @@ def test_a_two_gpu_job_through_the_service_trains_once_and_a_cancel_stops_every_
             time.sleep(0.5)
         assert r.status_code == 200, r.text
         job_id, submitted = r.json()["id"], time.time()
-        assert r.json()["resources"] == {"gpus": 2}
+        assert r.json()["resources"] == {"gpus": 2, "strategy": "auto"}
         ((job, ended),) = wait_for_jobs(c, [job_id], svc["logs"]).values()
         took = ended - submitted
         events = events_of(c, job_id)

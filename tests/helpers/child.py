@@ -81,8 +81,9 @@ def running_job_row(
         return job.id
 
 
-def queued_job(body: dict, rows: list[dict], val: list[dict], gpus: int = 1) -> str:
-    """A queued job (for the training task to claim) whose stored spec asks for `gpus` processes."""
+def queued_job(body: dict, rows: list[dict], val: list[dict], gpus: int = 1, strategy: str = "auto") -> str:
+    """A queued job (for the training task to claim) whose stored spec asks for `gpus` processes, shared by
+    `strategy` (app.core.job_spec.Resources)."""
     from sqlalchemy import update
 
     from app.core.db import get_sessionmaker
@@ -91,7 +92,7 @@ def queued_job(body: dict, rows: list[dict], val: list[dict], gpus: int = 1) -> 
     job_id = running_job_row(body, rows, val, "\nA: ")
     with get_sessionmaker()() as s:
         spec = dict(s.get(Job, job_id).spec)
-        spec["resources"] = {"gpus": gpus}
+        spec["resources"] = {"gpus": gpus, "strategy": strategy}
         s.execute(update(Job).where(Job.id == job_id).values(status="queued", attempt=0, spec=spec, started_at=None))
         s.commit()
     return job_id

@@ -34,6 +34,24 @@ def test_adapter_auto_is_bf16_lora_when_the_model_fits_and_qlora_when_not(card):
     assert auto_plan.choose_adapter_type(10**9, torch.device("cpu"))[0] == "lora"
 
 
+def test_strategy_auto_shards_only_what_does_not_fit_one_gpu(card):
+    card(139)
+    assert auto_plan.choose_strategy(8_030_261_248, "lora", CUDA, False)[0] == "ddp"  # 15 GiB of bf16 weights
+    strategy, why = auto_plan.choose_strategy(70_553_706_496, "lora", CUDA, False)  # 131 GiB
+    assert strategy == "fsdp" and "do not fit" in why and "131.4 GiB" in why
+    assert auto_plan.choose_strategy(70_553_706_496, "qlora", CUDA, False)[0] == "ddp"  # 37 GiB in NF4
+    assert auto_plan.choose_strategy(3_212_749_824, "full", CUDA, False)[0] == "ddp"  # 3B: 48 GiB with AdamW
+    assert auto_plan.choose_strategy(8_030_261_248, "full", CUDA, False)[0] == "fsdp"  # 120 GiB
+    card(80)
+    assert auto_plan.choose_strategy(70_553_706_496, "qlora", CUDA, False)[0] == "ddp"  # 37 of 80 GiB: under half
+    card(24)
+    assert auto_plan.choose_strategy(70_553_706_496, "qlora", CUDA, False)[0] == "fsdp"
+    # never sharded: preference tuning's reference pass, prompt tuning, CPUs
+    assert auto_plan.choose_strategy(70_553_706_496, "lora", CUDA, True)[0] == "ddp"
+    assert auto_plan.choose_strategy(70_553_706_496, "prompt_tuning", CUDA, False)[0] == "ddp"
+    assert auto_plan.choose_strategy(70_553_706_496, "lora", torch.device("cpu"), False)[0] == "ddp"
+
+
 def test_micro_batch_fills_the_budget_from_two_measured_steps(card, monkeypatch):
     card(100)
     peaks = {1: 10 * GIB, 2: 11 * GIB}  # weights ~9 GiB, 1 GiB per 512-token row

@@ -1,6 +1,7 @@
 """One job's training over two processes, launched by PyTorch's own torchrun with the gloo backend on the CPU: the
 same loss trajectory as one process with the same global batch, replicas that stay equal, and the main rank's
-decisions (the best checkpoint) taken once for all (worker/training/distributed.py)."""
+decisions (the best checkpoint) taken once for all (worker/training/distributed.py); the same with the model sharded
+over the two (FSDP2, worker/training/sharding.py), whose checkpoints resume on any number of processes."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "helpers" / "ddp_train.py"
 
 
-def torchrun(out: Path, nproc: int, accum: int, stop_at: int | None = None) -> list[dict]:
+def torchrun(
+    out: Path, nproc: int, accum: int, stop_at: int | None = None, strategy: str = "ddp", adapter: str = "lora"
+) -> list[dict]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
     cmd += ["--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:0"] if nproc > 1 else []
-    args = [str(SCRIPT), str(out), str(accum)] + ([str(stop_at)] if stop_at else [])
+    args = [str(SCRIPT), str(out), "--accum", str(accum), "--strategy", strategy, "--adapter", adapter]
+    args += ["--stop-at", str(stop_at)] if stop_at else []
     run = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600)
     if stop_at:  # interrupted: every rank stopped after the checkpoint, none hung
         assert run.returncode != 0 and "exitcode  : 3" in run.stderr, run.stderr[-5000:]
@@ -58,3 +62,40 @@ def test_a_checkpoint_of_two_ranks_resumes_in_one_process(tmp_path):
         assert s["trained_tokens"] == r["trained_tokens"]
     # (the weights agree to float rounding only: two ranks summed step 1-3's gradients in another order)
     assert resumed["summary"] == one["summary"]
+
+
+def assert_same_steps(steps: list[dict], ref: list[dict]) -> None:
+    assert [s["step"] for s in steps] == [s["step"] for s in ref]
+    for s, r in zip(steps, ref):
+        assert s["trained_tokens"] == r["trained_tokens"]
+        assert s["train_loss"] == pytest.approx(r["train_loss"], rel=1e-4, abs=1e-6)
+        assert s["grad_norm"] == pytest.approx(r["grad_norm"], rel=1e-3, abs=1e-6)
+
+
+@pytest.mark.parametrize("adapter", ["lora", "full"])
+def test_a_model_sharded_over_two_ranks_trains_as_one_process(tmp_path, adapter):
+    """FSDP2 over two ranks (accum 3: one rank runs a micro-batch at weight zero every step, to match the other's
+    collectives), evaluated by both in lockstep with a real generation of different lengths at each epoch end: the
+    same steps as one process, the gathered weights equal on both ranks."""
+    (one,) = torchrun(tmp_path / "one", 1, 3, adapter=adapter)
+    ranks = torchrun(tmp_path / "two", 2, 3, strategy="fsdp", adapter=adapter)
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    assert ranks[1]["steps"] == []  # only the main rank reports
+    assert_same_steps(ranks[0]["steps"], one["steps"])
+    assert ranks[0]["summary"] == ranks[1]["summary"] == one["summary"]
+    # the checkpoints are the files one process writes
+    for name in ("adapter_model.safetensors" if adapter == "lora" else "model.safetensors", "trainer_state.pt"):
+        assert (tmp_path / "two" / "ckpt" / "step-8" / name).is_file()
+
+
+def test_sharded_checkpoints_resume_on_any_number_of_ranks(tmp_path):
+    """Interrupted on two sharded ranks, resumed by one process; interrupted in one process, resumed sharded over
+    two: both go on exactly as one process that was never interrupted."""
+    (one,) = torchrun(tmp_path / "one", 1, 3)
+    torchrun(tmp_path / "a", 2, 3, stop_at=3, strategy="fsdp")
+    (resumed,) = torchrun(tmp_path / "a", 1, 3)
+    torchrun(tmp_path / "b", 1, 3, stop_at=3)
+    resharded = torchrun(tmp_path / "b", 2, 3, strategy="fsdp")
+    for run in (resumed, resharded[0]):
+        assert_same_steps(run["steps"], one["steps"][3:])
+        assert run["summary"] == one["summary"]

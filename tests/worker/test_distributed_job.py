@@ -6,11 +6,13 @@ The training task's own code runs here (claim, spawn, supervise, outcome), with 
 from __future__ import annotations
 
 import re
+import tarfile
 import threading
 import time
 
 import psutil
 import pytest
+import torch
 from sqlalchemy import select
 
 from tests.helpers.child import queued_job, run_job, sql_rows, stored
@@ -32,6 +34,13 @@ def step_losses(job_id: str) -> list[tuple[int, float]]:
         events = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")).all()
     logged = [e.data for e in events if e.data and "train_loss" in e.data and "step" in e.data]
     return sorted((d["step"], d["train_loss"]) for d in logged)
+
+
+def attempt_log(job_id: str, attempt: int = 1) -> str:
+    """The end of an attempt's log (every rank's output): what a failed assertion shows."""
+    from app.core.storage import JobFiles
+
+    return JobFiles(job_id).attempt_log(attempt).read_text()[-20000:]
 
 
 def ranks_of(job_id: str) -> list[psutil.Process]:
@@ -63,13 +72,22 @@ def act_after_a_checkpoint(job_id: str, act) -> tuple[threading.Thread, list[str
     return first, results, acted
 
 
-def test_a_job_on_two_ranks_trains_as_one_process_and_reports_once(task_env):
+# A sharded model is evaluated by every rank in lockstep: generation (rouge) included. A full fine-tune too: its
+# base is measured by every rank, before the first step.
+FSDP_BODY = {**BODY, "evaluation": {"metrics": ["perplexity", "rouge"], "max_rows": 12, "max_new_tokens": 8}}
+FSDP_FULL = {**FSDP_BODY, "adapter": {"type": "full"}, "training": {**BODY["training"], "learning_rate": 0.0005}}
+
+
+@pytest.mark.parametrize(
+    "body,strategy", [(BODY, "ddp"), (FSDP_BODY, "fsdp"), (FSDP_FULL, "fsdp")], ids=["ddp", "fsdp-lora", "fsdp-full"]
+)
+def test_a_job_on_two_ranks_trains_as_one_process_and_reports_once(task_env, body, strategy):
     from worker.tasks.training import run_attempt
 
     rows, val = sql_rows("train.jsonl", 48), sql_rows("test.jsonl", 12)
-    straight = run_job(BODY, rows, val, "\nA: ", via_main=True)
-    job_id = queued_job(BODY, rows, val, gpus=2)
-    assert run_attempt(job_id) == "done"
+    straight = run_job(body, rows, val, "\nA: ", via_main=True)
+    job_id = queued_job(body, rows, val, gpus=2, strategy=strategy)
+    assert run_attempt(job_id) == "done", attempt_log(job_id)
     assert ranks_of(job_id) == []
 
     job_a, evals_a, rows_a, ckpts_a, _ = stored(straight)
@@ -85,13 +103,40 @@ def test_a_job_on_two_ranks_trains_as_one_process_and_reports_once(task_env):
     tuned_a, tuned_b = evals_a["tuned"].metrics["eval_loss"], evals_b["tuned"].metrics["eval_loss"]
     assert tuned_b == pytest.approx(tuned_a, rel=1e-3)
     assert sum("after the claim" in e for e in events) == 1
+    assert sum(e.startswith(f"2 ranks, {strategy}") for e in events) == 1, events
+    for subject in ("base", "tuned"):  # every rank generated, the main rank's outputs stored once
+        a, b = evals_a[subject].metrics, evals_b[subject].metrics
+        assert set(b) == set(a)
+        for k in a:
+            assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-3), (subject, k)
+    assert [r.tuned_output for r in rows_b] == [r.tuned_output for r in rows_a]
+    for a, b in zip(ckpts_a, ckpts_b):  # the same files one process writes, packaged the same way
+        assert (a.step, a.evaluated, bool(a.adapter_name)) == (b.step, b.evaluated, bool(b.adapter_name))
+    # the shipped files: what one process ships, the weights equal to float rounding
+    shipped_a, shipped_b = shipped_weights(job_a), shipped_weights(job_b)
+    assert shipped_b.keys() == shipped_a.keys() and shipped_a
+    for k, v in shipped_a.items():
+        assert torch.allclose(shipped_b[k], v, rtol=1e-3, atol=1e-5), k
 
 
-def test_a_rank_killed_mid_training_fails_the_attempt_cleanly_and_the_retry_resumes(task_env):
+def shipped_weights(job) -> dict:
+    """The weights in a job's downloadable archive (its adapter, or a full fine-tune's model)."""
+    from safetensors.torch import load
+
+    from app.core.settings import get_settings
+
+    with tarfile.open(get_settings().artifacts_dir / "jobs" / job.adapter_name) as tar:
+        names = [n for n in tar.getnames() if n.endswith(".safetensors")]
+        assert len(names) == 1, names
+        return load(tar.extractfile(names[0]).read())
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_rank_killed_mid_training_fails_the_attempt_cleanly_and_the_retry_resumes(task_env, strategy):
     from worker.tasks.training import run_attempt
 
     rows, val = sql_rows("train.jsonl", 48), sql_rows("test.jsonl", 12)
-    job_id = queued_job(BODY, rows, val, gpus=2)
+    job_id = queued_job(BODY, rows, val, gpus=2, strategy=strategy)
 
     def kill_rank_1() -> bool:
         follower = [p for p in ranks_of(job_id) if p.environ().get("LOCAL_RANK") == "1"]

@@ -55,6 +55,7 @@ class TrainingRecipe:
         self.ctx, self.settings = ctx, ctx.settings
         self.ranks = ranks or Ranks()  # a job on several GPUs: this process's rank (the main one writes)
         self.followers_left = not self.ranks.parallel  # the other ranks are done with their collectives
+        self.sharded = False  # the model is sharded over the ranks (FSDP): they evaluate and package it together
         self.evaluations: dict = {}  # this attempt's checkpoint evaluations (EvalResult), by step
         self.tuned_test = None  # the shipped model on the test rows (EvalResult), where the job has them
 
@@ -85,20 +86,28 @@ class TrainingRecipe:
         # as the model is loaded (a small job's base evaluation took as long as its training). A full fine-tune's
         # base weights are gone once it has stepped: measured first.
         base_later = self.spec.adapter.type in ("lora", "qlora")
-        if not base_later:
+        if not base_later and not self.sharded:
             if ranks.main:
                 self.evaluate_base()
             ranks.wait_for_main()
         self.prepare_training()
+        if not base_later and self.sharded:  # still the base: nothing has stepped; every rank takes part
+            self.evaluate_base()
         self.clock.lap("adapter")
         summary = self.train()
-        if not ranks.main:
-            return  # evaluation and packaging are the main rank's, once
-        share_compiled(self.ctx.cache.store, "push")  # what this host compiled, for the others' first jobs
+        if not (ranks.main or self.sharded):
+            return  # evaluation and packaging are the main rank's, once (a sharded model's are every rank's)
+        if ranks.main:
+            share_compiled(self.ctx.cache.store, "push")  # what this host compiled, for the others' first jobs
         if base_later:
             self.evaluate_base(adapter_off=True)
         tuned = self.evaluate_tuned(summary)
         self.package(summary, tuned)
+        if self.sharded:  # the last collective is behind every rank
+            from worker.training.distributed import leave
+
+            leave()
+            self.followers_left = True
 
     # ------------------------------------------------------------------------------------------- phases
 
@@ -210,11 +219,13 @@ class TrainingRecipe:
         clock.lap("rows")
 
     def load_model(self) -> None:
+        import torch
+
         from worker.evaluation.metrics import get_bertscorer, resolve_bertscore_model
         from worker.training.auto_plan import choose_adapter_type
         from worker.training.modeling import ModelRefused, count_params_of_config, load_base_model
 
-        ctx, job = self.ctx, self.job
+        ctx, job, ranks = self.ctx, self.job, self.ranks
         ctx.progress({"phase": "loading_model"}, force=True)
         if self.spec.adapter.type == "auto":
             kind, why = choose_adapter_type(count_params_of_config(job.model_source), self.device)
@@ -223,16 +234,37 @@ class TrainingRecipe:
             self.spec = self.spec.model_copy(update={"adapter": adapter})
             ctx.update(spec=self.spec.stored())  # a resumed attempt reads the choice back instead of choosing again
             ctx.event(f"adapter auto: {kind} ({why})")
+        if ranks.parallel:
+            self.choose_strategy()
+        # A model to shard is read into host memory first, each rank then keeping its shard on its GPU; a 4-bit one
+        # fits a GPU whole and is quantized there, as bitsandbytes does it.
+        place = torch.device("cpu") if self.sharded and self.spec.adapter.type != "qlora" else None
+        max_full = self.settings.full_finetune_max_params * (ranks.world if self.sharded else 1)
         try:
-            self.model = load_base_model(
-                job.model_source, self.spec.adapter, self.device, self.settings.full_finetune_max_params
-            )
+            self.model = load_base_model(job.model_source, self.spec.adapter, self.device, max_full, place=place)
         except ModelRefused as exc:
             raise UserError(exc.code, str(exc)) from exc
         self.bertscorer = None
         if "bertscore" in self.ckpt_metrics and self.eval_set.gen_rows:
             name, layers = resolve_bertscore_model(self.settings.bertscore_model, self.settings.bertscore_num_layers)
             self.bertscorer = get_bertscorer(name, layers, str(self.device))
+
+    def choose_strategy(self) -> None:
+        """A job on several GPUs: the whole model on every rank (ddp) or sharded over them (fsdp), as the job asks or,
+        for `auto`, as the main rank finds the model fits its GPU."""
+        from worker.training.auto_plan import choose_strategy
+        from worker.training.modeling import count_params_of_config
+
+        ctx, resources = self.ctx, self.spec.resources
+        strategy, why = resources.strategy, "as the job asks"
+        if strategy == "auto":
+            params = count_params_of_config(self.job.model_source) if self.ranks.main else 0
+            strategy, why = choose_strategy(params, self.spec.adapter.type, self.device, self.spec.preference)
+            strategy, why = self.ranks.decide((strategy, why))
+            self.spec = self.spec.model_copy(update={"resources": resources.model_copy(update={"strategy": strategy})})
+            ctx.update(spec=self.spec.stored())
+        self.sharded = strategy == "fsdp"
+        ctx.event(f"{self.ranks.world} ranks, {strategy}: {why}")
 
     def evaluate_base(self, adapter_off: bool = False) -> None:
         """The base model on the validation and test rows: before training, or after it with the adapter switched
@@ -251,6 +283,7 @@ class TrainingRecipe:
         from worker.training.auto_plan import choose_micro_batch, with_micro_batch
         from worker.training.loop import packs
         from worker.training.modeling import count_params, wrap_for_training
+        from worker.training.sharding import shard
 
         ctx, spec = self.ctx, self.spec
         self.model = wrap_for_training(
@@ -259,10 +292,18 @@ class TrainingRecipe:
             self.job.model_source,
             spec.training.gradient_checkpointing,
             self.tokenizer.eos_token_id,
+            on_gpu=self.device.type == "cuda",
         )
-        # the replicas start from the main rank's initialisation (peft draws LoRA's A from torch's generator)
-        self.ranks.copy_from_main([p for p in self.model.parameters() if p.requires_grad])
         self.params = count_params(self.model)
+        # by name, as trained: what is packaged (requires_grad can change after training, as peft disables and loads);
+        # a tied weight once, by its first name, as saving the whole model keeps it
+        self.trained_names = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        # the replicas start from the main rank's initialisation (peft draws LoRA's A from torch's generator); a full
+        # fine-tune's weights are the files' on every rank
+        if not (self.sharded and spec.adapter.type == "full"):
+            self.ranks.copy_from_main([p for p in self.model.parameters() if p.requires_grad])
+        if self.sharded:
+            shard(self.model, self.ranks, self.device)
         ctx.update(trainable_params=self.params[0], total_params=self.params[1])
         if spec.training.micro_batch_size == "auto":
             if spec.preference:
@@ -378,7 +419,7 @@ class TrainingRecipe:
                 objective,
                 self.ranks,
             )
-            if self.ranks.parallel:  # the last collective is behind every rank
+            if self.ranks.parallel and not self.sharded:  # the last collective is behind every rank
                 leave()
                 self.followers_left = True
         except TrainingInterrupted as exc:
@@ -441,6 +482,11 @@ class TrainingRecipe:
 
         ctx, files = self.ctx, self.ctx.files
         ctx.progress({"phase": "packaging"}, force=True)
+        name = fine_tuned_name(self.job)
+        weights = self.whole_weights()
+        if not self.ranks.main:  # a sharded model's followers: their part of every gather, nothing written
+            self.package_checkpoints(name)
+            return
         with ctx.Session() as s:
             base = {
                 e.split: e.metrics
@@ -451,7 +497,6 @@ class TrainingRecipe:
         self.base_metrics = base.get("validation")
         tuned_test = self.tuned_test
         self.test_metrics = (base.get("test"), tuned_test.metrics) if tuned_test is not None else None
-        name = fine_tuned_name(self.job)
         archive, digest, size = package_adapter(
             self.model,
             self.tokenizer,
@@ -459,6 +504,7 @@ class TrainingRecipe:
             files.adapter_archive,
             self.card(name, tuned.metrics),
             base_model=public_model_name(self.job.model_source),
+            state_dict=weights,
         )
         ctx.cache.push_folder(files.adapter_dir)  # comparisons load the folder, downloads the archive
         ctx.cache.drop_stored_extras(files.adapter_dir)  # what an earlier attempt's folder held and this one lacks
@@ -520,6 +566,16 @@ class TrainingRecipe:
         )
         return result.metrics
 
+    def whole_weights(self) -> dict | None:
+        """A sharded model's trained weights gathered whole, by the names of its state_dict, for saving: every rank
+        takes part, the main rank gets them. None where the model is not sharded: it is saved from itself."""
+        if not self.sharded:
+            return None
+        from worker.training.sharding import gathered, reshard
+
+        reshard(self.model)  # the shards are the weights, not what an evaluation left gathered
+        return gathered({k: v for k, v in self.model.state_dict().items() if k in self.trained_names}, self.ranks.main)
+
     def card(self, name: str, metrics: dict, step: int | None = None) -> str:
         from worker.evaluation.model_card import card_facts, model_card
 
@@ -535,19 +591,27 @@ class TrainingRecipe:
         from worker.training.checkpoints import load_trainable_weights, weights_file
 
         ctx, files = self.ctx, self.ctx.files
-        with ctx.Session() as s:
-            rows = s.execute(
-                select(Checkpoint.step, Checkpoint.dir_name, Checkpoint.metrics, Checkpoint.adapter_name)
-                .where(Checkpoint.job_id == ctx.job_id, Checkpoint.evaluated.is_(True))
-                .order_by(Checkpoint.step)
-            ).all()
+        todo = []
+        if self.ranks.main:
+            with ctx.Session() as s:
+                rows = s.execute(
+                    select(Checkpoint.step, Checkpoint.dir_name, Checkpoint.metrics, Checkpoint.adapter_name)
+                    .where(Checkpoint.job_id == ctx.job_id, Checkpoint.evaluated.is_(True))
+                    .order_by(Checkpoint.step)
+                ).all()
+            for step, dir_name, metrics, done in rows:
+                if done and ctx.cache.store.size(files.key(done)) is not None:  # packaged by an earlier attempt
+                    continue
+                if weights_file(files.resolve(dir_name)) is not None:
+                    todo.append((step, dir_name, metrics))
+        if self.sharded:  # every rank loads and gathers each of them
+            todo = self.ranks.decide(todo)
         out_dir = files.checkpoint_archives
-        for step, dir_name, metrics, done in rows:
-            if done and ctx.cache.store.size(files.key(done)) is not None:  # packaged by an earlier attempt
-                continue
-            if weights_file(files.resolve(dir_name)) is None:
-                continue
+        for step, dir_name, metrics in todo:
             load_trainable_weights(files.resolve(dir_name), self.model)
+            weights = self.whole_weights()
+            if not self.ranks.main:
+                continue
             metrics = {k: v for k, v in (metrics or {}).items() if k != "train_loss"}
             archive, digest, size = package_adapter(
                 self.model,
@@ -557,6 +621,7 @@ class TrainingRecipe:
                 self.card(name, metrics, step=step),
                 base_model=public_model_name(self.job.model_source),
                 keep_folder=False,
+                state_dict=weights,
             )
             ctx.cache.push(archive)
             archive.unlink()  # nothing on this host reads it again; downloads come from the store

@@ -36,17 +36,21 @@ def name_base_model(model, base_model: str) -> None:
     model.config.name_or_path = model.name_or_path = base_model
 
 
-def save_model_files(model, tokenizer, folder: Path, card: str, base_model: str) -> None:
-    """The model (adapter, or whole model), its tokenizer and its card in `folder`."""
+def save_model_files(
+    model, tokenizer, folder: Path, card: str, base_model: str, state_dict: dict | None = None
+) -> None:
+    """The model (adapter, or whole model), its tokenizer and its card in `folder`; `state_dict`: its weights, where
+    not the model's own."""
     name_base_model(model, base_model)
+    given = {} if state_dict is None else {"state_dict": state_dict}
     # peft writes adapter_model.safetensors + adapter_config.json; transformers (safetensors only since
     # v5, where the flag is ignored) config.json + model.safetensors, tied embeddings stored once.
     if is_peft(model):
         # No copy of the base's embeddings: the vocabulary is never resized. peft's "auto" would look the base
         # up by the public name just set, on the Hub when it names a local model.
-        model.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False)
+        model.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False, **given)
     else:
-        model.save_pretrained(str(folder), safe_serialization=True)
+        model.save_pretrained(str(folder), safe_serialization=True, **given)
     tokenizer.save_pretrained(str(folder))
     (folder / "README.md").write_text(card)
 
@@ -67,17 +71,27 @@ def write_archive(folder: Path, archive: Path, top: str, compresslevel: int = 9)
 
 
 def package_adapter(
-    model, tokenizer, folder: Path, archive: Path, card: str, *, base_model: str, keep_folder: bool = True
+    model,
+    tokenizer,
+    folder: Path,
+    archive: Path,
+    card: str,
+    *,
+    base_model: str,
+    keep_folder: bool = True,
+    state_dict: dict | None = None,
 ) -> tuple[Path, str, int]:
     """Save the model's adapter (or, for a plain transformers model, the whole model) with the tokenizer and
     the card into `folder`, and write `archive` from it atomically; returns (archive, sha256, size).
 
     base_model: the base's public name, written into the saved configs instead of the worker's path.
     keep_folder: the job's main folder (jobs_dir/<job>/adapter) stays, comparisons load it from there.
+    state_dict: the weights to save by the model's state_dict names, where the model cannot give them itself (one
+    sharded over ranks: worker/training/sharding.py); None: the model's own.
     """
     shutil.rmtree(folder, ignore_errors=True)
     try:
-        save_model_files(model, tokenizer, folder, card, base_model)
+        save_model_files(model, tokenizer, folder, card, base_model, state_dict)
         return write_archive(folder, archive, "adapter")
     finally:
         if not keep_folder:

@@ -41,6 +41,31 @@ def choose_adapter_type(params: int, device: torch.device) -> tuple[str, str]:
     )
 
 
+# Bytes per parameter a rank holds before any activation: bf16 weights; NF4 (4 bits, and the double-quantized scales);
+# a full fine-tune's fp32 weights, gradients and two AdamW moments.
+WEIGHT_BYTES = {"lora": 2.0, "qlora": 0.56, "full": 16.0}
+
+
+def choose_strategy(params: int, adapter_type: str, device: torch.device, preference: bool) -> tuple[str, str]:
+    """("ddp" | "fsdp", why) for a job on several GPUs whose strategy is `auto`: the whole model on every GPU (ddp,
+    the fastest) where it fits one of them with room for its activations, else sharded over them (fsdp)."""
+    if preference:
+        return "ddp", "preference tuning's reference pass runs on whole models"
+    if adapter_type == "prompt_tuning":
+        return "ddp", "prompt tuning trains a few virtual tokens"
+    if device.type != "cuda":
+        return "ddp", "no GPU: every rank holds the whole model"
+    total = torch.cuda.get_device_properties(device).total_memory
+    need = WEIGHT_BYTES[adapter_type] * params
+    share = GPU_BUDGET if adapter_type == "full" else LORA_WEIGHTS_SHARE
+    fits = need <= share * total
+    return ("ddp" if fits else "fsdp"), (
+        f"the model's {adapter_type} weights{' and optimizer' if adapter_type == 'full' else ''} "
+        f"({need / 2**30:.1f} GiB) {'fit' if fits else 'do not fit'} {share:.0%} of one GPU ({total / 2**30:.0f} GiB)"
+        + ("" if fits else ": sharded over the GPUs")
+    )
+
+
 def probe_step(model, rows: int, row_len: int, device: torch.device) -> None:
     """One training forward and backward over `rows` full rows of `row_len` random tokens, as training runs
     it (its loss path and precision); leaves no gradients behind."""

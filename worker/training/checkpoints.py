@@ -39,41 +39,126 @@ def weights_file(folder: Path) -> Path | None:
     return next((folder / n for n in (ADAPTER_WEIGHTS, FULL_WEIGHTS) if (folder / n).is_file()), None)
 
 
-def save_trainable_weights(model, folder: Path) -> None:
+def save_trainable_weights(model, folder: Path | None) -> None:
+    """The trainable weights (the adapter, or every weight of a full fine-tune) as `folder`'s safetensors file.
+
+    A sharded model (worker/training/sharding.py): every rank calls this, each tensor is gathered whole, and only the
+    main rank writes (its `folder`; the others pass None). The file is the one an unsharded model writes."""
     from safetensors.torch import save_file, save_model
 
+    from worker.training.sharding import gathered, is_sharded, reshard
+
+    main = folder is not None
+    if is_sharded(model):
+        reshard(model)  # the shards are the weights (worker/training/sharding.py)
     if is_peft(model):
         from peft import get_peft_model_state_dict
 
-        weights = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
-        save_file(weights, str(folder / ADAPTER_WEIGHTS))
+        weights = get_peft_model_state_dict(model)
+        if is_sharded(model):
+            weights = gathered(weights, main)
+        else:
+            weights = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+        if main:
+            save_file(weights, str(folder / ADAPTER_WEIGHTS))
+    elif is_sharded(model):
+        # save_model's format: a tied tensor once, under the first of its names in sorted order, the others named
+        # in the metadata (which load_model reads back)
+        kept, dropped = tied_names(model)
+        weights = gathered({k: v for k, v in model.state_dict().items() if k not in dropped}, main)
+        if main:
+            save_file(weights, str(folder / FULL_WEIGHTS), metadata={"format": "pt", **dropped})
     else:
         # save_model, not save_file: it writes shared tensors (tied input/output embeddings) once.
         save_model(model, str(folder / FULL_WEIGHTS))
 
 
+def tied_names(model) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """({kept name: its other names}, {other name: kept name}) of the parameters registered under several names (a
+    tied head and embedding), the kept one first in sorted order as safetensors' save_model keeps it."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    kept, dropped = {}, {}
+    for group in names.values():
+        if len(group) > 1:
+            first, *others = sorted(group)
+            kept[first] = others
+            dropped.update({o: first for o in others})
+    return kept, dropped
+
+
 def load_trainable_weights(folder: Path, model) -> None:
-    """Put a checkpoint's trainable weights (saved by save_trainable_weights) back into the model."""
+    """Put a checkpoint's trainable weights (saved by save_trainable_weights) back into the model. A sharded model:
+    every rank reads the whole file and keeps its own shard."""
     from safetensors.torch import load_file, load_model
 
-    if is_peft(model):
-        from peft import set_peft_model_state_dict
+    from worker.training.sharding import is_sharded, reshard, shard_like
 
-        set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
+    sharded = is_sharded(model)
+    if sharded:
+        reshard(model)  # the shards are the weights (worker/training/sharding.py)
+    if is_peft(model):
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        weights = load_file(str(folder / ADAPTER_WEIGHTS))
+        if sharded:
+            targets = get_peft_model_state_dict(model)
+            weights = {k: shard_like(v, targets[k]) if k in targets else v for k, v in weights.items()}
+        set_peft_model_state_dict(model, weights)
+    elif sharded:
+        weights = load_file(str(folder / FULL_WEIGHTS))
+        _, dropped = tied_names(model)
+        targets = model.state_dict()
+        model.load_state_dict({k: shard_like(weights[dropped.get(k, k)], t) for k, t in targets.items()})
     else:
         load_model(model, str(folder / FULL_WEIGHTS), device=str(next(model.parameters()).device))
 
 
+def optimizer_state(optimizer, sharded: bool, main: bool) -> dict | None:
+    """The optimizer's state_dict, its sharded tensors gathered whole (every rank calls it; the main rank gets it)."""
+    from worker.training.sharding import gathered
+
+    saved = optimizer.state_dict()
+    if not sharded:
+        return saved
+    state = {i: gathered(values, main) for i, values in saved["state"].items()}
+    return {**saved, "state": state} if main else None
+
+
+def load_optimizer_state(optimizer, saved: dict, sharded: bool) -> None:
+    """A saved optimizer state_dict back into `optimizer`; on a sharded model each rank keeps its shard of it."""
+    from worker.training.sharding import shard_like
+
+    if sharded:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        saved["state"] = {
+            i: {k: shard_like(v, params[i]) if v.dim() and v.shape == params[i].shape else v for k, v in values.items()}
+            for i, values in saved["state"].items()
+        }
+    optimizer.load_state_dict(saved)
+
+
 def save_checkpoint(
-    ckpt_root: Path, model, optimizer, scheduler, state: dict, keep: int = 2, evaluated: bool = False
-) -> Path:
+    ckpt_root: Path, model, optimizer, scheduler, state: dict, keep: int = 2, evaluated: bool = False, main: bool = True
+) -> Path | None:
     """Write to a temp dir, then rename: a crash mid-write never leaves a checkpoint that looks complete.
+
+    A sharded model: every rank calls this (the tensors are gathered whole) and only the main rank writes; the others
+    get None.
 
     `state` holds step, trained_tokens, the best checkpoint so far and the other loop figures a resumed
     run needs. The newest `keep` checkpoints stay whole. Older evaluated ones (and the best) keep their
     weights, so each evaluated step can be packaged for download, and lose their optimizer and trainer
     state (for a full fine-tune, twice the weights' size); older unevaluated ones are deleted.
     """
+    from worker.training.sharding import is_sharded
+
+    sharded = is_sharded(model)
+    if sharded and not main:
+        save_trainable_weights(model, None)
+        optimizer_state(optimizer, sharded, main)
+        return None
     step = state["step"]
     final = ckpt_root / f"step-{step}"
     tmp = ckpt_root / f".tmp-step-{step}-{os.getpid()}"
@@ -84,7 +169,7 @@ def save_checkpoint(
     torch.save(
         {
             **state,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state(optimizer, sharded, main),
             "scheduler": scheduler.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             # this process's GPU only: a job resumes on a worker of fewer GPUs, and a rank uses its own one
@@ -116,7 +201,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     # Our own file, but read as data only: tensors, numbers, strings and containers (the optimizer's and
     # scheduler's state are just that), so a tampered checkpoint cannot run code when unpickled.
     saved = torch.load(path / TRAINER_STATE, weights_only=True)
-    optimizer.load_state_dict(saved.pop("optimizer"))
+    from worker.training.sharding import is_sharded
+
+    load_optimizer_state(optimizer, saved.pop("optimizer"), is_sharded(model))
     scheduler.load_state_dict(saved.pop("scheduler"))
     torch.set_rng_state(saved.pop("rng_cpu"))
     rng_cuda = saved.pop("rng_cuda", None)

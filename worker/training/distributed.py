@@ -13,6 +13,9 @@ DistributedDataParallel needs to see to prepare its reduction; and a step's micr
 among the ranks (the last step of an epoch), which the wrapper's per-backward reduction would deadlock on. Adapters
 are megabytes, so one reduction per optimizer step, after the backward passes, costs little next to a step.
 
+A model that does not fit one GPU is sharded over the ranks instead (worker/training/sharding.py, PyTorch's FSDP2):
+the same loop, the same checkpoints, with FSDP's collectives in place of this one all-reduce.
+
 Decisions that must be the same on every rank (stop now, save a checkpoint, the best checkpoint so far, early
 stopping) are the main rank's, broadcast once per step. The main rank alone talks to the outside: progress, events,
 evaluations and checkpoints; the others wait for it.
@@ -86,14 +89,15 @@ class Ranks:
         """The main rank's values of `params` on every rank: the replicas start equal whatever each initialised."""
         if not self.parallel:
             return
+        device = _collective_device()  # gloo moves CPU tensors only, NCCL CUDA ones
         with torch.no_grad():
             for p in params:
-                if p.device.type == "cpu" or dist.get_backend() != "gloo":
+                if p.device == device:
                     dist.broadcast(p.data, src=0)
-                else:  # gloo moves CPU tensors only
-                    host = p.data.cpu()
-                    dist.broadcast(host, src=0)
-                    p.data.copy_(host)
+                else:  # (a model read into host memory to be sharded, or a GPU's under gloo)
+                    moved = p.data.to(device)
+                    dist.broadcast(moved, src=0)
+                    p.data.copy_(moved)
 
     def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Replace each trainable parameter's gradient by its sum over the ranks: one all-reduce per dtype of a

@@ -23,6 +23,7 @@ from worker.training.distributed import Ranks
 from worker.training.loss import loss_fn_for
 from worker.training.modeling import mixed_precision, peak_memory_bytes
 from worker.training.packing import collate, collate_packed
+from worker.training.sharding import full, is_sharded, reduce_gradients_after, reshard
 
 
 class StopTraining(Exception):
@@ -186,11 +187,15 @@ def train(
 
     `ranks`: one of several processes training the job together (worker/training/distributed.py): each takes its
     share of every step's micro-batches and the gradients are summed over them; only the main rank calls the
-    hooks, evaluates and saves checkpoints, and its decisions are every rank's.
+    hooks, evaluates and saves checkpoints, and its decisions are every rank's. A model sharded over the ranks
+    (worker/training/sharding.py) is evaluated and saved by every rank together, the main rank writing.
     """
     from transformers import get_scheduler
 
     ranks = ranks or Ranks()
+    sharded = is_sharded(model)
+    if sharded:  # evaluated before (a full fine-tune's base): the root's weights left gathered, as other tensors
+        reshard(model)
     torch.manual_seed(cfg.seed)
     micro_per_epoch = math.ceil(len(examples) / cfg.micro_batch_size)
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
@@ -240,25 +245,34 @@ def train(
         ]
         step_weight = sum(objective.weight(e) for mb in group for e in mb)
         step_loss, step_tokens, step_t0 = 0.0, 0, time.monotonic()
-        for mb in ranks.share(group):
+        mine = ranks.share(group)
+        if sharded:  # each pass is a collective: as many on every rank, the missing ones on a micro-batch at weight 0
+            mine += [None] * (math.ceil(len(group) / ranks.world) - len(mine))
+        for i, mb in enumerate(mine):
             if not ranks.parallel and hooks.should_stop():
                 raise StopTraining
+            idle, mb = mb is None, group[0] if mb is None else mb
+            if sharded:
+                reduce_gradients_after(model, last=i == len(mine) - 1)
             with mixed_precision(device):
                 mb_loss, real_tokens = objective.loss(model, mb)
             # Weighted by the objective's units (loss tokens, pairs) across the accumulated micro-batches (every
             # rank's), so accumulation, and the sum over ranks, equal one big batch.
-            loss = mb_loss * (sum(objective.weight(e) for e in mb) / max(1, step_weight))
-            loss.backward()
+            weight = 0.0 if idle else sum(objective.weight(e) for e in mb) / max(1, step_weight)
+            loss = mb_loss * weight
+            # FSDP averages the ranks' gradients; the sum is wanted (worker/training/sharding.py)
+            (loss * ranks.world if sharded else loss).backward()
             step_loss += loss.item()
-            step_tokens += real_tokens
+            step_tokens += 0 if idle else real_tokens
         if ranks.parallel:
-            ranks.sum_gradients(params)
+            if not sharded:
+                ranks.sum_gradients(params)
             step_loss, summed_tokens = ranks.sum(step_loss, step_tokens)
             step_tokens = int(summed_tokens)
             if ranks.decide(hooks.should_stop() if ranks.main else None):
                 raise StopTraining
         trained_tokens += step_tokens
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))  # before clipping
+        grad_norm = float(full(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))  # before clipping
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -301,13 +315,17 @@ def train(
             interrupted, due = ranks.decide((interrupted, due) if ranks.main else None)
         if not (evaluate or epoch_end or interrupted or due):
             continue
-        if ranks.main:  # evaluated once and saved once; the other ranks wait for the decisions that follow
+        # evaluated once and saved once; the other ranks wait for the decisions that follow (a sharded model: every
+        # rank takes part, the main rank alone writes)
+        if ranks.main or sharded:
             metrics = {"train_loss": step_loss}
             if evaluate:
                 t = time.monotonic()
                 model.eval()
                 metrics.update(hooks.on_evaluate(step, step / steps_per_epoch))
                 model.train()
+                if sharded:
+                    reshard(model)
                 eval_seconds += time.monotonic() - t
                 _track_best(state, metrics, step, selection, cfg.early_stopping_patience, total_steps)
             state.update(
@@ -316,8 +334,9 @@ def train(
                 train_seconds=prior_seconds + time.monotonic() - t0 - eval_seconds,
                 peak_memory_bytes=max(state["peak_memory_bytes"], peak_memory_bytes(device)),
             )
-            path = save_checkpoint(ckpt_root, model, optimizer, scheduler, state, evaluated=evaluate)
-            hooks.on_checkpoint(step, step / steps_per_epoch, path, metrics, evaluate)
+            path = save_checkpoint(ckpt_root, model, optimizer, scheduler, state, evaluated=evaluate, main=ranks.main)
+            if ranks.main:
+                hooks.on_checkpoint(step, step / steps_per_epoch, path, metrics, evaluate)
         if ranks.parallel:
             state = ranks.decide(state if ranks.main else None)  # best so far, early stopping: the same everywhere
         last_ckpt_t = time.monotonic()

@@ -17,7 +17,7 @@ fused kernel (Liger's `softcap`) or on the gathered logits: with its 256k vocabu
 materialize [tokens, 256k] logits in fp32, the largest buffer of a step.
 
 Anything this does not know how to split (a LoRA on the head itself, a head bias, logit scaling, prompt tuning's
-virtual tokens) takes the model's own forward instead: `loss_fn_for` says which.
+virtual tokens, a model sharded with FSDP) takes the model's own forward instead: `loss_fn_for` says which.
 """
 
 from __future__ import annotations
@@ -53,7 +53,10 @@ def model_loss(model, batch: dict) -> torch.Tensor:
 def split_model(model):
     """(decoder, head) of a causal LM, through peft's wrappers; None where the split is not known to be exact."""
     from worker.training.modeling import is_peft
+    from worker.training.sharding import is_sharded
 
+    if is_sharded(model):  # the head's weight, read outside the root's forward, is only this rank's shard there
+        return None
     if is_peft(model):
         if model.peft_config[model.active_adapter].is_prompt_learning:
             return None  # the virtual tokens are prepended inside peft's forward

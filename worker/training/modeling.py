@@ -187,8 +187,15 @@ def load_tokenizer(source: str):
     return tok
 
 
-def load_base_model(source: str, adapter: AdapterSpec | dict, device: torch.device, max_full_params: int | None = None):
-    """The frozen base model on `device`, 4-bit quantized for QLoRA (wrap_for_training unfreezes it for full).
+def load_base_model(
+    source: str,
+    adapter: AdapterSpec | dict,
+    device: torch.device,
+    max_full_params: int | None = None,
+    place: torch.device | None = None,
+):
+    """The frozen base model for training on `device`, 4-bit quantized for QLoRA (wrap_for_training unfreezes it for
+    full); read onto `place` instead where given (a model to shard is read into host memory first).
 
     max_full_params: for a full fine-tuning job, refuse (ModelRefused) models with more parameters.
     """
@@ -203,7 +210,7 @@ def load_base_model(source: str, adapter: AdapterSpec | dict, device: torch.devi
         source,
         dtype=train_dtype(device, adapter.type) if quant is None else getattr(torch, adapter.compute_dtype),
         quantization_config=quant,
-        device_map={"": device.index if device.type == "cuda" and device.index is not None else str(device)},
+        device_map={"": _device_map_target(place or device)},
         use_safetensors=True,
         trust_remote_code=False,
     )
@@ -211,8 +218,12 @@ def load_base_model(source: str, adapter: AdapterSpec | dict, device: torch.devi
     for param in model.parameters():
         param.requires_grad_(False)
     if quant is not None:
-        plain_4bit_kernels_on_cpu(model, device)
+        plain_4bit_kernels_on_cpu(model, place or device)
     return model
+
+
+def _device_map_target(device: torch.device) -> int | str:
+    return device.index if device.type == "cuda" and device.index is not None else str(device)
 
 
 def plain_4bit_kernels_on_cpu(model, device) -> None:
@@ -249,13 +260,16 @@ def wrap_for_training(
     tokenizer_source: str,
     gradient_checkpointing: bool,
     eos_token_id: int | None = None,
+    on_gpu: bool | None = None,
 ):
     """The model the training loop optimizes: a peft model around the frozen base, or for full fine-tuning
-    the plain model with every weight trainable."""
+    the plain model with every weight trainable. on_gpu: it trains on a GPU (by default: it is on one now; a model
+    read into host memory to be sharded onto the GPUs is not yet)."""
     adapter = adapter_spec(adapter)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    on_gpu = next(model.parameters()).device.type == "cuda"
+    if on_gpu is None:
+        on_gpu = next(model.parameters()).device.type == "cuda"
     if on_gpu and fused_kernels_enabled():
         from worker.training.kernels.fused import apply_fused_kernels
 
