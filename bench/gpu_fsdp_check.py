@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,8 +89,7 @@ def run(model_dir: str, kind: str, sharded: bool, examples, prompts, tok, steps:
     timed = step_times[2:]  # the first steps compile kernels
     tokens_s = sum(t for _, t in timed) / sum(s for s, _ in timed)
     weights = ckpt / f"step-{summary.steps}" / (FULL_WEIGHTS if kind == "full" else ADAPTER_WEIGHTS)
-    del model
-    return {
+    return {  # (the model goes with this frame)
         "losses": [d["train_loss"] for d in log],
         "tokens_s": tokens_s,
         "peak_gib": peak_memory_bytes(device) / 2**30,

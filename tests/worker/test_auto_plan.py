@@ -50,6 +50,9 @@ def test_strategy_auto_shards_only_what_does_not_fit_one_gpu(card):
     assert auto_plan.choose_strategy(70_553_706_496, "lora", CUDA, True)[0] == "ddp"
     assert auto_plan.choose_strategy(70_553_706_496, "prompt_tuning", CUDA, False)[0] == "ddp"
     assert auto_plan.choose_strategy(70_553_706_496, "lora", torch.device("cpu"), False)[0] == "ddp"
+    # a full fine-tune past the cap for one GPU is sharded, CPUs included (the cap grows with the ranks)
+    strategy, why = auto_plan.choose_strategy(8_030_261_248, "full", torch.device("cpu"), False, 3_500_000_000)
+    assert strategy == "fsdp" and "cap of 3,500,000,000" in why
 
 
 def test_micro_batch_fills_the_budget_from_two_measured_steps(card, monkeypatch):

@@ -259,7 +259,8 @@ class TrainingRecipe:
         strategy, why = resources.strategy, "as the job asks"
         if strategy == "auto":
             params = count_params_of_config(self.job.model_source) if self.ranks.main else 0
-            strategy, why = choose_strategy(params, self.spec.adapter.type, self.device, self.spec.preference)
+            cap = self.settings.full_finetune_max_params
+            strategy, why = choose_strategy(params, self.spec.adapter.type, self.device, self.spec.preference, cap)
             strategy, why = self.ranks.decide((strategy, why))
             self.spec = self.spec.model_copy(update={"resources": resources.model_copy(update={"strategy": strategy})})
             ctx.update(spec=self.spec.stored())
@@ -315,7 +316,7 @@ class TrainingRecipe:
                 lengths,
                 spec.training.max_seq_length,
                 packs(spec),
-                self.params[0],
+                self.params[0] // (self.ranks.world if self.sharded else 1),  # a rank's share of the optimizer
                 self.device,
             )
             if spec.preference:  # a pair is two sequences
@@ -434,7 +435,12 @@ class TrainingRecipe:
             ctx.in_training = False
         uploader.wait()
         record_stored()
-        if ctx.interrupt_requested:  # asked during the last step: its checkpoint is saved, the rest can wait
+        # asked during the last step: its checkpoint is saved, the rest can wait (the main rank's signal, for every rank
+        # of a sharded model, which evaluates and packages together)
+        interrupted = ctx.interrupt_requested
+        if self.sharded:
+            interrupted = self.ranks.decide(interrupted if self.ranks.main else None)
+        if interrupted:
             raise Interrupted("training finished; evaluation and packaging are left to the next attempt")
         if summary.stopped_early is not None:
             ctx.event(

@@ -46,13 +46,18 @@ def choose_adapter_type(params: int, device: torch.device) -> tuple[str, str]:
 WEIGHT_BYTES = {"lora": 2.0, "qlora": 0.56, "full": 16.0}
 
 
-def choose_strategy(params: int, adapter_type: str, device: torch.device, preference: bool) -> tuple[str, str]:
+def choose_strategy(
+    params: int, adapter_type: str, device: torch.device, preference: bool, max_full_params: int | None = None
+) -> tuple[str, str]:
     """("ddp" | "fsdp", why) for a job on several GPUs whose strategy is `auto`: the whole model on every GPU (ddp,
-    the fastest) where it fits one of them with room for its activations, else sharded over them (fsdp)."""
+    the fastest) where it fits one of them with room for its activations, else sharded over them (fsdp). A full
+    fine-tune past the deployment's cap for one GPU (max_full_params) is sharded: the cap grows with the GPUs."""
     if preference:
         return "ddp", "preference tuning's reference pass runs on whole models"
     if adapter_type == "prompt_tuning":
         return "ddp", "prompt tuning trains a few virtual tokens"
+    if adapter_type == "full" and max_full_params is not None and params > max_full_params:
+        return "fsdp", f"{params:,} parameters: over full fine-tuning's cap of {max_full_params:,} for one GPU"
     if device.type != "cuda":
         return "ddp", "no GPU: every rank holds the whole model"
     total = torch.cuda.get_device_properties(device).total_memory

@@ -200,7 +200,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     load_trainable_weights(path, model)
     # Our own file, but read as data only: tensors, numbers, strings and containers (the optimizer's and
     # scheduler's state are just that), so a tampered checkpoint cannot run code when unpickled.
-    saved = torch.load(path / TRAINER_STATE, weights_only=True)
+    # Onto the host: a checkpoint of one GPU's process would otherwise come back onto that GPU on every rank that reads
+    # it; the optimizer moves its state to each parameter's device.
+    saved = torch.load(path / TRAINER_STATE, weights_only=True, map_location="cpu")
     from worker.training.sharding import is_sharded
 
     load_optimizer_state(optimizer, saved.pop("optimizer"), is_sharded(model))

@@ -11,7 +11,8 @@ What the rest of the training path does differently on a sharded model (worker/t
   left in a step runs one of the step's at weight zero;
 - FSDP averages the gradients over the ranks where the loop sums them: each rank's loss is scaled by the world size
   (`set_gradient_divide_factor(1.0)` would do it in the reduction, but needs PREMUL_SUM, which gloo lacks);
-- the gradients are reduced once per optimizer step, after its last micro-batch, not after every one;
+- an adapter's gradients are reduced once per optimizer step, after its last micro-batch, not after every one (a full
+  fine-tune's after every one: see reduce_gradients_after);
 - the loss is the model's own (worker/training/loss.py: the fused head reads its weight outside the root's forward,
   where FSDP keeps it sharded);
 - checkpoints hold the full tensors, gathered from every rank and written by the main one, in exactly the files one
@@ -81,8 +82,13 @@ def reshard(model) -> None:
 
 
 def reduce_gradients_after(model, last: bool) -> None:
-    """Whether this backward pass reduces the gradients (the step's last micro-batch) or only accumulates them."""
-    root_of(model).set_requires_gradient_sync(last)
+    """Whether this backward pass reduces the gradients or only accumulates them. An adapter's are reduced once, after
+    the step's last micro-batch: they are small, and each reduction is a collective per layer. A full fine-tune's are
+    reduced after every one: accumulating them unreduced keeps every weight's whole gradient on every rank, the memory
+    sharding is for."""
+    from worker.training.modeling import is_peft
+
+    root_of(model).set_requires_gradient_sync(last or not is_peft(model))
 
 
 def full(t: torch.Tensor) -> torch.Tensor:

@@ -23,9 +23,17 @@ import types
 import torch
 
 
+def quant_state_of(base):
+    """A 4-bit layer's quantization state, None for a dense one. The weight carries it, except where FSDP gathered the
+    weight as a plain tensor (worker/training/sharding.py): then the module's copy, as bitsandbytes' own forward
+    recovers it (`fix_4bit_weight_quant_state_from_module`)."""
+    state = getattr(base.weight, "quant_state", None)
+    return state if state is not None else getattr(base, "quant_state", None)
+
+
 def dense_weight(base) -> torch.Tensor:
     """The base layer's [out, in] weight as a dense tensor (a 4-bit weight dequantized)."""
-    quant_state = getattr(base.weight, "quant_state", None)
+    quant_state = quant_state_of(base)
     if quant_state is None:
         return base.weight
     import bitsandbytes.functional as bnbf
@@ -37,7 +45,7 @@ def base_dtype(base, dtype: torch.dtype) -> torch.dtype:
     """The dtype the base product runs in: a 4-bit layer's compute dtype (as bitsandbytes' own forward casts
     its input to it), else the input's. Under CUDA autocast both are bf16."""
     compute = getattr(base, "compute_dtype", None)
-    return compute if getattr(base.weight, "quant_state", None) is not None and compute is not None else dtype
+    return compute if quant_state_of(base) is not None and compute is not None else dtype
 
 
 class LoraLinearFunction(torch.autograd.Function):
