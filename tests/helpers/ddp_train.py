@@ -40,7 +40,7 @@ def main(out: Path, accum: int, stop_at: int | None, strategy: str, kind: str, m
     fmt = Formatter(tok, 512)
     examples = [fmt.example(r) for r in rows]
     device = torch.device("cpu")
-    model = load_base_model(str(model_dir), ADAPTER, device)
+    model = load_base_model(str(model_dir), ADAPTER, device, sharded=strategy == "fsdp" and ranks.parallel)
     torch.manual_seed(0)  # the same adapter initialisation on every rank
     model = wrap_for_training(model, ADAPTER, str(model_dir), False, tok.eos_token_id)
     sharded = strategy == "fsdp" and ranks.parallel

@@ -241,7 +241,9 @@ class TrainingRecipe:
         place = torch.device("cpu") if self.sharded and self.spec.adapter.type != "qlora" else None
         max_full = self.settings.full_finetune_max_params * (ranks.world if self.sharded else 1)
         try:
-            self.model = load_base_model(job.model_source, self.spec.adapter, self.device, max_full, place=place)
+            self.model = load_base_model(
+                job.model_source, self.spec.adapter, self.device, max_full, place=place, sharded=self.sharded
+            )
         except ModelRefused as exc:
             raise UserError(exc.code, str(exc)) from exc
         self.bertscorer = None

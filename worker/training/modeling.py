@@ -133,8 +133,12 @@ def adapter_spec(adapter: AdapterSpec | dict) -> AdapterSpec:
     return adapter if isinstance(adapter, AdapterSpec) else AdapterSpec.model_validate(adapter)
 
 
-def build_quantization_config(adapter: AdapterSpec | dict):
-    """QLoRA: 4-bit NF4 with double quantization; matmuls in compute_dtype (bf16 by default)."""
+def build_quantization_config(adapter: AdapterSpec | dict, sharded: bool = False):
+    """QLoRA: 4-bit NF4 with double quantization; matmuls in compute_dtype (bf16 by default).
+
+    sharded: the model will be sharded with FSDP (worker/training/sharding.py), which shards floating-point tensors
+    only (torch 2.11 refuses a uint8 one): the packed 4-bit values are stored as compute_dtype elements instead, as
+    bitsandbytes documents for FSDP (`bnb_4bit_quant_storage`); the same bits, read the same way."""
     adapter = adapter_spec(adapter)
     if adapter.type != "qlora":
         return None
@@ -145,6 +149,7 @@ def build_quantization_config(adapter: AdapterSpec | dict):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=getattr(torch, adapter.compute_dtype),
+        **({"bnb_4bit_quant_storage": getattr(torch, adapter.compute_dtype)} if sharded else {}),
     )
 
 
@@ -193,11 +198,13 @@ def load_base_model(
     device: torch.device,
     max_full_params: int | None = None,
     place: torch.device | None = None,
+    sharded: bool = False,
 ):
     """The frozen base model for training on `device`, 4-bit quantized for QLoRA (wrap_for_training unfreezes it for
     full); read onto `place` instead where given (a model to shard is read into host memory first).
 
     max_full_params: for a full fine-tuning job, refuse (ModelRefused) models with more parameters.
+    sharded: it will be sharded with FSDP (see build_quantization_config).
     """
     from transformers import AutoModelForCausalLM
 
@@ -205,7 +212,7 @@ def load_base_model(
     check_model_source(source)
     if adapter.type == "full" and max_full_params is not None:
         check_full_size(source, max_full_params)
-    quant = build_quantization_config(adapter)
+    quant = build_quantization_config(adapter, sharded)
     model = AutoModelForCausalLM.from_pretrained(
         source,
         dtype=train_dtype(device, adapter.type) if quant is None else getattr(torch, adapter.compute_dtype),
