@@ -48,23 +48,23 @@ def save_trainable_weights(model, folder: Path | None) -> None:
 
     from worker.training.sharding import gathered, is_sharded, reshard
 
-    main = folder is not None
-    if is_sharded(model):
+    main, sharded = folder is not None, is_sharded(model)
+    if sharded:
         reshard(model)  # the shards are the weights (worker/training/sharding.py)
     if is_peft(model):
         from peft import get_peft_model_state_dict
 
         weights = get_peft_model_state_dict(model)
-        if is_sharded(model):
+        if sharded:
             weights = gathered(weights, main)
         else:
             weights = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
         if main:
             save_file(weights, str(folder / ADAPTER_WEIGHTS))
-    elif is_sharded(model):
+    elif sharded:
         # save_model's format: a tied tensor once, under the first of its names in sorted order, the others named
         # in the metadata (which load_model reads back)
-        kept, dropped = tied_names(model)
+        dropped = tied_names(model)
         weights = gathered({k: v for k, v in model.state_dict().items() if k not in dropped}, main)
         if main:
             save_file(weights, str(folder / FULL_WEIGHTS), metadata={"format": "pt", **dropped})
@@ -73,19 +73,17 @@ def save_trainable_weights(model, folder: Path | None) -> None:
         save_model(model, str(folder / FULL_WEIGHTS))
 
 
-def tied_names(model) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """({kept name: its other names}, {other name: kept name}) of the parameters registered under several names (a
-    tied head and embedding), the kept one first in sorted order as safetensors' save_model keeps it."""
+def tied_names(model) -> dict[str, str]:
+    """{other name: kept name} of the parameters registered under several names (a tied head and embedding), the kept
+    one first in sorted order as safetensors' save_model keeps it."""
     names: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(p), []).append(name)
-    kept, dropped = {}, {}
+    dropped = {}
     for group in names.values():
-        if len(group) > 1:
-            first, *others = sorted(group)
-            kept[first] = others
-            dropped.update({o: first for o in others})
-    return kept, dropped
+        first, *others = sorted(group)
+        dropped.update({o: first for o in others})
+    return dropped
 
 
 def load_trainable_weights(folder: Path, model) -> None:
@@ -108,7 +106,7 @@ def load_trainable_weights(folder: Path, model) -> None:
         set_peft_model_state_dict(model, weights)
     elif sharded:
         weights = load_file(str(folder / FULL_WEIGHTS))
-        _, dropped = tied_names(model)
+        dropped = tied_names(model)
         targets = model.state_dict()
         model.load_state_dict({k: shard_like(weights[dropped.get(k, k)], t) for k, t in targets.items()})
     else:
